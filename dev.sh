@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One entry point for a fresh clone:
+#   bash dev.sh demo   set up .venv, prepare the embedded `classics` data, train for 60 s
+#   bash dev.sh test   set up .venv (+ the Claude Code CLI for plugin tests), run pytest
+#   bash dev.sh setup  only set up .venv
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+CLAUDE_VERSION=2.1.197   # the last Claude Code release that runs on Node 20
+
+setup() {
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    if [ "$(uname -s)" = Linux ] && ! command -v nvidia-smi >/dev/null 2>&1; then
+        # No NVIDIA GPU: take the CPU build of torch instead of a multi-GB CUDA one.
+        "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
+            || "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+    fi
+    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+}
+
+setup_claude() {
+    # The real Claude Code CLI, for the plugin tests. Installed without a lock file.
+    if [ ! -x .tools/claude/node_modules/.bin/claude ] && command -v npm >/dev/null 2>&1; then
+        npm install -q --prefix .tools/claude --no-save --no-package-lock --no-audit --no-fund \
+            "@anthropic-ai/claude-code@$CLAUDE_VERSION"
+    fi
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    demo)
+        setup
+        "$VENV/bin/python" prepare.py --dataset classics
+        AUTORESEARCH_DATASET=classics AUTORESEARCH_TIME_BUDGET=${DEMO_BUDGET:-60} "$VENV/bin/python" train.py
+        ;;
+    test)
+        setup
+        setup_claude
+        shift
+        "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *) echo "usage: bash dev.sh demo|test|setup" >&2; exit 2 ;;
+esac
