@@ -526,6 +526,12 @@ def _count_val_tokens(directory, val_slices, enc, limit):
     return count
 
 
+# Packing crops documents that do not fit a row and drops their tails, so one pass
+# over the val split must offer well over EVAL_TOKENS for the metric never to see
+# a document twice.
+VAL_SLACK = 1.5
+
+
 def prepare(dataset, num_shards=None, workers=8):
     """Bring the cache of `dataset` to a complete, verified state. Returns the manifest."""
     source = data_sources.get_source(dataset)
@@ -569,18 +575,18 @@ def prepare(dataset, num_shards=None, workers=8):
 
     extra = {}
     eval_tokens = source.eval_tokens
-    available = _count_val_tokens(directory, splits["val"], enc, int(eval_tokens * 1.25))
+    available = _count_val_tokens(directory, splits["val"], enc, int(eval_tokens * VAL_SLACK))
     if source.is_local:
         extra["fingerprint"] = fingerprint
-        # Evaluate at most ~80% of the val tokens (packing crops some), in whole rows.
-        rows = int(0.8 * available) // source.max_seq_len
+        # Evaluate what one pass over the val split covers, in whole rows.
+        rows = int(available / VAL_SLACK) // source.max_seq_len
         if rows < 1:
             raise DataError(f"{source.local_path} has too little validation text ({available} tokens); "
                             f"add more documents")
         eval_tokens = min(eval_tokens, rows * source.max_seq_len)
-    elif available < eval_tokens * 1.1:
+    elif available < eval_tokens * VAL_SLACK:
         raise DataError(f"validation split of {source.name} has {available} tokens, fewer than "
-                        f"EVAL_TOKENS={eval_tokens} plus packing slack; the registry entry needs fixing")
+                        f"{VAL_SLACK} x EVAL_TOKENS={eval_tokens}; the registry entry needs fixing")
     extra["eval_tokens"] = eval_tokens
     manifest = _write_manifest(source, splits, extra)
     load_manifest(source, full=True)

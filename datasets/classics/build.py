@@ -8,7 +8,7 @@ vector (one element per printed line) inside R's lazy-load database
 (`data/Rdata.rdb` + `Rdata.rdx`). R is not needed: the format is small enough
 to read here (R serialization, XDR, version 2/3).
 
-Validation holds out whole chapters (every tenth), so no passage is split across
+Validation holds out whole chapters (every sixth), so no passage is split across
 train and val. Documents are runs of whole paragraphs of about one training row
 (MAX_DOC_CHARS ~ 4 characters per token x 256 tokens): the dataloader crops a
 document longer than what is left of a row, so chapter-sized documents would
@@ -43,7 +43,7 @@ NOVELS = {  # R object name -> title
     "persuasion": "Persuasion",
 }
 NUM_TRAIN_SHARDS = 4        # train shards; the last shard (shard_00004) is validation
-VAL_EVERY = 10              # every 10th chapter goes to validation (~10% of the text)
+VAL_EVERY = 6               # every 6th chapter goes to validation (~17% of the text)
 MAX_DOC_CHARS = 1024
 
 
