@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""PreToolUse guard: while a session is active, keep the measurement honest.
+
+Claude Code sends the tool call as JSON on stdin. This hook denies
+  * Edit / Write / MultiEdit / NotebookEdit of the fixed harness (prepare.py,
+    data_sources.py, datasets/), of the files only the scripts write
+    (autoresearch.jsonl, results.tsv, run.log, progress.png, .autoresearch/) and of
+    dependency manifests (pyproject.toml, uv.lock, requirements.txt, ...);
+  * Bash commands that write to those files (redirections, rm/mv/cp/tee/sed -i/...,
+    inline Python that opens them for writing), that would sweep up git-ignored
+    session files (git clean -x, git stash --all), or that install packages;
+and allows everything else, including reading any file. A deny is the documented
+PreToolUse JSON with a reason that tells the agent what to do instead. With no
+active session (no .autoresearch/state.json saying so) it allows everything.
+
+It is a safety net, not a sandbox: run-experiment also checks the fixed files'
+hashes around every run and refuses to record a run that changed them.
+"""
+import json
+import os
+import re
+import shlex
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
+import experiment_lib as lib  # noqa: E402
+
+FILE_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
+              "NotebookEdit": "notebook_path"}
+
+INSTALLERS = [  # token sequences that install or add packages
+    ("pip", "install"), ("pip3", "install"), ("-m", "pip", "install"), ("uv", "add"),
+    ("uv", "pip", "install"), ("uv", "sync"), ("uv", "tool", "install"), ("pipx", "install"),
+    ("poetry", "add"), ("pdm", "add"), ("conda", "install"), ("mamba", "install"),
+    ("micromamba", "install"), ("npm", "install"), ("npm", "i"), ("pnpm", "add"),
+    ("yarn", "add"), ("apt", "install"), ("apt-get", "install"), ("brew", "install"),
+    ("cargo", "install"), ("cargo", "add"), ("easy_install",),
+]
+WRITERS_ANY = {"rm", "mv", "tee", "truncate", "touch", "shred", "unlink", "chmod", "chown"}
+WRITERS_LAST = {"cp", "ln", "install", "rsync"}          # only the destination is written
+IN_PLACE = {"sed", "perl", "gsed"}                       # with -i
+PY_WRITE = re.compile(r"""open\([^)]*['"][wax+]|write_(text|bytes)|unlink|remove|rename|replace|rmtree|truncate""")
+SEPARATORS = {";", "&&", "||", "|", "&", "\n", "(", ")"}
+PREFIXES = {"sudo", "command", "env", "nohup", "time", "exec", "xargs"}
+
+
+def protected(root, cwd, path):
+    """Why `path` may not be written, or None if it may."""
+    full = os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
+    rel = os.path.relpath(full, root)
+    if rel.startswith(".."):
+        return None
+    top = rel.split(os.sep)[0]
+    if rel in lib.FIXED_FILES or top in lib.FIXED_DIRS:
+        return (f"{rel} is part of the fixed harness (data, tokenizer, evaluation): every run "
+                "must be measured the same way, so it cannot change during a session. Edit only "
+                "the session's target template; to undo a change, "
+                f"`git checkout -- {rel}`.")
+    if rel in lib.SCRIPT_ONLY_FILES or top == lib.STATE_DIR:
+        return (f"{rel} is written only by the plugin's scripts: record a run with "
+                "log-experiment, run one with run-experiment, write the report with summarize. "
+                "Reading it is fine.")
+    if rel in lib.DEPENDENCY_FILES or re.match(r"requirements.*\.txt$", rel):
+        return (f"{rel} declares the dependencies, which are fixed for a session: work with "
+                "the packages already installed.")
+    return None
+
+
+def check_file_tool(root, cwd, tool, tool_input):
+    path = tool_input.get(FILE_TOOLS[tool])
+    return protected(root, cwd, path) if isinstance(path, str) and path else None
+
+
+def simple_commands(command):
+    """Split a shell command into simple commands (lists of words); quotes respected."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&|()<>")
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    words, out = [], []
+    for token in lexer:
+        if token in SEPARATORS or set(token) <= set(";&|"):
+            if words:
+                out.append(words)
+            words = []
+        else:
+            words.append(token)
+    if words:
+        out.append(words)
+    return out
+
+
+def check_bash(root, cwd, command):
+    try:
+        commands = simple_commands(command)
+    except ValueError:          # unbalanced quotes: the shell would reject it too
+        return None
+    for words in commands:
+        if words[0] == "cd" and len(words) == 2:     # follow `cd dir && ...`
+            cwd = os.path.normpath(os.path.join(cwd, os.path.expanduser(words[1])))
+            continue
+        for seq in INSTALLERS:
+            n = len(seq)
+            if any(tuple(words[i:i + n]) == seq for i in range(len(words) - n + 1)):
+                return ("installing packages is not allowed during a session: the dependencies "
+                        "are fixed, so every run is comparable. Work with what is installed "
+                        "(see pyproject.toml); if an idea truly needs a new package, note it in "
+                        "autoresearch.md for the person to decide.")
+        reason = check_words(root, cwd, words)
+        if reason:
+            return reason
+    return None
+
+
+def check_words(root, cwd, words):
+    # Redirections: `> file`, `>> file`, `2> file`, `&> file`, `>| file`.
+    for i, w in enumerate(words[:-1]):
+        if set(w) <= set(">&|") and ">" in w:
+            reason = protected(root, cwd, words[i + 1])
+            if reason:
+                return reason
+    args = [w for w in words if not re.match(r"^[A-Za-z_]\w*=", w)]
+    while args and args[0] in PREFIXES:
+        args = args[1:]
+    if not args:
+        return None
+    cmd, rest = os.path.basename(args[0]), args[1:]
+    paths = [w for w in rest if not w.startswith("-")]
+    targets = []
+    if cmd in WRITERS_ANY:
+        targets = paths
+    elif cmd in WRITERS_LAST and paths:
+        targets = paths[-1:]
+    elif cmd in IN_PLACE and any(w.startswith("-i") or w.startswith("--in-place") for w in rest):
+        targets = paths
+    elif cmd == "dd":
+        targets = [w[3:] for w in rest if w.startswith("of=")]
+    elif cmd == "git" and rest:
+        sub, flags = rest[0], rest[1:]
+        if sub == "clean" and any(f.startswith("-") and "x" in f.lower().lstrip("-")[:4]
+                                  for f in flags if not f.startswith("--")):
+            return ("git clean -x/-X would delete the git-ignored session files (the log, "
+                    "results, notes): use `git reset --hard` or `git checkout -- <file>` instead.")
+        if sub == "stash" and any(f in ("-a", "--all") for f in flags):
+            return ("git stash --all would sweep the git-ignored session files away: use "
+                    "`git stash` without --all.")
+        if sub in ("rm", "mv"):
+            targets = [w for w in flags if not w.startswith("-")]
+    elif re.match(r"^python[\d.]*$", cmd) and "-c" in rest:
+        code = " ".join(rest[rest.index("-c") + 1:])
+        if PY_WRITE.search(code):
+            for token in re.findall(r"[\w./-]+", code):
+                reason = protected(root, cwd, token) if "." in token else None
+                if reason:
+                    return reason
+    for t in targets:
+        reason = protected(root, cwd, t)
+        if reason:
+            return reason
+    return None
+
+
+def decide(payload):
+    """The deny reason for this tool call, or None to allow it."""
+    cwd = payload.get("cwd") or os.getcwd()
+    try:
+        root = lib.find_root(cwd)
+    except lib.UserError:
+        return None
+    if not lib.read_state(root).get("active"):
+        return None
+    tool, tool_input = payload.get("tool_name"), payload.get("tool_input") or {}
+    if tool in FILE_TOOLS:
+        return check_file_tool(root, cwd, tool, tool_input)
+    if tool == "Bash" and isinstance(tool_input.get("command"), str):
+        return check_bash(root, cwd, tool_input["command"])
+    return None
+
+
+def main():
+    try:
+        payload = json.load(sys.stdin)
+        reason = decide(payload)
+    except Exception as e:  # a broken guard must not wedge the session: allow, and say so
+        print(f"autoresearch guard: could not check this tool call ({e}); allowing it",
+              file=sys.stderr)
+        return 0
+    if reason:
+        print(json.dumps({"hookSpecificOutput": {
+            "hookEventName": "PreToolUse",
+            "permissionDecision": "deny",
+            "permissionDecisionReason": f"autoresearch guard: {reason}",
+        }}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Shared fixtures for the plugin tests: a real project in a temporary git repo, a
+stand-in training script, and a runner for the plugin's scripts and hooks.
+
+The stand-in `train.py` behaves like the real templates where the plugin can tell:
+it reads AUTORESEARCH_DATASET and AUTORESEARCH_TIME_BUDGET, prints the summary block
+and exits 0, or fails the way a real run fails (exception, NaN, hang with a child
+process). Tests change its behaviour by editing the constants at its top, exactly as
+an agent edits the real template.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN = REPO / "experiment-plugin"
+SCRIPTS = PLUGIN / "scripts"
+HOOKS = PLUGIN / "hooks"
+
+STAND_IN_TARGET = '''\
+"""Stand-in for train.py: prints a summary block like the real template."""
+import json, os, subprocess, sys, time
+
+VAL_BPB = 1.000000
+MODE = "ok"          # ok | crash | nan | hang | nometric
+TOK_SEC = 1000000
+
+budget = float(os.environ["AUTORESEARCH_TIME_BUDGET"])
+dataset = os.environ["AUTORESEARCH_DATASET"]
+print(f"dataset {dataset}, budget {budget:g}s", flush=True)
+print("step 00001 | loss 4.1234", flush=True)
+if MODE == "crash":
+    raise RuntimeError("shape mismatch in attention")
+if MODE == "nan":
+    print("FAIL: loss is NaN at step 12", flush=True)
+    sys.exit(1)
+if MODE == "hang":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open("hang_child.pid", "w") as f:
+        f.write(str(child.pid))
+    time.sleep(600)
+if MODE != "nometric":
+    print("---")
+    print(f"val_bpb:          {VAL_BPB:.6f}")
+    print("training_seconds: 1.0")
+    print("total_seconds:    1.2")
+    print("peak_memory_mb:   2048.0")
+    print("mfu_percent:      n/a")
+    print(f"avg_tok_sec:      {TOK_SEC:,}")
+    print("total_tokens_M:   1.0")
+    print("num_steps:        10")
+    print("num_params_M:     0.1")
+    print("depth:            2")
+'''
+
+STUB_PREPARE = '''\
+"""Stand-in for the fixed harness: only `--dataset NAME --verify` matters here."""
+import argparse, os, sys
+p = argparse.ArgumentParser()
+p.add_argument("--dataset")
+p.add_argument("--verify", action="store_true")
+a = p.parse_args()
+if a.verify and a.dataset in os.environ.get("MISSING_DATASETS", "").split(","):
+    print(f"cache for {a.dataset} is incomplete; run: python prepare.py --dataset {a.dataset}")
+    sys.exit(1)
+'''
+
+
+def git(cwd, *args) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def make_project(path: Path) -> Path:
+    """A committed project: fixed harness stand-ins, embedded data, the stand-in target."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "prepare.py").write_text(STUB_PREPARE)
+    (path / "data_sources.py").write_text("DATASETS = {'classics': {}}\n")
+    (path / "datasets" / "classics").mkdir(parents=True)
+    (path / "datasets" / "classics" / "book.txt").write_text("It was a dark and stormy night.\n")
+    (path / "train.py").write_text(STAND_IN_TARGET)
+    (path / "train_mlx.py").write_text(STAND_IN_TARGET)
+    (path / ".gitignore").write_text("hang_child.pid\n")
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "test@example.com")
+    git(path, "config", "user.name", "Test")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "project")
+    return path
+
+
+def edit_target(project: Path, name: str = "train.py", **constants) -> None:
+    """Change VAL_BPB / MODE / TOK_SEC at the top of the stand-in target."""
+    path = project / name
+    text = path.read_text()
+    for key, value in constants.items():
+        text, n = re.subn(rf"^{key} = .*$", f"{key} = {value!r}", text, count=1, flags=re.M)
+        assert n == 1, key
+    path.write_text(text)
+
+
+def script(project: Path, name: str, *args: str, cwd: Path | None = None, env=None,
+           timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run one plugin script the way the agent does: by path, from inside the project."""
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd or project,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def hook(name: str, payload: dict, env=None, timeout: float = 10) -> subprocess.CompletedProcess:
+    """Feed a hook the JSON Claude Code sends it on stdin."""
+    return subprocess.run([sys.executable, str(HOOKS / name)], input=json.dumps(payload),
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def records(project: Path) -> list[dict]:
+    lines = (project / "autoresearch.jsonl").read_text().splitlines()
+    return [json.loads(l) for l in lines if l.strip()]
+
+
+def tsv_rows(project: Path) -> list[list[str]]:
+    return [l.split("\t") for l in (project / "results.tsv").read_text().splitlines()]
+
+
+def claude_bin() -> str | None:
+    """The Claude Code CLI: $CLAUDE_BIN, the copy dev.sh installs, or PATH."""
+    for candidate in (os.environ.get("CLAUDE_BIN"),
+                      str(REPO / ".tools" / "claude" / "node_modules" / ".bin" / "claude"),
+                      shutil.which("claude")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def require_claude():
+    """The CLI or a skip; in CI (CI=true) a missing CLI is a failure, not a skip."""
+    import pytest
+    path = claude_bin()
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Claude Code CLI not found (bash dev.sh test installs it into .tools/claude)")
+        pytest.skip("Claude Code CLI not installed (bash dev.sh test installs it)")
+    return path
