@@ -383,6 +383,9 @@ def train_tokenizer(source, directory, train_slices):
     buf = _npy_bytes(token_bytes)
     _atomic_write(os.path.join(directory, "token_bytes.npy"), buf)
     print(f"Tokenizer: vocab {enc.n_vocab} trained in {time.time() - t0:.1f}s")
+    if enc.n_vocab < source.vocab_size:  # too little distinct text for all the merges asked for
+        print(f"Tokenizer: note: the text supports only {enc.n_vocab} of {source.vocab_size} tokens; "
+              f"the model keeps VOCAB_SIZE rows, the extra ones are never used")
 
 
 def _npy_bytes(array):

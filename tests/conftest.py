@@ -1,0 +1,43 @@
+"""Shared fixtures: a prepared `classics` cache in a temporary directory, built once."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+def run_prepare(args, env, timeout=300):
+    """Run `python prepare.py ARGS` from the repo with `env` added; returns CompletedProcess."""
+    return subprocess.run([PYTHON, os.path.join(REPO, "prepare.py"), *args], cwd=REPO,
+                          env={**os.environ, "AUTORESEARCH_QUIET": "1", **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def classics_cache(tmp_path_factory):
+    """Env vars that point the harness at a freshly prepared classics cache.
+
+    Use it as `subprocess.run(..., env={**os.environ, **classics_cache})`.
+    """
+    cache = tmp_path_factory.mktemp("cache")
+    env = {"AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_DATASET": "classics"}
+    result = run_prepare(["--dataset", "classics"], env)
+    assert result.returncode == 0, result.stderr
+    return env
+
+
+@pytest.fixture
+def harness(classics_cache, monkeypatch):
+    """The prepare module, imported with the classics cache active."""
+    for key, value in classics_cache.items():
+        monkeypatch.setenv(key, value)
+    sys.path.insert(0, REPO)
+    import prepare
+
+    yield importlib.reload(prepare)
+    sys.path.remove(REPO)
