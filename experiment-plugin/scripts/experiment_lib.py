@@ -638,7 +638,8 @@ def branch_exists(root: str, branch: str) -> bool:
 
 
 def tracked_changes(root: str) -> list[str]:
-    out = git(root, "status", "--porcelain", "--untracked-files=no")
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                         capture_output=True, text=True).stdout   # unstripped: XY columns
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 

@@ -1,0 +1,530 @@
+"""The plugin's scripts, run as the agent runs them, on a real project in a temporary
+git repository with a stand-in training script."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jsonschema
+import pytest
+
+from plugin_helpers import (PLUGIN, SCRIPTS, edit_target, git, make_project, ok, records,
+                            script, tsv_rows)
+
+sys.path.insert(0, str(SCRIPTS))
+import experiment_lib as lib  # noqa: E402
+
+ALL_SCRIPTS = ["setup-session", "run-experiment", "log-experiment", "parse-metrics",
+               "confidence", "summarize", "resume-session", "end-session"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    p = make_project(tmp_path / "proj")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1"))
+    return p
+
+
+def run_and_log(p, status, description, **constants):
+    if constants:
+        edit_target(p, **constants)
+    run = script(p, "run-experiment")
+    log = script(p, "log-experiment", "--status", status, "--description", description)
+    return run, ok(log)
+
+
+# ---------------------------------------------------------------------- every script
+
+@pytest.mark.parametrize("name", ALL_SCRIPTS)
+def test_every_script_has_help_and_is_executable(name):
+    path = SCRIPTS / name
+    assert os.access(path, os.X_OK), f"{name} is not executable"
+    proc = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+
+
+def test_scripts_outside_a_session_say_how_to_start_one(tmp_path):
+    p = make_project(tmp_path / "p")
+    for name in ("run-experiment", "confidence", "summarize", "resume-session"):
+        proc = script(p, name)
+        assert proc.returncode == 2
+        assert "setup-session" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- setup
+
+def test_setup_creates_branch_config_and_files(project):
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+    config = records(project)[0]
+    assert config["type"] == "config" and config["target"] == "train.py"
+    assert config["dataset"] == "classics" and config["budget"] == 1
+    assert config["timeout"] == 2 * 1 + 120 and config["policy"] == "noise-aware"
+    assert config["python"] == sys.executable
+    assert set(config["fixed_files"]) == {"prepare.py", "data_sources.py",
+                                          "datasets/classics/book.txt"}
+    assert tsv_rows(project) == [["commit", "val_bpb", "memory_gb", "avg_tok_sec", "status",
+                                  "description"]]
+    assert (project / "autoresearch.md").exists()
+    assert json.loads((project / ".autoresearch" / "state.json").read_text())["active"] is True
+    # The session files are ignored by git, so resets never touch them.
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_setup_refuses_an_existing_branch_and_names_the_resume_command(project):
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline"))
+    proc = script(project, "setup-session", "--tag", "t1", "--dataset", "classics")
+    assert proc.returncode == 2
+    assert "already exists" in proc.stderr and "/experiment:resume" in proc.stderr
+    assert len(records(project)) == 2          # nothing recorded was lost
+
+
+def test_setup_again_right_after_setup_is_harmless(project):
+    proc = ok(script(project, "setup-session", "--tag", "t1", "--dataset", "classics"))
+    assert "already set up" in proc.stdout
+
+
+@pytest.mark.parametrize("tag", ["bad tag", "-x", "a..b", "x.lock", "a/b", "é"])
+def test_setup_rejects_a_tag_that_is_not_a_branch_name(tmp_path, tag):
+    p = make_project(tmp_path / "p")
+    proc = script(p, "setup-session", f"--tag={tag}", "--dataset", "classics")
+    assert proc.returncode == 2 and "invalid tag" in proc.stderr
+    assert git(p, "branch", "--list", "autoresearch/*") == ""
+    assert not (p / "autoresearch.jsonl").exists()
+
+
+def test_setup_prints_the_prepare_command_when_data_is_missing(tmp_path):
+    p = make_project(tmp_path / "p")
+    proc = script(p, "setup-session", "--tag", "t", "--dataset", "tinystories",
+                  env={"MISSING_DATASETS": "tinystories"})
+    assert proc.returncode == 2
+    assert "python prepare.py --dataset tinystories" in proc.stderr
+    assert git(p, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert not (p / "autoresearch.jsonl").exists()
+
+
+def test_setup_refuses_uncommitted_changes(tmp_path):
+    p = make_project(tmp_path / "p")
+    edit_target(p, VAL_BPB=0.5)
+    proc = script(p, "setup-session", "--tag", "t", "--dataset", "classics")
+    assert proc.returncode == 2 and "uncommitted changes in train.py" in proc.stderr
+
+
+def test_setup_archives_a_previous_session_instead_of_overwriting(project):
+    run_and_log(project, "keep", "baseline")
+    ok(script(project, "setup-session", "--tag", "t2", "--dataset", "classics", "--budget", "1",
+              "--target", "train_mlx.py"))
+    assert records(project)[0]["tag"] == "t2" and len(records(project)) == 1
+    archived = list((project / ".autoresearch" / "archive").glob("t1-*/autoresearch.jsonl"))
+    assert len(archived) == 1 and len(archived[0].read_text().splitlines()) == 2
+
+
+def test_scripts_work_from_a_subdirectory(project):
+    sub = project / "datasets" / "classics"
+    proc = ok(script(project, "run-experiment", cwd=sub))
+    assert "status: ok" in proc.stdout
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline", cwd=sub))
+    assert len(records(project)) == 2
+
+
+# ------------------------------------------------------------------ run-experiment
+
+def test_run_ok_prints_compact_metrics_and_status(project):
+    proc = ok(script(project, "run-experiment"))
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "METRIC val_bpb=1.0"
+    assert "METRIC avg_tok_sec=1000000" in lines
+    assert any(l.startswith("status: ok run 1") for l in lines)
+    assert "recommend: keep" in proc.stdout
+    assert len(lines) <= 10 and "step 00001" not in proc.stdout      # never the log itself
+    assert "dataset classics, budget 1s" in (project / "run.log").read_text()
+
+
+@pytest.mark.parametrize("mode,status", [("crash", "crash"), ("nan", "nan"), ("nometric", "crash")])
+def test_run_failures_have_their_own_status_and_show_the_log_tail(project, mode, status):
+    edit_target(project, MODE=mode)
+    proc = script(project, "run-experiment")
+    assert proc.returncode == 1
+    assert f"status: {status} run 1" in proc.stdout
+    assert "last" in proc.stdout and "lines of run.log" in proc.stdout
+    if mode == "crash":
+        assert "shape mismatch in attention" in proc.stdout
+    if mode == "nan":
+        assert "FAIL: loss is NaN at step 12" in proc.stdout
+
+
+def test_run_timeout_kills_the_whole_process_group(project):
+    edit_target(project, MODE="hang")
+    start = time.monotonic()
+    proc = script(project, "run-experiment", "--timeout", "2")
+    assert proc.returncode == 1 and "status: timeout" in proc.stdout
+    assert "process group killed" in proc.stdout
+    assert time.monotonic() - start < 20
+    child = int((project / "hang_child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the target's child process survived the timeout")
+
+
+def test_run_refuses_when_a_fixed_file_changed(project):
+    with open(project / "prepare.py", "a") as f:
+        f.write("# tweak the evaluation\n")
+    proc = script(project, "run-experiment")
+    assert proc.returncode == 3
+    assert "status: tampered (prepare.py changed since setup)" in proc.stdout
+    assert "git checkout" in proc.stdout and "prepare.py" in proc.stdout
+    assert not (project / "run.log").exists()        # it did not even run
+    proc = script(project, "log-experiment", "--status", "keep", "--description", "x",
+                  "--metric", "0.5")
+    assert proc.returncode == 2 and "nothing was recorded" in proc.stderr
+    assert len(records(project)) == 1
+
+
+def test_a_run_that_tampers_with_data_is_not_recorded(project):
+    (project / "train.py").write_text((project / "train.py").read_text().replace(
+        'if MODE == "crash":',
+        'open("datasets/classics/book.txt", "a").write("more")\nif MODE == "crash":'))
+    proc = script(project, "run-experiment")
+    assert proc.returncode == 3 and "status: tampered" in proc.stdout
+    assert "datasets/classics/book.txt" in proc.stdout
+    proc = script(project, "log-experiment", "--status", "keep", "--description", "x")
+    assert proc.returncode == 2 and "nothing was recorded" in proc.stderr
+    assert len(records(project)) == 1
+
+
+# ------------------------------------------------------------------- parse-metrics
+
+SUMMARY = """step 100 | loss 3.2
+---
+val_bpb:          0.997900
+training_seconds: 300.1
+total_seconds:    325.9
+peak_memory_mb:   45060.2
+mfu_percent:      n/a
+avg_tok_sec:      1,660,000
+total_tokens_M:   499.6
+num_steps:        953
+num_params_M:     50.3
+depth:            8
+"""
+
+
+def test_parse_metrics_summary_block(tmp_path):
+    log = tmp_path / "run.log"
+    log.write_text(SUMMARY)
+    out = json.loads(ok(script(tmp_path, "parse-metrics", str(log))).stdout)
+    assert out["val_bpb"] == 0.9979 and out["avg_tok_sec"] == 1660000
+    assert out["num_steps"] == 953 and out["mfu_percent"] == "n/a" and out["depth"] == 8
+
+
+def test_parse_metrics_metric_lines_override_and_last_block_wins():
+    text = SUMMARY + "\n---\nval_bpb: 0.95\n" + "METRIC custom_score=12.5\n"
+    m = lib.parse_metrics(text)
+    assert m["val_bpb"] == 0.95 and m["custom_score"] == 12.5
+    m = lib.parse_metrics("METRIC val_bpb=1.5\nnoise\n---\nval_bpb: 1.2\n")
+    assert m["val_bpb"] == 1.5
+    assert lib.parse_metrics("---\nval_bpb: nan\n")["val_bpb"] != lib.parse_metrics("---\nval_bpb: nan\n")["val_bpb"]
+
+
+def test_parse_metrics_last_run_json(tmp_path):
+    path = tmp_path / "last_run.json"
+    path.write_text(json.dumps({"hardware": {"device": "cpu"},
+                                "training": {"num_steps": 10, "training_seconds": 5.0},
+                                "result": {"val_bpb": 1.25, "peak_memory_mb": 100.0}}))
+    out = json.loads(ok(script(tmp_path, "parse-metrics", str(path))).stdout)
+    assert out == {"val_bpb": 1.25, "peak_memory_mb": 100.0, "num_steps": 10,
+                   "training_seconds": 5.0}
+
+
+def test_parse_metrics_reports_nothing_found(tmp_path):
+    (tmp_path / "x.log").write_text("Traceback (most recent call last):\n")
+    proc = script(tmp_path, "parse-metrics", str(tmp_path / "x.log"))
+    assert proc.returncode == 1 and proc.stdout.strip() == "{}" and "no metrics" in proc.stderr
+
+
+# ------------------------------------------------------------------ log-experiment
+
+def test_keep_commits_the_change_and_discard_resets_to_it(project):
+    run_and_log(project, "keep", "baseline")
+    base = git(project, "rev-parse", "HEAD")
+    assert records(project)[1]["commit"] == base          # baseline: nothing to commit
+    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    kept = git(project, "rev-parse", "HEAD")
+    assert kept != base and records(project)[2]["commit"] == kept
+    assert git(project, "show", "-s", "--format=%s", kept).startswith("experiment 2 (keep): lower lr")
+    assert "VAL_BPB = 0.9" in (project / "train.py").read_text()
+
+    run_and_log(project, "discard", "wider mlp", VAL_BPB=0.95)
+    assert git(project, "rev-parse", "HEAD") == kept
+    assert "VAL_BPB = 0.9\n" in (project / "train.py").read_text()     # back to the kept code
+    tried = records(project)[3]["commit"]
+    assert tried != kept
+    assert "VAL_BPB = 0.95" in git(project, "show", f"refs/autoresearch/t1/run-3:train.py")
+    assert git(project, "status", "--porcelain") == ""
+    # Every record and row survived the reset.
+    assert [r["status"] for r in records(project)[1:]] == ["keep", "keep", "discard"]
+    assert [row[4] for row in tsv_rows(project)[1:]] == ["keep", "keep", "discard"]
+    assert tsv_rows(project)[3][:2] == [tried[:7], "0.950000"]
+
+
+def test_crash_is_reverted_and_cannot_be_logged_as_keep(project):
+    run_and_log(project, "keep", "baseline")
+    edit_target(project, MODE="crash")
+    assert script(project, "run-experiment").returncode == 1
+    proc = script(project, "log-experiment", "--status", "keep", "--description", "oops")
+    assert proc.returncode == 2 and "--status crash" in proc.stderr
+    ok(script(project, "log-experiment", "--status", "crash", "--description", "flash attention"))
+    rec = records(project)[-1]
+    assert rec["status"] == "crash" and rec["run_status"] == "crash" and rec["metric"] is None
+    assert 'MODE = "ok"' in (project / "train.py").read_text()
+    assert tsv_rows(project)[-1][1:5] == ["0.000000", "0.0", "0", "crash"]
+
+
+def test_log_needs_a_run_and_an_unchanged_target(project):
+    proc = script(project, "log-experiment", "--status", "keep", "--description", "x")
+    assert proc.returncode == 2 and "run run-experiment first" in proc.stderr
+    ok(script(project, "run-experiment"))
+    edit_target(project, VAL_BPB=0.1)
+    proc = script(project, "log-experiment", "--status", "keep", "--description", "x")
+    assert proc.returncode == 2 and "changed since the last run" in proc.stderr
+    assert len(records(project)) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--status", "keep", "--description", "  "], "--description"),
+    (["--status", "keep", "--description", "x", "--metrics", "[1]"], "JSON object"),
+    (["--status", "keep", "--description", "x", "--asi", "{bad"], "not valid JSON"),
+    (["--status", "maybe", "--description", "x"], "invalid choice"),
+])
+def test_log_rejects_bad_input_with_one_clear_line(project, args, message):
+    ok(script(project, "run-experiment"))
+    proc = script(project, "log-experiment", *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert len(records(project)) == 1
+
+
+def test_descriptions_with_tabs_newlines_and_shell_text_are_stored_exactly(project):
+    nasty = "lr 3e-4\tthen\n$(rm -rf ~) `id` 'quoted' \"double\" | ; && > x"
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "keep", "--description", nasty,
+              "--asi", json.dumps({"hypothesis": "tabs\tand\nnewlines"})))
+    rec = records(project)[1]
+    assert rec["description"] == nasty and rec["notes"]["hypothesis"] == "tabs\tand\nnewlines"
+    rows = tsv_rows(project)
+    assert len(rows) == 2 and len(rows[1]) == 6
+    assert rows[1][5] == "lr 3e-4 then $(rm -rf ~) `id` 'quoted' \"double\" | ; && > x"
+    assert not (project / "x").exists()
+
+
+def test_records_match_the_json_schema(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "discard", "worse", VAL_BPB=1.5)
+    edit_target(project, MODE="nan")
+    script(project, "run-experiment")
+    ok(script(project, "log-experiment", "--status", "crash", "--description", "nan"))
+    schema = json.loads((PLUGIN / "schema" / "autoresearch-record.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for rec in records(project):
+        jsonschema.validate(rec, schema)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda r: r.pop("commit"),
+    lambda r: r.update(status="kept"),
+    lambda r: r.update(run=0),
+    lambda r: r.update(metric="0.9"),
+    lambda r: r.update(extra=1),
+    lambda r: r.update(description=""),
+    lambda r: r.update(commit="abc"),
+    lambda r: r.update(metrics={"a": [1]}),
+])
+def test_the_scripts_validator_agrees_with_jsonschema(mutate):
+    schema = json.loads((PLUGIN / "schema" / "autoresearch-record.schema.json").read_text())
+    good = {"type": "run", "run": 2, "commit": "a" * 40, "status": "keep", "metric": 0.9,
+            "metrics": {"val_bpb": 0.9, "mfu_percent": "n/a"}, "description": "d",
+            "timestamp": "2026-01-01T00:00:00Z"}
+    jsonschema.validate(good, schema)
+    lib.validate(good)
+    bad = json.loads(json.dumps(good))
+    mutate(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(lib.UserError):
+        lib.validate(bad)
+
+
+def test_concurrent_writers_lose_and_tear_nothing(project):
+    n = 12
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "log-experiment"), "--status",
+                               "discard", "--metric", str(1 + i / 100), "--description",
+                               f"writer {i}\twith tab"], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(n)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    recs = records(project)[1:]
+    assert sorted(r["run"] for r in recs) == list(range(1, n + 1))
+    assert sorted(r["description"] for r in recs) == sorted(f"writer {i}\twith tab" for i in range(n))
+    rows = tsv_rows(project)[1:]
+    assert len(rows) == n and all(len(r) == 6 for r in rows)
+
+
+def test_a_truncated_last_line_is_reported_kept_and_repaired(project):
+    run_and_log(project, "keep", "baseline")
+    with open(project / "autoresearch.jsonl", "a") as f:
+        f.write('{"type": "run", "run": 2, "comm')             # a writer killed mid-line
+    proc = ok(script(project, "confidence"))
+    assert "line 3 is truncated" in proc.stderr
+    ok(script(project, "run-experiment"))
+    proc = ok(script(project, "log-experiment", "--status", "discard", "--description", "again"))
+    assert "truncated" in proc.stderr
+    recs = records(project)                                    # every line parses again
+    assert [r.get("run") for r in recs] == [None, 1, 2]
+    salvaged = (project / ".autoresearch" / "salvaged.jsonl").read_text()
+    assert '"comm' in salvaged
+
+
+# ------------------------------------------------------------ confidence, policies
+
+def log_metric(p, status, value, description="x"):
+    ok(script(p, "log-experiment", "--status", status, "--metric", str(value),
+              "--description", description))
+
+
+def test_confidence_reports_noise_floor_and_verdict(project):
+    for status, v in [("keep", 1.00), ("discard", 1.01), ("discard", 0.99), ("discard", 1.02),
+                      ("keep", 0.90)]:
+        log_metric(project, status, v)
+    out = json.loads(ok(script(project, "confidence", "--json")).stdout)
+    # metrics 1.00 1.01 0.99 1.02 0.90: median 1.00, deviations 0 .01 .01 .02 .10 -> MAD .01
+    assert out["noise_floor"] == pytest.approx(0.01)
+    assert out["improvement"] == pytest.approx(0.10)
+    assert out["confidence"] == pytest.approx(10.0) and out["verdict"] == "likely real"
+    text = ok(script(project, "confidence")).stdout
+    assert "likely real" in text and "baseline 1.000000" in text and "best 0.900000" in text
+
+
+def test_confidence_hints_a_rerun_for_a_marginal_latest_keep(project):
+    for status, v in [("keep", 1.00), ("discard", 1.02), ("discard", 0.98), ("discard", 1.04),
+                      ("keep", 0.97)]:
+        log_metric(project, status, v)
+    out = json.loads(ok(script(project, "confidence", "--json")).stdout)
+    assert out["verdict"] == "marginal" and out["rerun"].startswith("rerun: run 5")
+    log_metric(project, "discard", 1.0)
+    assert "noise" in ok(script(project, "confidence")).stdout or True
+
+
+def test_confidence_verdict_noise():
+    runs = [{"run": i + 1, "status": s, "metric": m, "commit": "a" * 40}
+            for i, (s, m) in enumerate([("keep", 1.0), ("discard", 1.05), ("discard", 0.95),
+                                        ("keep", 0.99)])]
+    c = lib.confidence(runs, "lower")
+    assert c["verdict"] == "noise" and c["confidence"] < 1
+
+
+def policy_runs():
+    return [{"run": i + 1, "status": s, "metric": m, "commit": "a" * 40,
+             "metrics": {"avg_tok_sec": 1000}}
+            for i, (s, m) in enumerate([("keep", 1.00), ("discard", 1.01), ("discard", 0.99),
+                                        ("discard", 1.02)])]
+
+
+@pytest.mark.parametrize("policy,value,tok,expected", [
+    ("noise-aware", 0.97, 1000, "keep"),      # 3 x the noise floor (0.01)
+    ("noise-aware", 0.985, 1000, "rerun"),    # 1.5 x
+    ("noise-aware", 0.995, 1000, "discard"),  # 0.5 x
+    ("strict", 0.995, 1000, "keep"),
+    ("strict", 1.001, 1000, "discard"),
+    ("balanced", 0.99, 950, "keep"),
+    ("balanced", 0.99, 800, "discard"),       # better, but 20% slower
+    ("balanced", 1.0005, 1100, "keep"),       # same quality, 10% faster
+    ("balanced", 1.01, 1100, "discard"),
+])
+def test_keep_policies(policy, value, tok, expected):
+    config = {"metric": "val_bpb", "direction": "lower", "policy": policy}
+    decision, reason = lib.recommend(config, policy_runs(), {"avg_tok_sec": tok}, [value])
+    assert decision == expected, reason
+
+
+def test_rerun_recommendation_then_mean_of_both_runs(project):
+    for status, v in [("keep", 1.00), ("discard", 1.01), ("discard", 0.99), ("discard", 1.02)]:
+        log_metric(project, status, v)
+    edit_target(project, VAL_BPB=0.985)
+    assert "recommend: rerun" in ok(script(project, "run-experiment")).stdout
+    proc = ok(script(project, "run-experiment"))             # unchanged: a second sample
+    assert "mean of 2 runs" in proc.stdout and "recommend: keep" in proc.stdout
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "confirmed"))
+    rec = records(project)[-1]
+    assert rec["samples"] == [0.985, 0.985] and rec["metric"] == pytest.approx(0.985)
+
+
+def test_higher_is_better_sessions(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "acc", "--dataset", "classics", "--budget", "1",
+              "--metric", "val_bpb", "--direction", "higher", "--policy", "strict"))
+    run_and_log(p, "keep", "baseline")
+    edit_target(p, VAL_BPB=1.5)
+    assert "recommend: keep" in ok(script(p, "run-experiment")).stdout
+
+
+# ------------------------------------------------------------------------ summarize
+
+def test_summarize_writes_report_and_plot_and_keeps_next_steps(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    run_and_log(project, "discard", "wider mlp", VAL_BPB=0.95)
+    edit_target(project, MODE="crash")
+    script(project, "run-experiment")
+    ok(script(project, "log-experiment", "--status", "crash", "--description", "flash attn"))
+    ok(script(project, "summarize"))
+    md = (project / "autoresearch-summary.md").read_text()
+    assert "| baseline | 1.000000 | 1 |" in md and "| best | 0.900000 | 2 |" in md
+    assert "Improvement: 0.100000 (10.00%)" in md
+    assert "| +0.100000 | 0.900000 | 2 |" in md and "lower lr" in md
+    assert "**worse or no better (discarded)**: 1" in md and "run 3: wider mlp" in md
+    assert "**crashed**: 1" in md and "run 4 `" in md and "flash attn" in md
+    assert (project / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The agent fills the next steps; a later summary keeps them.
+    (project / "autoresearch-summary.md").write_text(
+        md.split("## Recommended next steps")[0] + "## Recommended next steps\n\n1. Try RoPE base 50k.\n")
+    proc = ok(script(project, "summarize"))
+    assert "progress.png is up to date" in proc.stdout
+    assert "1. Try RoPE base 50k." in (project / "autoresearch-summary.md").read_text()
+
+
+# --------------------------------------------------------------------------- resume
+
+def test_resume_restores_the_last_kept_commit_and_continues(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    kept = git(project, "rev-parse", "HEAD")
+    edit_target(project, VAL_BPB=0.5)                   # interrupted mid-experiment
+    ok(script(project, "run-experiment"))               # ... even after its run
+    git(project, "checkout", "-q", "-b", "elsewhere")
+    (project / "autoresearch.stop").write_text("")
+    ok(script(project, "end-session"))
+    proc = ok(script(project, "resume-session"))
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+    assert git(project, "rev-parse", "HEAD") == kept and git(project, "status", "--porcelain") == ""
+    assert "VAL_BPB = 0.9\n" in (project / "train.py").read_text()
+    assert "2 runs logged; next is run 3" in proc.stdout and "best val_bpb: 0.900000" in proc.stdout
+    saved = git(project, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t1/")
+    assert "interrupted-" in saved
+    ref = [r for r in saved.splitlines() if "interrupted" in r][0]
+    assert "VAL_BPB = 0.5" in git(project, "show", f"{ref}:train.py")
+    assert not (project / "autoresearch.stop").exists()
+    assert json.loads((project / ".autoresearch" / "state.json").read_text())["active"]
+    assert not (project / ".autoresearch" / "pending.json").exists()
+    run_and_log(project, "keep", "next", VAL_BPB=0.8)
+    assert records(project)[-1]["run"] == 3
