@@ -421,8 +421,7 @@ def test_confidence_hints_a_rerun_for_a_marginal_latest_keep(project):
         log_metric(project, status, v)
     out = json.loads(ok(script(project, "confidence", "--json")).stdout)
     assert out["verdict"] == "marginal" and out["rerun"].startswith("rerun: run 5")
-    log_metric(project, "discard", 1.0)
-    assert "noise" in ok(script(project, "confidence")).stdout or True
+    assert out["rerun"] in ok(script(project, "confidence")).stdout
 
 
 def test_confidence_verdict_noise():

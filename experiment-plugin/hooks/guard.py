@@ -118,9 +118,9 @@ def check_words(root, cwd, words):
             reason = protected(root, cwd, words[i + 1])
             if reason:
                 return reason
-    args = [w for w in words if not re.match(r"^[A-Za-z_]\w*=", w)]
-    while args and args[0] in PREFIXES:
-        args = args[1:]
+    args = list(words)
+    while args and (args[0] in PREFIXES or re.match(r"^[A-Za-z_]\w*=", args[0])):
+        args = args[1:]             # VAR=value, sudo, env, ... before the command word
     if not args:
         return None
     cmd, rest = os.path.basename(args[0]), args[1:]
@@ -130,7 +130,8 @@ def check_words(root, cwd, words):
         targets = paths
     elif cmd in WRITERS_LAST and paths:
         targets = paths[-1:]
-    elif cmd in IN_PLACE and any(w.startswith("-i") or w.startswith("--in-place") for w in rest):
+    elif cmd in IN_PLACE and any(re.match(r"^-[A-Za-z]*i", w) or w.startswith("--in-place")
+                                 for w in rest):
         targets = paths
     elif cmd == "dd":
         targets = [w[3:] for w in rest if w.startswith("of=")]
