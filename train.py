@@ -1,0 +1,633 @@
+"""
+autoresearch training template, PyTorch.
+
+    python train.py          # trains for TIME_BUDGET seconds, evaluates, prints a summary
+
+This is the file an experiment edits. It reads top to bottom: hyperparameters,
+device, model, optimizer, the training loop, evaluation and the summary. Data,
+tokenizer and the metric (val_bpb, bits per byte on held-out text) come from
+prepare.py, which is fixed, so every run is measured the same way.
+
+bench.py imports this file as a module to profile it, so keep these names:
+DEVICE, DEVICE_TYPE, DEVICE_BATCH_SIZE, GRAD_ACCUM_STEPS, COMPILE, autocast(),
+to_device(), build_model(), build_optimizers(), set_schedule() and main();
+and keep the training itself inside main() (importing must not train).
+"""
+
+import time
+
+START_TIME = time.time()  # total_seconds counts from here, imports included
+
+import ctypes  # noqa: E402
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# Dataset. prepare.py reads AUTORESEARCH_DATASET when imported, so set it first.
+
+DATASET = "climbmix"   # the default; the AUTORESEARCH_DATASET environment variable wins
+os.environ.setdefault("AUTORESEARCH_DATASET", DATASET)
+import prepare  # noqa: E402
+
+DATASET = prepare.DATASET
+MAX_SEQ_LEN = prepare.MAX_SEQ_LEN     # tokens per training row
+VOCAB_SIZE = prepare.VOCAB_SIZE
+TIME_BUDGET = prepare.TIME_BUDGET     # seconds of training (AUTORESEARCH_TIME_BUDGET)
+
+# ---------------------------------------------------------------------------
+# Device: CUDA, then Apple's MPS, then the CPU.
+
+if torch.cuda.is_available():
+    DEVICE_TYPE = "cuda"
+elif torch.backends.mps.is_available():
+    DEVICE_TYPE = "mps"
+else:
+    DEVICE_TYPE = "cpu"
+DEVICE = torch.device(DEVICE_TYPE)
+
+# ---------------------------------------------------------------------------
+# Hyperparameters. Model size and batch depend on the device: a GPU wants a
+# model that fills it, a CPU wants one small enough to take a few hundred steps
+# in a few minutes (a model that sees too few tokens learns nothing).
+
+if DEVICE_TYPE == "cuda":
+    DEPTH = 8                    # transformer blocks
+    WIDTH = 512                  # model dimension (a multiple of HEAD_DIM)
+    HEAD_DIM = 128
+    DEVICE_BATCH_TOKENS = 2**18  # tokens per forward/backward
+    TOTAL_BATCH_TOKENS = 2**19   # tokens per optimizer step (gradient accumulation)
+elif DEVICE_TYPE == "mps":
+    DEPTH, WIDTH, HEAD_DIM = 6, 384, 64
+    DEVICE_BATCH_TOKENS = TOTAL_BATCH_TOKENS = 2**15
+else:
+    DEPTH, WIDTH, HEAD_DIM = 4, 256, 64
+    DEVICE_BATCH_TOKENS = TOTAL_BATCH_TOKENS = 2**12
+
+WINDOW_PATTERN = "SSSL"   # per layer, repeated: S = local window, L = full context
+SHORT_WINDOW = MAX_SEQ_LEN // 2  # tokens an S layer looks back over (the last layer is always L)
+LOGIT_SOFTCAP = 15.0      # logits = cap * tanh(logits / cap): bounded, smooth
+
+# Optimizer. Matrices inside the blocks use Muon; embeddings, the output head and
+# scalars use AdamW. The AdamW rates are tuned at width 768 and scaled by
+# (WIDTH / 768) ** -0.5, so a wider model takes proportionally smaller steps.
+MATRIX_LR = 0.04          # Muon
+EMBEDDING_LR = 0.6        # AdamW: token and value embeddings
+UNEMBEDDING_LR = 0.004    # AdamW: output head
+SCALAR_LR = 0.5           # AdamW: per-head value-embedding gates
+ADAM_BETAS = (0.8, 0.95)
+WEIGHT_DECAY = 0.0        # decoupled, on the Muon matrices, scaled by the learning rate
+MUON_MOMENTUM = (0.85, 0.95, 300)  # momentum ramps from the first to the second over this many steps
+
+# Schedule over the wall-clock budget: warm up, hold, then decay linearly to the end.
+WARMUP_RATIO = 0.0
+WARMDOWN_RATIO = 0.5
+FINAL_LR_FRAC = 0.0
+
+COMPILE = DEVICE_TYPE == "cuda"   # torch.compile; on a 2-core CPU the compile costs more than it saves
+FUSED_LOSS = not COMPILE          # chunked head + loss (SoftcapCrossEntropy) when not compiling
+LOSS_CHUNK_ELEMENTS = 2**20       # logits per chunk of the fused loss (4 MB: stays in cache)
+WARMUP_STEPS = 10 if COMPILE else 1  # first steps (compile, allocator warm-up) not counted in the budget
+SEED = 42
+LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)  # a loss this high (3x a uniform guess) means training diverged
+
+DEVICE_BATCH_SIZE = max(1, DEVICE_BATCH_TOKENS // MAX_SEQ_LEN)  # rows per forward/backward
+GRAD_ACCUM_STEPS = max(1, TOTAL_BATCH_TOKENS // (DEVICE_BATCH_SIZE * MAX_SEQ_LEN))
+
+# ---------------------------------------------------------------------------
+# Runtime settings.
+
+torch.manual_seed(SEED)
+if DEVICE_TYPE == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+if DEVICE_TYPE == "cpu" and sys.platform.startswith("linux"):
+    # glibc hands every freed block larger than 32 MB straight back to the OS, so
+    # each step would page-fault its big activations in again (about a third of
+    # the time of the loss). Keeping freed memory in the heap avoids that.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)          # M_MMAP_MAX = 0: no mmap for big blocks
+        libc.mallopt(-1, 2**40)      # M_TRIM_THRESHOLD: never trim the heap
+    except OSError:
+        pass
+
+def autocast():
+    """bf16 autocast on CUDA; fp32 elsewhere (bf16 matmuls are slow on CPUs)."""
+    if DEVICE_TYPE == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type=DEVICE_TYPE, enabled=False)
+
+def to_device(x, y):
+    """NumPy int32 (B, T) batches from prepare.py -> int64 tensors on DEVICE."""
+    x = torch.from_numpy(np.ascontiguousarray(x)).to(DEVICE, non_blocking=True).long()
+    y = torch.from_numpy(np.ascontiguousarray(y)).to(DEVICE, non_blocking=True).long()
+    return x, y
+
+# ---------------------------------------------------------------------------
+# Attention kernels. Causal full attention uses PyTorch's SDPA (flash kernels on
+# CUDA and CPU). Sliding windows need a mask: on CUDA, FlexAttention compiles
+# the mask into block-sparse kernels that skip the masked blocks; elsewhere
+# SDPA takes a boolean mask. If the flash-attn package is already installed it
+# is used on CUDA (nothing is ever downloaded at run time).
+
+try:
+    from flash_attn import flash_attn_func  # optional, only if already installed
+except Exception:
+    flash_attn_func = None
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    if DEVICE_TYPE == "cuda":
+        flex_attention = torch.compile(flex_attention, dynamic=False)
+except Exception:
+    flex_attention = None
+
+USE_FLASH = DEVICE_TYPE == "cuda" and flash_attn_func is not None
+USE_FLEX = DEVICE_TYPE == "cuda" and flex_attention is not None and not USE_FLASH
+_masks = {}
+
+def attention(q, k, v, window):
+    """q, k, v: (B, T, H, D). Causal attention over the last `window` positions."""
+    T = q.size(1)
+    if USE_FLASH:
+        w = (-1, 0) if window >= T else (window - 1, 0)
+        return flash_attn_func(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=True, window_size=w)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+    if window >= T:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif USE_FLEX:
+        key = ("flex", window, T)
+        if key not in _masks:
+            def sliding(b, h, qi, ki):
+                return (qi >= ki) & (qi - ki < window)
+            _masks[key] = create_block_mask(sliding, None, None, T, T, device=DEVICE_TYPE)
+        y = flex_attention(q, k, v, block_mask=_masks[key])
+    else:
+        key = ("dense", window, T, q.device)
+        if key not in _masks:
+            i = torch.arange(T, device=q.device)
+            _masks[key] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=_masks[key])
+    return y.transpose(1, 2)
+
+# ---------------------------------------------------------------------------
+# The model: a small modern GPT.
+#  - pre-norm residual blocks; RMSNorm without weights (a learned gain adds little)
+#  - rotary position embeddings; RMSNorm on queries and keys (QK-norm) keeps the
+#    attention logits in range without a learning-rate warm-up
+#  - ReLU^2 MLP: relu(x)^2 is cheap and trains better than GELU at this scale
+#  - value embeddings: on alternate layers a second token embedding is added to
+#    the values through a learned per-head gate; almost free, helps small models
+#  - sliding-window attention on some layers (WINDOW_PATTERN)
+#  - soft-capped logits and an output head not tied to the input embedding
+
+class SoftcapCrossEntropy(torch.autograd.Function):
+    """Output head + soft-cap + cross-entropy in one op, a few rows at a time.
+
+    The plain version materializes (tokens x vocab) logits and walks over them
+    about a dozen times (divide, tanh, multiply, log-softmax, and the same again
+    backwards). On a CPU each walk is a trip to main memory and together they
+    cost more than the head's matmul. Here each chunk of rows stays in cache
+    from matmul to loss, and since the loss is the last op the gradient with
+    respect to the logits is computed right away and kept for backward, which
+    is then just two matmuls. Same math as the plain path (a test checks it).
+    torch.compile fuses the plain path by itself, so compiled runs use that.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets):
+        N, V = x.size(0), weight.size(0)
+        losses = torch.empty(N, dtype=torch.float32, device=x.device)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        dlogits = torch.empty(N, V, dtype=torch.float32, device=x.device) if need_grad else None
+        rows = max(1, LOSS_CHUNK_ELEMENTS // V)
+        for s in range(0, N, rows):
+            xs, ys = x[s:s + rows], targets[s:s + rows, None]
+            t = torch.tanh_((xs / LOGIT_SOFTCAP) @ weight.t())   # (n, V), logits = cap * t
+            # |logits| <= cap = 15, so exp cannot overflow: no max subtraction needed
+            e = torch.exp_(t * LOGIT_SOFTCAP)
+            sum_e = e.sum(dim=-1, keepdim=True)
+            losses[s:s + rows] = (torch.log(sum_e) - LOGIT_SOFTCAP * t.gather(1, ys)).squeeze(1)
+            if need_grad:
+                # d loss / d logits = (softmax - onehot(target)) * (1 - t^2)
+                p = e.div_(sum_e)
+                p.scatter_add_(1, ys, torch.full(ys.shape, -1.0, device=x.device))
+                torch.addcmul(p, p, t.square_(), value=-1.0, out=dlogits[s:s + rows])
+        ctx.save_for_backward(x, weight, dlogits)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        x, weight, dlogits = ctx.saved_tensors
+        g = grad_losses.float()[:, None]      # per-token scale (1/N for a mean)
+        grad_x = (dlogits @ weight) * g
+        grad_w = dlogits.t() @ (x * g)
+        return grad_x, grad_w, None
+
+def norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+def rotary_tables(seq_len, head_dim, base=10000.0):
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos()[:, None, None, :], angles.sin()[:, None, None, :]  # (T, 1, 1, D/2)
+
+def apply_rotary(x, cos, sin):
+    """Rotate each (x1, x2) pair of channels by a position-dependent angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
+
+def has_value_embedding(layer, depth):
+    return layer % 2 == (depth - 1) % 2   # alternate layers, always including the last
+
+class Attention(nn.Module):
+    def __init__(self, width, head_dim, window, value_embedding):
+        super().__init__()
+        self.n_head, self.head_dim, self.window = width // head_dim, head_dim, window
+        # q, k and v weights in one (3, width, width) tensor: one matmul on the
+        # forward pass, three separate matrices for Muon.
+        self.qkv = nn.Parameter(torch.empty(3, width, width))
+        self.proj = nn.Linear(width, width, bias=False)
+        self.ve_gate = nn.Parameter(torch.full((self.n_head,), 0.5)) if value_embedding else None
+
+    def forward(self, x, ve, cos, sin):
+        B, T, C = x.shape
+        qkv = F.linear(x, self.qkv.flatten(0, 1)).view(B, T, 3, self.n_head, self.head_dim)
+        qk, v = qkv[:, :, :2], qkv[:, :, 2]
+        if ve is not None:
+            v = v + self.ve_gate.view(1, 1, -1, 1) * ve.view(B, T, self.n_head, self.head_dim)
+        q, k = apply_rotary(norm(qk), cos, sin).unbind(2)   # queries and keys together: half the ops
+        y = attention(q, k, v, self.window)
+        return self.proj(y.reshape(B, T, C))
+
+class MLP(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, 4 * width, bias=False)
+        self.proj = nn.Linear(4 * width, width, bias=False)
+
+    def forward(self, x):
+        return self.proj(F.relu(self.fc(x)).square())
+
+class Block(nn.Module):
+    def __init__(self, width, head_dim, window, value_embedding):
+        super().__init__()
+        self.attn = Attention(width, head_dim, window, value_embedding)
+        self.mlp = MLP(width)
+
+    def forward(self, x, ve, cos, sin):
+        x = x + self.attn(norm(x), ve, cos, sin)
+        return x + self.mlp(norm(x))
+
+class GPT(nn.Module):
+    def __init__(self, depth=DEPTH, width=WIDTH, head_dim=HEAD_DIM, vocab_size=VOCAB_SIZE,
+                 seq_len=MAX_SEQ_LEN, window_pattern=WINDOW_PATTERN, short_window=SHORT_WINDOW):
+        super().__init__()
+        assert width % head_dim == 0, "WIDTH must be a multiple of HEAD_DIM"
+        self.depth, self.width, self.head_dim, self.vocab_size = depth, width, head_dim, vocab_size
+        pattern = (window_pattern * depth)[:depth]
+        self.windows = [short_window if c == "S" else seq_len for c in pattern[:-1]] + [seq_len]
+        self.wte = nn.Embedding(vocab_size, width)
+        self.value_embeds = nn.ModuleDict({
+            str(i): nn.Embedding(vocab_size, width) for i in range(depth) if has_value_embedding(i, depth)})
+        self.blocks = nn.ModuleList([
+            Block(width, head_dim, self.windows[i], has_value_embedding(i, depth)) for i in range(depth)])
+        self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        cos, sin = rotary_tables(seq_len, head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        # Embeddings ~ N(0, 1) (they are normalized right away); input matrices
+        # uniform with std 1/sqrt(width); output projections zero, so every block
+        # starts as the identity; a small output head gives near-uniform predictions.
+        nn.init.normal_(self.wte.weight, std=1.0)
+        for emb in self.value_embeds.values():
+            nn.init.normal_(emb.weight, std=1.0)
+        bound = 3 ** 0.5 * self.width ** -0.5
+        for block in self.blocks:
+            nn.init.uniform_(block.attn.qkv, -bound, bound)
+            nn.init.uniform_(block.mlp.fc.weight, -bound, bound)
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.mlp.proj.weight)
+        nn.init.normal_(self.lm_head.weight, std=0.001)
+
+    def forward(self, idx, targets):
+        """Per-token cross-entropy in nats, shape (B, T). Training takes the mean."""
+        B, T = idx.shape
+        cos, sin = self.cos[:T], self.sin[:T]
+        x = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin)
+        x = norm(x).view(B * T, -1)
+        if FUSED_LOSS:
+            loss = SoftcapCrossEntropy.apply(x, self.lm_head.weight, targets.reshape(-1))
+        else:
+            logits = self.lm_head(x).float()
+            logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+            loss = F.cross_entropy(logits, targets.reshape(-1), reduction="none")
+        return loss.view(B, T)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self, seq_len=MAX_SEQ_LEN):
+        """Training FLOPs per token (forward + backward = 3x forward): 6 per weight
+        of every matmul (embedding lookups are free), plus attention scores and
+        weighted values over the positions each query actually sees."""
+        matmul = sum(p.numel() for b in self.blocks for p in b.parameters() if p.dim() >= 2)
+        matmul += self.lm_head.weight.numel()
+        attn = 0
+        for w in self.windows:
+            seen = sum(min(t + 1, w) for t in range(seq_len)) / seq_len
+            attn += 12 * self.width * seen
+        return 6 * matmul + attn
+
+def build_model():
+    model = GPT().to(DEVICE)
+    return model
+
+# ---------------------------------------------------------------------------
+# Optimizer: Muon for the 2-D matrices of the blocks, AdamW for the rest.
+# Muon keeps a momentum of the gradient and replaces it by the nearest
+# orthogonal matrix (all singular values 1, computed with a few Newton-Schulz
+# iterations), so every direction of a matrix moves at the same rate.
+
+def orthogonalize(G, steps=5):
+    """Approximate U V^T of G = U S V^T for a batch of matrices (..., rows, cols).
+    The quintic iteration pushes every singular value towards 1 (to roughly
+    0.7..1.2, which is all Muon needs) in a handful of matmuls."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16() if G.is_cuda else G.float()  # bf16 on GPUs; CPUs are fast only in fp32
+    wide = X.size(-2) <= X.size(-1)
+    if not wide:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # singular values <= 1
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)      # b*A + c*A@A
+        X = torch.baddbmm(X, B, X, beta=a, alpha=1.0)    # a*X + B@X
+    if not wide:
+        X = X.mT
+    return X.to(G.dtype)
+
+class Muon(torch.optim.Optimizer):
+    """Matrices of one shape form one group and are updated as one batch."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        by_shape = {}
+        for p in params:
+            by_shape.setdefault(tuple(p.shape[-2:]), []).append(p)
+        groups = [dict(params=ps) for ps in by_shape.values()]
+        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            rows, cols = params[0].shape[-2:]
+            grads = torch.cat([p.grad.view(-1, rows, cols) for p in params])  # (N, rows, cols)
+            state = self.state[params[0]]
+            if "momentum" not in state:
+                state["momentum"] = torch.zeros_like(grads)
+            buf = state["momentum"]
+            buf.lerp_(grads, 1 - group["momentum"])
+            update = orthogonalize(grads.lerp_(buf, group["momentum"]))  # Nesterov momentum
+            scale = max(1.0, rows / cols) ** 0.5                          # tall matrices: same RMS step
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            updates = update.split([p.numel() // (rows * cols) for p in params])
+            torch._foreach_add_(params, [u.view_as(p) for u, p in zip(updates, params)], alpha=-lr * scale)
+
+def build_optimizers(model):
+    scale = (model.width / 768) ** -0.5
+    matrices = [p for b in model.blocks for p in b.parameters() if p.dim() >= 2]
+    scalars = [p for b in model.blocks for p in b.parameters() if p.dim() < 2]
+    adam_groups = [
+        dict(params=[model.wte.weight, *[e.weight for e in model.value_embeds.values()]],
+             lr=EMBEDDING_LR * scale),
+        dict(params=[model.lm_head.weight], lr=UNEMBEDDING_LR * scale),
+        dict(params=scalars, lr=SCALAR_LR * scale),
+    ]
+    adamw = torch.optim.AdamW(adam_groups, betas=ADAM_BETAS, eps=1e-10, weight_decay=0.0,
+                              fused=DEVICE_TYPE in ("cuda", "cpu"))
+    muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM[1], weight_decay=WEIGHT_DECAY)
+    optimizers = [adamw, muon]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return optimizers
+
+def lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return (progress + 1e-8) / WARMUP_RATIO
+    if progress < 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    frac = (1.0 - progress) / WARMDOWN_RATIO
+    return max(0.0, frac) * 1.0 + (1 - max(0.0, frac)) * FINAL_LR_FRAC
+
+def set_schedule(optimizers, progress, step):
+    """Learning rates follow the fraction of the time budget used; Muon's
+    momentum ramps up over the first steps."""
+    lrm = lr_multiplier(progress)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+    lo, hi, n = MUON_MOMENTUM
+    for group in optimizers[1].param_groups:
+        group["momentum"] = lo + (hi - lo) * min(1.0, step / n)
+    return lrm
+
+# ---------------------------------------------------------------------------
+# Reporting helpers: device description, peak memory, MFU.
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets.
+GPU_PEAK_FLOPS = [
+    ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
+    ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12),
+    ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
+]
+
+def device_info():
+    if DEVICE_TYPE == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        name = props.name
+        peak = next((f for key, f in GPU_PEAK_FLOPS if key in name), None)
+        return dict(device_type="cuda", device_name=name, memory_gb=round(props.total_memory / 1e9, 1),
+                    peak_flops=peak, peak_flops_note="datasheet dense bf16" if peak else "device not in table")
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        mem_gb = None
+    if DEVICE_TYPE == "mps":
+        name = f"Apple {platform.machine()} (MPS)"
+    return dict(device_type=DEVICE_TYPE, device_name=name, memory_gb=mem_gb, peak_flops=None,
+                peak_flops_note="peak unknown for this device: MFU not reported",
+                cpu_threads=torch.get_num_threads())
+
+def peak_memory_mb():
+    if DEVICE_TYPE == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    if DEVICE_TYPE == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+def write_run_record(record):
+    """data/last_run.json and a timestamped copy in data/runs/ (under the working directory)."""
+    os.makedirs(os.path.join("data", "runs"), exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(record, indent=2) + "\n"
+    for path in (os.path.join("data", "runs", f"{stamp}-{os.getpid()}.json"), os.path.join("data", "last_run.json")):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+def fail(message, record):
+    print(f"FAIL: {message}", flush=True)
+    record["result"] = dict(status="failed", val_bpb=None, error=message)
+    write_run_record(record)
+    sys.exit(1)
+
+# ---------------------------------------------------------------------------
+# Training.
+
+def main():
+    t_start = START_TIME
+    tokenizer = prepare.Tokenizer.load()
+    model = build_model()
+    optimizers = build_optimizers(model)
+    step_model = torch.compile(model, dynamic=False) if COMPILE else model
+    info = device_info()
+    num_params = model.num_params()
+    flops_per_token = model.flops_per_token()
+    tokens_per_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN * GRAD_ACCUM_STEPS
+    print(f"device: {info['device_name']} ({DEVICE_TYPE}) | dataset: {DATASET} | "
+          f"params: {num_params / 1e6:.2f}M | depth {DEPTH} width {WIDTH} | "
+          f"batch {tokens_per_step:,} tokens ({DEVICE_BATCH_SIZE}x{MAX_SEQ_LEN}x{GRAD_ACCUM_STEPS}) | "
+          f"budget {TIME_BUDGET:g}s | compile {COMPILE}", flush=True)
+
+    record = dict(
+        schema_version=1, template=os.path.basename(__file__), framework=f"torch {torch.__version__}",
+        started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        hardware=info,
+        model=dict(depth=DEPTH, width=WIDTH, head_dim=HEAD_DIM, n_head=WIDTH // HEAD_DIM,
+                   num_params=num_params, vocab_size=VOCAB_SIZE, seq_len=MAX_SEQ_LEN,
+                   window_pattern=WINDOW_PATTERN, flops_per_token=flops_per_token),
+        data=dict(dataset=DATASET, tokenizer=getattr(tokenizer, "name", None),
+                  vocab_size=VOCAB_SIZE, max_seq_len=MAX_SEQ_LEN, eval_tokens=prepare.EVAL_TOKENS),
+        training=dict(time_budget_s=TIME_BUDGET, compiled=COMPILE,
+                      dtype="bf16 autocast" if DEVICE_TYPE == "cuda" else "fp32",
+                      device_batch_size=DEVICE_BATCH_SIZE, grad_accum_steps=GRAD_ACCUM_STEPS,
+                      tokens_per_step=tokens_per_step),
+        timing_sample=[],
+    )
+
+    loader = prepare.make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+    x, y = to_device(*next(loader))
+    training_time, step, timed_tokens, last_log = 0.0, 0, 0, 0.0
+    t_train_start = time.time()
+    model.train()
+    while True:
+        t0 = time.time()
+        progress = min(training_time / TIME_BUDGET, 1.0)
+        lrm = set_schedule(optimizers, progress, step)
+        for _ in range(GRAD_ACCUM_STEPS):
+            with autocast():
+                loss = step_model(x, y).mean()
+            (loss / GRAD_ACCUM_STEPS).backward()
+            x, y = to_device(*next(loader))  # fetch the next batch while the device works
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        train_loss = loss.item()  # waits for the device
+        dt = time.time() - t0
+
+        if not math.isfinite(train_loss):
+            fail(f"loss is {'NaN' if math.isnan(train_loss) else 'inf'} at step {step}", record)
+        if train_loss > LOSS_LIMIT:
+            fail(f"loss exploded to {train_loss:.2f} at step {step} (limit {LOSS_LIMIT:.2f})", record)
+
+        counted = step >= WARMUP_STEPS
+        if counted:
+            training_time += dt
+            timed_tokens += tokens_per_step
+        if step < 5 or step % 25 == 0 or len(record["timing_sample"]) < 3:
+            record["timing_sample"].append(dict(step=step, ms=round(dt * 1000, 2),
+                                                loss=round(train_loss, 4), counted=counted))
+        step += 1
+        now = time.time()
+        if step <= 3 or now - last_log >= 10:
+            last_log = now
+            tok_s = timed_tokens / training_time if training_time else tokens_per_step / dt
+            print(f"step {step:05d} ({100 * progress:.1f}%) | loss {train_loss:.4f} | lrm {lrm:.2f} | "
+                  f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} | remaining {max(0, TIME_BUDGET - training_time):.0f}s",
+                  flush=True)
+        if counted and training_time >= TIME_BUDGET:
+            break
+    t_train_end = time.time()
+
+    # Evaluation: prepare.evaluate_bpb feeds fixed validation batches to our
+    # per-token loss and turns nats into bits per byte.
+    model.eval()
+    eval_model = step_model if COMPILE else model   # compiled kernels on GPU; the same shapes as training
+
+    def per_token_loss(xv, yv):
+        xv, yv = to_device(xv, yv)
+        with torch.no_grad(), autocast():
+            return eval_model(xv, yv).float().cpu().numpy()
+
+    val_bpb = prepare.evaluate_bpb(per_token_loss, DEVICE_BATCH_SIZE)
+    t_end = time.time()
+
+    tok_per_sec = timed_tokens / training_time
+    peak_flops = info["peak_flops"]
+    mfu = 100 * flops_per_token * tok_per_sec / peak_flops if peak_flops else None
+    total_tokens = step * tokens_per_step
+    peak_mem = peak_memory_mb()
+    record["training"].update(
+        training_seconds=round(training_time, 2), total_seconds=round(t_end - t_start, 2),
+        startup_seconds=round(t_train_start - t_start, 2),
+        untimed_seconds=round(t_train_end - t_train_start - training_time, 2),
+        eval_seconds=round(t_end - t_train_end, 2), num_steps=step, warmup_steps=WARMUP_STEPS,
+        total_tokens=total_tokens, tok_per_sec=round(tok_per_sec, 1), peak_memory_mb=round(peak_mem, 1),
+        mfu_percent=round(mfu, 2) if mfu is not None else None, final_train_loss=round(train_loss, 4))
+    record["result"] = dict(status="ok", val_bpb=val_bpb)
+    write_run_record(record)
+
+    print("---")
+    print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"training_seconds: {training_time:.1f}")
+    print(f"total_seconds:    {t_end - t_start:.1f}")
+    print(f"peak_memory_mb:   {peak_mem:.1f}")
+    print(f"mfu_percent:      {mfu:.2f}" if mfu is not None else "mfu_percent:      n/a")
+    print(f"avg_tok_sec:      {tok_per_sec:,.0f}")
+    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
+    print(f"num_steps:        {step}")
+    print(f"num_params_M:     {num_params / 1e6:.1f}")
+    print(f"depth:            {DEPTH}")
+
+
+if __name__ == "__main__":
+    main()
