@@ -563,7 +563,7 @@ def prepare(dataset, num_shards=None, workers=8):
                     with open(os.path.join(source.embedded_dir, file), "rb") as f:
                         _atomic_write(target, f.read())
         else:
-            _drop_damaged(source, recorded)
+            _drop_damaged(source, recorded, num_shards)
             download_all(source, source.downloads(num_shards), workers)
             for file in source.downloads(num_shards):  # fail now, not in the middle of training
                 _read_texts(directory, file, 0, 0)
@@ -605,14 +605,14 @@ def _tokenizer_intact(directory, manifest):
                for name in ("tokenizer.pkl", "token_bytes.npy"))
 
 
-def _drop_damaged(source, manifest):
+def _drop_damaged(source, manifest, num_shards=None):
     """Before downloading: a file that no longer matches its recorded hash (or cannot be
     read) is moved aside as <name>.bad so it is fetched again. Verified files stay."""
     import pyarrow.parquet as pq
 
     directory = cache_dir(source)
     recorded = manifest["files"] if manifest else {}
-    for file in source.downloads():
+    for file in source.downloads(num_shards):
         path = os.path.join(directory, file)
         if not os.path.exists(path):
             continue
