@@ -1,0 +1,467 @@
+"""
+autoresearch training template, MLX.
+
+    python train_mlx.py      # trains for TIME_BUDGET seconds, evaluates, prints a summary
+
+The MLX twin of train.py: the same model family, optimizer, budget, metric and
+outputs, written for Apple Silicon (Metal, unified memory). It also runs on
+Linux with `mlx[cpu]`, slowly: there the MLX wheel multiplies matrices with a
+reference BLAS, so a system OpenBLAS is used instead when one is installed.
+
+bench.py imports this file as a module to profile it, so keep these names:
+DEVICE_BATCH_SIZE, COMPILE, build_model(), build_optimizer(), loss_fn(),
+make_train_step(), set_schedule() and main(); and keep the training itself
+inside main() (importing must not train).
+"""
+
+import time
+
+START_TIME = time.time()  # total_seconds counts from here, imports included
+
+import ctypes  # noqa: E402
+import ctypes.util  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+from functools import partial  # noqa: E402
+
+if sys.platform.startswith("linux"):
+    # MLX's Linux wheel calls cblas_sgemm from a bundled reference BLAS (a few
+    # GFLOP/s). Loading an optimized BLAS first, into the global symbol scope,
+    # makes MLX bind to it instead (about 40x faster matmuls on a CPU).
+    _blas = os.environ.get("AUTORESEARCH_BLAS") or ctypes.util.find_library("openblas")
+    try:
+        BLAS = _blas and ctypes.CDLL(_blas, mode=ctypes.RTLD_GLOBAL) and _blas
+    except OSError:
+        BLAS = None
+else:
+    BLAS = None
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+import mlx.optimizers as optim  # noqa: E402
+import numpy as np  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Dataset. prepare.py reads AUTORESEARCH_DATASET when imported, so set it first.
+
+DATASET = "climbmix"   # the default; the AUTORESEARCH_DATASET environment variable wins
+os.environ.setdefault("AUTORESEARCH_DATASET", DATASET)
+import prepare  # noqa: E402
+
+DATASET = prepare.DATASET
+MAX_SEQ_LEN = prepare.MAX_SEQ_LEN
+VOCAB_SIZE = prepare.VOCAB_SIZE
+TIME_BUDGET = prepare.TIME_BUDGET
+
+# ---------------------------------------------------------------------------
+# Hyperparameters. On Apple Silicon MLX runs on the GPU; elsewhere on the CPU,
+# where the model must be small to take enough steps in a few minutes.
+
+GPU = mx.metal.is_available()
+if GPU:
+    DEPTH, WIDTH, HEAD_DIM = 6, 384, 64
+    DEVICE_BATCH_TOKENS = 2**15   # tokens per optimizer step
+else:
+    DEPTH, WIDTH, HEAD_DIM = 2, 128, 64
+    DEVICE_BATCH_TOKENS = 2**11
+
+WINDOW_PATTERN = "SSSL"   # per layer, repeated: S = local window, L = full context
+SHORT_WINDOW = MAX_SEQ_LEN // 2
+LOGIT_SOFTCAP = 15.0
+
+# Optimizer: Muon for the block matrices, AdamW for the rest; AdamW rates are
+# scaled by (WIDTH / 768) ** -0.5 (see train.py for the reasoning).
+MATRIX_LR = 0.04
+EMBEDDING_LR = 0.6
+UNEMBEDDING_LR = 0.004
+SCALAR_LR = 0.5
+ADAM_BETAS = (0.8, 0.95)
+WEIGHT_DECAY = 0.0
+MUON_MOMENTUM = (0.85, 0.95, 300)
+
+WARMUP_RATIO = 0.0
+WARMDOWN_RATIO = 0.5
+FINAL_LR_FRAC = 0.0
+
+# mx.compile the whole training step (forward, backward, update). On Metal it
+# fuses kernels and pays off at once; on a Linux CPU it builds C++ kernels with
+# the system compiler (~40 s on 2 cores) for ~10% speed, so it is off there.
+COMPILE = GPU
+WARMUP_STEPS = 2          # first steps (tracing and compiling) not counted in the budget
+SEED = 42
+LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)
+
+DEVICE_BATCH_SIZE = max(1, DEVICE_BATCH_TOKENS // MAX_SEQ_LEN)
+
+mx.random.seed(SEED)
+
+# ---------------------------------------------------------------------------
+# The model (same family as train.py): pre-norm blocks with weightless RMSNorm,
+# rotary embeddings, QK-norm, ReLU^2 MLP, value embeddings on alternate layers,
+# sliding-window layers, soft-capped logits, untied output head. The mx.fast
+# kernels do RMSNorm, RoPE and attention in one pass each.
+
+def norm(x):
+    return mx.fast.rms_norm(x, None, 1e-6)
+
+def has_value_embedding(layer, depth):
+    return layer % 2 == (depth - 1) % 2
+
+def window_mask(T, window):
+    """None for full causal attention, else a boolean (T, T) mask: attend to the last `window` positions."""
+    if window >= T:
+        return None
+    i = mx.arange(T)
+    return (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+
+class Attention(nn.Module):
+    def __init__(self, width, head_dim, window, value_embedding):
+        super().__init__()
+        self.n_head, self.head_dim, self.window = width // head_dim, head_dim, window
+        bound = 3 ** 0.5 * width ** -0.5
+        self.qkv = mx.random.uniform(-bound, bound, (3, width, width))  # q, k, v: three matrices for Muon
+        self.proj = nn.Linear(width, width, bias=False)
+        self.proj.weight = mx.zeros((width, width))
+
+    def __call__(self, x, ve, mask):
+        B, T, C = x.shape
+        H, D = self.n_head, self.head_dim
+        qkv = (x @ self.qkv.reshape(3 * C, C).T).reshape(B, T, 3, H, D).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]                       # (B, H, T, D)
+        if ve is not None:
+            v = v + ve.reshape(B, T, H, D).transpose(0, 2, 1, 3)
+        q = mx.fast.rope(norm(q), D, traditional=False, base=10000.0, scale=1.0, offset=0)
+        k = mx.fast.rope(norm(k), D, traditional=False, base=10000.0, scale=1.0, offset=0)
+        y = mx.fast.scaled_dot_product_attention(q, k, v, scale=D ** -0.5,
+                                                  mask="causal" if mask is None else mask)
+        return self.proj(y.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+class ValueEmbedding(nn.Module):
+    """A second token embedding, added to the values through a learned per-head gate."""
+
+    def __init__(self, vocab_size, width, n_head):
+        super().__init__()
+        self.weight = mx.random.normal((vocab_size, width))
+        self.gate = mx.full((n_head, 1), 0.5)
+
+    def __call__(self, idx):
+        e = self.weight[idx]                                   # (B, T, C)
+        return (e.reshape(*e.shape[:-1], *self.gate.shape[:1], -1) * self.gate).reshape(e.shape)
+
+class MLP(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, 4 * width, bias=False)
+        bound = 3 ** 0.5 * width ** -0.5
+        self.fc.weight = mx.random.uniform(-bound, bound, (4 * width, width))
+        self.proj = nn.Linear(4 * width, width, bias=False)
+        self.proj.weight = mx.zeros((width, 4 * width))
+
+    def __call__(self, x):
+        return self.proj(mx.square(nn.relu(self.fc(x))))
+
+class Block(nn.Module):
+    def __init__(self, width, head_dim, window, value_embedding):
+        super().__init__()
+        self.attn = Attention(width, head_dim, window, value_embedding)
+        self.mlp = MLP(width)
+
+    def __call__(self, x, ve, mask):
+        x = x + self.attn(norm(x), ve, mask)
+        return x + self.mlp(norm(x))
+
+class GPT(nn.Module):
+    def __init__(self, depth=DEPTH, width=WIDTH, head_dim=HEAD_DIM, vocab_size=VOCAB_SIZE,
+                 seq_len=MAX_SEQ_LEN, window_pattern=WINDOW_PATTERN, short_window=SHORT_WINDOW):
+        super().__init__()
+        assert width % head_dim == 0, "WIDTH must be a multiple of HEAD_DIM"
+        self.depth, self.width, self.vocab_size, self.seq_len = depth, width, vocab_size, seq_len
+        pattern = (window_pattern * depth)[:depth]
+        self.windows = [short_window if c == "S" else seq_len for c in pattern[:-1]] + [seq_len]
+        self.wte = nn.Embedding(vocab_size, width)
+        self.wte.weight = mx.random.normal((vocab_size, width))
+        # dict keys must not be digits: MLX would read "1" as a list index
+        self.value_embeds = {f"layer{i}": ValueEmbedding(vocab_size, width, width // head_dim)
+                             for i in range(depth) if has_value_embedding(i, depth)}
+        self.blocks = [Block(width, head_dim, self.windows[i], has_value_embedding(i, depth))
+                       for i in range(depth)]
+        self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        self.lm_head.weight = 0.001 * mx.random.normal((vocab_size, width))
+
+    def __call__(self, idx, targets):
+        """Per-token cross-entropy in nats, shape (B, T)."""
+        T = idx.shape[1]
+        x = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            ve = self.value_embeds[f"layer{i}"](idx) if f"layer{i}" in self.value_embeds else None
+            x = block(x, ve, window_mask(T, self.windows[i]))
+        logits = self.lm_head(norm(x)).astype(mx.float32)
+        logits = LOGIT_SOFTCAP * mx.tanh(logits / LOGIT_SOFTCAP)
+        return nn.losses.cross_entropy(logits, targets, reduction="none")
+
+    def num_params(self):
+        return sum(v.size for _, v in tree_flatten(self.parameters()))
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6 per matmul weight + attention over the visible positions."""
+        matmul = sum(v.size for _, v in tree_flatten(self.blocks[0].parameters()) if v.ndim >= 2) * self.depth
+        matmul += self.lm_head.weight.size
+        attn = sum(12 * self.width * sum(min(t + 1, w) for t in range(self.seq_len)) / self.seq_len
+                   for w in self.windows)
+        return 6 * matmul + attn
+
+def build_model():
+    model = GPT()
+    mx.eval(model.parameters())
+    return model
+
+def loss_fn(model, x, y):
+    return model(x, y).mean()
+
+# ---------------------------------------------------------------------------
+# Optimizer: Muon (momentum, then the nearest orthogonal matrix via Newton-Schulz)
+# for the block matrices, AdamW for embeddings, head and scalars.
+
+def orthogonalize(G, steps=5):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    wide = G.shape[-2] <= G.shape[-1]
+    X = G if wide else mx.swapaxes(G, -1, -2)
+    X = X / (mx.sqrt(mx.sum(X * X, axis=(-2, -1), keepdims=True)) + 1e-7)
+    for _ in range(steps):
+        A = X @ mx.swapaxes(X, -1, -2)
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X if wide else mx.swapaxes(X, -1, -2)
+
+class Muon(optim.Optimizer):
+    """Muon over the last two axes (a (3, C, C) qkv tensor is three matrices),
+    decoupled weight decay, and the step scaled up for tall matrices."""
+
+    def __init__(self, learning_rate, momentum, weight_decay):
+        super().__init__()
+        self._maybe_schedule("learning_rate", learning_rate)
+        self.state["momentum"] = mx.array(momentum)   # in the state, so a compiled step sees changes
+        self.weight_decay = weight_decay
+
+    def init_single(self, parameter, state):
+        state["buf"] = mx.zeros_like(parameter)
+
+    def apply_single(self, gradient, parameter, state):
+        mu = self.state["momentum"]
+        buf = mu * state["buf"] + (1 - mu) * gradient
+        state["buf"] = buf
+        update = orthogonalize((1 - mu) * gradient + mu * buf)   # Nesterov
+        rows, cols = parameter.shape[-2:]
+        lr = self.learning_rate * max(1.0, rows / cols) ** 0.5
+        return parameter * (1 - self.learning_rate * self.weight_decay) - lr * update
+
+def build_optimizer(model):
+    scale = (model.width / 768) ** -0.5
+    def adamw(lr):
+        return optim.AdamW(learning_rate=lr, betas=list(ADAM_BETAS), eps=1e-10, weight_decay=0.0)
+    parts = [  # (optimizer, which parameters); the last takes the rest
+        (Muon(MATRIX_LR, MUON_MOMENTUM[1], WEIGHT_DECAY), lambda path, p: path.startswith("blocks") and p.ndim >= 2),
+        (adamw(EMBEDDING_LR * scale), lambda path, p: path.startswith("wte") or path.endswith("embeds.weight") or
+         (path.startswith("value_embeds") and path.endswith(".weight"))),
+        (adamw(UNEMBEDDING_LR * scale), lambda path, p: path.startswith("lm_head")),
+        (adamw(SCALAR_LR * scale), None),
+    ]
+    opt = optim.MultiOptimizer([o for o, _ in parts], [f for _, f in parts[:-1]])
+    opt.base_lrs = [float(o.learning_rate) for o, _ in parts]
+    opt.init(model.trainable_parameters())
+    return opt
+
+def lr_multiplier(progress):
+    if progress < WARMUP_RATIO:
+        return (progress + 1e-8) / WARMUP_RATIO
+    if progress < 1.0 - WARMDOWN_RATIO:
+        return 1.0
+    frac = max(0.0, (1.0 - progress) / WARMDOWN_RATIO)
+    return frac + (1 - frac) * FINAL_LR_FRAC
+
+def set_schedule(opt, progress, step):
+    lrm = lr_multiplier(progress)
+    for o, base in zip(opt.optimizers, opt.base_lrs):
+        o.learning_rate = base * lrm
+    lo, hi, n = MUON_MOMENTUM
+    opt.optimizers[0].state["momentum"] = mx.array(lo + (hi - lo) * min(1.0, step / n))
+    return lrm
+
+def make_train_step(model, opt):
+    """One optimizer step as one function; compiled, MLX fuses the elementwise
+    work and reuses the traced graph every step."""
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+    def step(x, y):
+        loss, grads = loss_and_grad(model, x, y)
+        opt.update(model, grads)
+        return loss
+
+    if COMPILE:
+        state = [model.state, opt.state, mx.random.state]
+        step = partial(mx.compile, inputs=state, outputs=state)(step)
+    return step
+
+# ---------------------------------------------------------------------------
+# Reporting helpers.
+
+def device_info():
+    name = platform.processor() or platform.machine()
+    if sys.platform == "darwin":
+        try:
+            import subprocess
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, timeout=5).stdout.strip() or name
+        except Exception:
+            pass
+    else:
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        mem_gb = None
+    return dict(device_type="metal" if GPU else "cpu", device_name=name, memory_gb=mem_gb,
+                peak_flops=None, peak_flops_note="peak unknown for this device: MFU not reported",
+                blas=BLAS or ("Accelerate" if sys.platform == "darwin" else "bundled reference BLAS"))
+
+def peak_memory_mb():
+    peak = mx.get_peak_memory()
+    if peak:
+        return peak / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+def write_run_record(record):
+    os.makedirs(os.path.join("data", "runs"), exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    text = json.dumps(record, indent=2) + "\n"
+    for path in (os.path.join("data", "runs", f"{stamp}-{os.getpid()}.json"), os.path.join("data", "last_run.json")):
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+def fail(message, record):
+    print(f"FAIL: {message}", flush=True)
+    record["result"] = dict(status="failed", val_bpb=None, error=message)
+    write_run_record(record)
+    sys.exit(1)
+
+# ---------------------------------------------------------------------------
+# Training.
+
+def main():
+    t_start = START_TIME
+    tokenizer = prepare.Tokenizer.load()
+    model = build_model()
+    opt = build_optimizer(model)
+    train_step = make_train_step(model, opt)
+    info = device_info()
+    num_params = model.num_params()
+    flops_per_token = model.flops_per_token()
+    tokens_per_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
+    print(f"device: {info['device_name']} ({info['device_type']}, BLAS: {info['blas']}) | dataset: {DATASET} | "
+          f"params: {num_params / 1e6:.2f}M | depth {DEPTH} width {WIDTH} | "
+          f"batch {tokens_per_step:,} tokens ({DEVICE_BATCH_SIZE}x{MAX_SEQ_LEN}) | "
+          f"budget {TIME_BUDGET:g}s | compile {COMPILE}", flush=True)
+
+    record = dict(
+        schema_version=1, template=os.path.basename(__file__), framework=f"mlx {mx.__version__}",
+        started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        hardware=info,
+        model=dict(depth=DEPTH, width=WIDTH, head_dim=HEAD_DIM, n_head=WIDTH // HEAD_DIM,
+                   num_params=num_params, vocab_size=VOCAB_SIZE, seq_len=MAX_SEQ_LEN,
+                   window_pattern=WINDOW_PATTERN, flops_per_token=flops_per_token),
+        data=dict(dataset=DATASET, tokenizer=getattr(tokenizer, "name", None),
+                  vocab_size=VOCAB_SIZE, max_seq_len=MAX_SEQ_LEN, eval_tokens=prepare.EVAL_TOKENS),
+        training=dict(time_budget_s=TIME_BUDGET, compiled=COMPILE, dtype="fp32",
+                      device_batch_size=DEVICE_BATCH_SIZE, grad_accum_steps=1,
+                      tokens_per_step=tokens_per_step),
+        timing_sample=[],
+    )
+
+    loader = prepare.make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
+    training_time, step, timed_tokens, last_log = 0.0, 0, 0, 0.0
+    t_train_start = time.time()
+    while True:
+        t0 = time.time()
+        x, y = (mx.array(a) for a in next(loader))
+        progress = min(training_time / TIME_BUDGET, 1.0)
+        lrm = set_schedule(opt, progress, step)
+        loss = train_step(x, y)
+        mx.eval(loss, model.parameters(), opt.state)
+        train_loss = loss.item()
+        dt = time.time() - t0
+
+        if not math.isfinite(train_loss):
+            fail(f"loss is {'NaN' if math.isnan(train_loss) else 'inf'} at step {step}", record)
+        if train_loss > LOSS_LIMIT:
+            fail(f"loss exploded to {train_loss:.2f} at step {step} (limit {LOSS_LIMIT:.2f})", record)
+
+        counted = step >= WARMUP_STEPS
+        if counted:
+            training_time += dt
+            timed_tokens += tokens_per_step
+        if step < 5 or step % 25 == 0:
+            record["timing_sample"].append(dict(step=step, ms=round(dt * 1000, 2),
+                                                loss=round(train_loss, 4), counted=counted))
+        step += 1
+        now = time.time()
+        if step <= 3 or now - last_log >= 10:
+            last_log = now
+            tok_s = timed_tokens / training_time if training_time else tokens_per_step / dt
+            print(f"step {step:05d} ({100 * progress:.1f}%) | loss {train_loss:.4f} | lrm {lrm:.2f} | "
+                  f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} | remaining {max(0, TIME_BUDGET - training_time):.0f}s",
+                  flush=True)
+        if counted and training_time >= TIME_BUDGET:
+            break
+    t_train_end = time.time()
+
+    # Evaluation: the same prepare.evaluate_bpb as train.py, fed MLX losses.
+    eval_loss = mx.compile(model) if COMPILE else model
+
+    def per_token_loss(xv, yv):
+        return np.array(eval_loss(mx.array(xv), mx.array(yv)))
+
+    val_bpb = prepare.evaluate_bpb(per_token_loss, DEVICE_BATCH_SIZE)
+    t_end = time.time()
+
+    tok_per_sec = timed_tokens / training_time
+    peak_flops = info["peak_flops"]
+    mfu = 100 * flops_per_token * tok_per_sec / peak_flops if peak_flops else None
+    total_tokens = step * tokens_per_step
+    peak_mem = peak_memory_mb()
+    record["training"].update(
+        training_seconds=round(training_time, 2), total_seconds=round(t_end - t_start, 2),
+        startup_seconds=round(t_train_start - t_start, 2),
+        untimed_seconds=round(t_train_end - t_train_start - training_time, 2),
+        eval_seconds=round(t_end - t_train_end, 2), num_steps=step, warmup_steps=WARMUP_STEPS,
+        total_tokens=total_tokens, tok_per_sec=round(tok_per_sec, 1), peak_memory_mb=round(peak_mem, 1),
+        mfu_percent=round(mfu, 2) if mfu is not None else None, final_train_loss=round(train_loss, 4))
+    record["result"] = dict(status="ok", val_bpb=val_bpb)
+    write_run_record(record)
+
+    print("---")
+    print(f"val_bpb:          {val_bpb:.6f}")
+    print(f"training_seconds: {training_time:.1f}")
+    print(f"total_seconds:    {t_end - t_start:.1f}")
+    print(f"peak_memory_mb:   {peak_mem:.1f}")
+    print(f"mfu_percent:      {mfu:.2f}" if mfu is not None else "mfu_percent:      n/a")
+    print(f"avg_tok_sec:      {tok_per_sec:,.0f}")
+    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
+    print(f"num_steps:        {step}")
+    print(f"num_params_M:     {num_params / 1e6:.1f}")
+    print(f"depth:            {DEPTH}")
+
+
+if __name__ == "__main__":
+    main()
