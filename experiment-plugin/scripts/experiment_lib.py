@@ -9,8 +9,10 @@ rule lives in exactly one place:
   * statistics: best, noise floor (MAD), confidence, keep policy (stats)
   * every git operation the loop performs                       (git)
 
-It imports only the standard library, so hooks stay fast. The scripts run under the
-project's interpreter (see `use_project_python`), the one that also runs training.
+It imports only the standard library, and the slower parts of it (subprocess) only
+where needed, so every script and hook answers well within 150 ms. The scripts run
+under the project's interpreter (see `use_project_python`), the one that also runs
+training.
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 # --------------------------------------------------------------------------- paths
 
@@ -128,11 +128,12 @@ def now_iso() -> str:
 def write_atomic(path: str, data: str | bytes) -> None:
     """Write to a temporary file next to `path`, flush it to disk, then rename: a reader
     sees the old file or the new one, never half of one."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    raw = data if isinstance(data, bytes) else data.encode("utf-8")
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        with os.fdopen(fd, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
-            f.write(data)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -608,6 +609,7 @@ def recommend(config: dict, runs: list[dict], metrics: dict, samples: list[float
 # Session files are git-ignored, so none of this ever touches them.
 
 def git(root: str, *args: str, check: bool = True, env: dict | None = None) -> str:
+    import subprocess
     proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
@@ -629,15 +631,24 @@ def head(root: str) -> str:
 
 
 def current_branch(root: str) -> str:
+    try:        # read .git/HEAD directly: no process to start (a worktree falls through)
+        with open(os.path.join(root, ".git", "HEAD"), encoding="utf-8") as f:
+            ref = f.read().strip()
+        if ref.startswith("ref: refs/heads/"):
+            return ref[len("ref: refs/heads/"):]
+    except OSError:
+        pass
     return git(root, "rev-parse", "--abbrev-ref", "HEAD", check=False)
 
 
 def branch_exists(root: str, branch: str) -> bool:
+    import subprocess
     return subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
                           cwd=root, capture_output=True).returncode == 0
 
 
 def tracked_changes(root: str) -> list[str]:
+    import subprocess
     out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                          capture_output=True, text=True).stdout   # unstripped: XY columns
     return [line[3:] for line in out.splitlines() if line.strip()]
@@ -674,6 +685,7 @@ def ensure_ignored(root: str) -> list[str]:
     """Make sure git ignores the session files (so reset/clean never touch them), by
     adding any missing ones to .git/info/exclude; the project's .gitignore is left
     alone. Returns the names added."""
+    import subprocess
     names = [n.rstrip("/") for n in SESSION_FILES]
     proc = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root,
                           capture_output=True, text=True)

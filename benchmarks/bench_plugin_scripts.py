@@ -1,0 +1,118 @@
+"""How fast the plugin's scripts and hooks answer on a session with a 1,000-run log.
+
+Builds a throwaway project (git repo, stand-in target, 1,000 logged runs), then times
+each command as the agent calls it: a fresh process, wall clock, median of several
+calls. The goal is under 150 ms each. Two figures are reported apart because they are
+dominated by something other than the log: `run-experiment` (the training run itself;
+here a stand-in that exits at once) and the first `progress.png` render (importing
+matplotlib); later summaries reuse the plot while the log is unchanged.
+
+    python benchmarks/bench_plugin_scripts.py [--runs 1000] [--repeat 7]
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
+from plugin_helpers import HOOKS, SCRIPTS, make_project, script  # noqa: E402
+import experiment_lib as lib  # noqa: E402
+
+
+def fill_log(project: Path, n: int) -> None:
+    """n run records, as log-experiment writes them, in one go."""
+    config = lib.read_log(str(project)).config
+    commit = lib.head(str(project))
+    rng = random.Random(0)
+    runs, best = [], 1.0
+    for i in range(1, n + 1):
+        status = rng.choice(["keep", "discard", "discard", "discard", "crash"])
+        metric = None if status == "crash" else round(best + rng.gauss(0.002, 0.01), 6)
+        if status == "keep" and metric is not None:
+            best = min(best, metric)
+        runs.append({"type": "run", "run": i, "commit": commit, "status": status,
+                     "metric": metric, "metrics": {"peak_memory_mb": 2048.0, "avg_tok_sec": 1000000},
+                     "description": f"experiment {i}: change something\twith a tab",
+                     "timestamp": lib.now_iso(), "run_status": "ok" if metric else "crash",
+                     "seconds": 300.0, "notes": {"hypothesis": "x" * 80}})
+    with open(project / lib.LOG, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in runs)
+    lib.write_results(str(project), config, runs)
+
+
+def timed(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def check(proc):
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=1000)
+    p.add_argument("--repeat", type=int, default=7)
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        project = make_project(Path(tmp) / "proj")
+        check(script(project, "setup-session", "--tag", "bench", "--dataset", "classics", "--budget", "1"))
+        fill_log(project, a.runs)
+        check(script(project, "run-experiment"))
+        guard_in = json.dumps({"hook_event_name": "PreToolUse", "cwd": str(project), "tool_name": "Bash",
+                               "tool_input": {"command": "sed -i 's/a/b/' prepare.py"}})
+        stop_in = json.dumps({"hook_event_name": "Stop", "cwd": str(project), "stop_hook_active": True})
+
+        def hook(name, payload):
+            return lambda: check(subprocess.run([sys.executable, str(HOOKS / name)], input=payload,
+                                                capture_output=True, text=True))
+
+        def run(name, *args):
+            return lambda: check(script(project, name, *args))
+
+        counter = iter(range(10**6))
+        cases = [
+            ("parse-metrics run.log", run("parse-metrics")),
+            ("confidence", run("confidence")),
+            ("confidence --json", run("confidence", "--json")),
+            ("log-experiment (discard)", lambda: check(script(
+                project, "log-experiment", "--status", "discard", "--metric", "1.01",
+                "--description", f"bench {next(counter)}"))),
+            ("summarize --no-plot", run("summarize", "--no-plot")),
+            ("resume-session", run("resume-session")),
+            ("guard hook (Bash deny)", hook("guard.py", guard_in)),
+            ("stop hook (block)", hook("stop.py", stop_in)),
+        ]
+        print(f"{a.runs}-run log, median of {a.repeat} calls, {sys.executable}")
+        print(f"{'command':<34}{'ms':>8}")
+        worst = 0.0
+        for name, fn in cases:
+            ms = timed(fn, a.repeat)
+            worst = max(worst, ms)
+            print(f"{name:<34}{ms:>8.1f}{'' if ms < 150 else '   over 150 ms'}")
+        print(f"{'python -c pass (interpreter start)':<34}"
+              f"{timed(lambda: subprocess.run([sys.executable, '-c', 'pass']), a.repeat):>8.1f}")
+        print("reported apart:")
+        print(f"{'run-experiment (instant stand-in)':<34}{timed(run('run-experiment'), a.repeat):>8.1f}")
+        first = timed(lambda: ((project / lib.PLOT).unlink(missing_ok=True), check(script(project, "summarize"))), 3)
+        print(f"{'summarize, first plot render':<34}{first:>8.1f}")
+        print(f"{'summarize, plot up to date':<34}{timed(run('summarize'), a.repeat):>8.1f}")
+        print(f"slowest log-bound command: {worst:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
