@@ -411,7 +411,7 @@ def main():
         if counted:
             training_time += dt
             timed_tokens += tokens_per_step
-        if step < 5 or step % 25 == 0:
+        if len(record["timing_sample"]) < 100 and (step < 5 or step % 25 == 0):
             record["timing_sample"].append(dict(step=step, ms=round(dt * 1000, 2),
                                                 loss=round(train_loss, 4), counted=counted))
         step += 1

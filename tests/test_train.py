@@ -1,0 +1,146 @@
+"""train.py: a short real run on the embedded `classics` data, the abort on a
+diverging loss, and the pieces whose mistakes would not crash (the fused loss)."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import jsonschema
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA = os.path.join(REPO, "schemas", "last_run.schema.json")
+SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
+                "avg_tok_sec", "total_tokens_M", "num_steps", "num_params_M", "depth"]
+
+
+def parse_summary(stdout):
+    """The block after the last '---' line: 'key:<spaces>value', keys in the documented order."""
+    lines = stdout.splitlines()
+    assert "---" in lines, stdout[-3000:]
+    block = lines[len(lines) - 1 - lines[::-1].index("---") + 1:]
+    pairs = [re.fullmatch(r"([a-z_M]+):( +)(\S+)", line) for line in block]
+    assert all(pairs), block
+    assert [m.group(1) for m in pairs] == SUMMARY_KEYS, block
+    assert len({len(m.group(1)) + len(m.group(2)) for m in pairs}) == 1, "values are aligned in one column"
+    return {m.group(1): m.group(3) for m in pairs}
+
+
+def validate_record(path):
+    with open(path) as f:
+        record = json.load(f)
+    with open(SCHEMA) as f:
+        jsonschema.validate(record, json.load(f))
+    return record
+
+
+def uniform_bpb(prepare):
+    """val_bpb of a model that predicts every token with probability 1/V: an
+    untrained model (its output head starts near zero) scores this."""
+    batch = 8
+    return prepare.evaluate_bpb(lambda x, y: np.full(x.shape, math.log(prepare.VOCAB_SIZE)), batch)
+
+
+def run_template(script, cwd, env, extra_env=None, timeout=300):
+    env = {**os.environ, **env, "PYTHONPATH": REPO, **(extra_env or {})}
+    return subprocess.run([sys.executable, script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def patched_copy(tmp_path, name, replacements):
+    """A copy of a template with some lines changed, as an experiment would change them."""
+    with open(os.path.join(REPO, name)) as f:
+        text = f.read()
+    for pattern, new in replacements:
+        text, n = re.subn(pattern, new, text, count=1, flags=re.M)
+        assert n == 1, pattern
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def template(harness, monkeypatch):
+    monkeypatch.syspath_prepend(REPO)
+    sys.modules.pop("train", None)
+    import train
+    yield train
+    sys.modules.pop("train", None)
+
+
+def test_fused_loss_matches_plain_path(template):
+    import torch
+    torch.manual_seed(0)
+    x = torch.randn(300, 32, requires_grad=True)
+    w = (0.5 * torch.randn(500, 32)).requires_grad_()
+    y = torch.randint(0, 500, (300,))
+    scale = torch.rand(300)  # an arbitrary weighting of the per-token losses
+    template.LOSS_CHUNK_ELEMENTS = 500 * 64  # several chunks, the last one partial
+    fused = template.SoftcapCrossEntropy.apply(x, w, y)
+    (fused * scale).sum().backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    cap = template.LOGIT_SOFTCAP
+    plain = torch.nn.functional.cross_entropy(cap * torch.tanh(x @ w.t() / cap), y, reduction="none")
+    (plain * scale).sum().backward()
+    assert torch.allclose(fused, plain, atol=1e-5)
+    assert torch.allclose(gx, x.grad, atol=1e-5)
+    assert torch.allclose(gw, w.grad, atol=1e-5)
+
+
+def test_untrained_model_predicts_uniformly(template, harness):
+    import torch
+    model = template.build_model()
+    tokenizer = harness.Tokenizer.load()
+    x, y = template.to_device(*next(harness.make_dataloader(tokenizer, 2, template.MAX_SEQ_LEN, "val")))
+    with torch.no_grad():
+        loss = model(x, y)
+    assert loss.shape == x.shape
+    assert abs(loss.mean().item() - math.log(template.VOCAB_SIZE)) < 0.05
+    assert model.flops_per_token() > 6 * model.lm_head.weight.numel()
+
+
+def test_orthogonalize_gives_near_unit_singular_values(template):
+    import torch
+    G = torch.randn(3, 64, 256)
+    s = torch.linalg.svdvals(template.orthogonalize(G))
+    assert s.min() > 0.5 and s.max() < 1.3
+
+
+def test_short_run_learns_and_writes_a_valid_record(tmp_path, classics_cache, harness):
+    result = run_template(os.path.join(REPO, "train.py"), tmp_path, classics_cache,
+                          {"AUTORESEARCH_TIME_BUDGET": "15"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = parse_summary(result.stdout)
+    val_bpb = float(summary["val_bpb"])
+    assert math.isfinite(val_bpb)
+    assert val_bpb < uniform_bpb(harness) - 0.3, (val_bpb, uniform_bpb(harness))
+    assert float(summary["training_seconds"]) >= 15
+    assert summary["mfu_percent"] == "n/a"  # a CPU: no invented peak
+    assert int(summary["num_steps"]) >= 3
+    record = validate_record(tmp_path / "data" / "last_run.json")
+    assert record["result"] == {"status": "ok", "val_bpb": val_bpb} or \
+        abs(record["result"]["val_bpb"] - val_bpb) < 1e-6
+    assert record["data"]["dataset"] == "classics"
+    assert record["training"]["num_steps"] == int(summary["num_steps"])
+    assert record["timing_sample"] and record["timing_sample"][0]["step"] == 0
+    archived = list((tmp_path / "data" / "runs").glob("*.json"))
+    assert len(archived) == 1 and json.loads(archived[0].read_text()) == record
+
+
+@pytest.mark.parametrize("replacement, message", [
+    ((r"^EMBEDDING_LR = .*$", 'EMBEDDING_LR = float("nan")'), r"FAIL: loss is NaN at step 1\b"),
+    ((r"^LOSS_LIMIT = .*$", "LOSS_LIMIT = 1.0"), r"FAIL: loss exploded to [\d.]+ at step 0 \(limit 1.00\)"),
+])
+def test_diverging_loss_aborts_with_a_clear_line(tmp_path, classics_cache, replacement, message):
+    script = patched_copy(tmp_path, "train.py", [replacement])
+    result = run_template(script, tmp_path, classics_cache, {"AUTORESEARCH_TIME_BUDGET": "30"})
+    assert result.returncode != 0
+    assert re.search(message, result.stdout), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "---" not in result.stdout.splitlines()
+    record = validate_record(tmp_path / "data" / "last_run.json")
+    assert record["result"]["status"] == "failed" and record["result"]["val_bpb"] is None
