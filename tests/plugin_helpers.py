@@ -66,7 +66,8 @@ p.add_argument("--dataset")
 p.add_argument("--verify", action="store_true")
 a = p.parse_args()
 if a.verify and a.dataset in os.environ.get("MISSING_DATASETS", "").split(","):
-    print(f"cache for {a.dataset} is incomplete; run: python prepare.py --dataset {a.dataset}")
+    print(f"error: dataset {a.dataset!r} is not prepared (no manifest); "
+          f"run `python prepare.py --dataset {a.dataset}`")
     sys.exit(1)
 '''
 

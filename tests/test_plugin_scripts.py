@@ -101,7 +101,7 @@ def test_setup_prints_the_prepare_command_when_data_is_missing(tmp_path):
     proc = script(p, "setup-session", "--tag", "t", "--dataset", "tinystories",
                   env={"MISSING_DATASETS": "tinystories"})
     assert proc.returncode == 2
-    assert "python prepare.py --dataset tinystories" in proc.stderr
+    assert proc.stderr.strip().endswith("prepare it with: python prepare.py --dataset tinystories")
     assert git(p, "rev-parse", "--abbrev-ref", "HEAD") == "main"
     assert not (p / "autoresearch.jsonl").exists()
 
