@@ -156,6 +156,24 @@ def test_run_failures_have_their_own_status_and_show_the_log_tail(project, mode,
         assert "FAIL: loss is NaN at step 12" in proc.stdout
 
 
+def gone(pid, wait=5.0):
+    """True once `pid` has exited (a zombie waiting for a reaper counts as exited);
+    a survivor is killed so the test leaves nothing behind."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    return False
+
+
 def test_run_timeout_kills_the_whole_process_group(project):
     edit_target(project, MODE="hang")
     start = time.monotonic()
@@ -164,16 +182,7 @@ def test_run_timeout_kills_the_whole_process_group(project):
     assert "process group killed" in proc.stdout
     assert time.monotonic() - start < 20
     child = int((project / "hang_child.pid").read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(child, signal.SIGKILL)
-        pytest.fail("the target's child process survived the timeout")
+    assert gone(child), "the target's child process survived the timeout"
 
 
 def test_run_refuses_when_a_fixed_file_changed(project):
@@ -527,3 +536,20 @@ def test_resume_restores_the_last_kept_commit_and_continues(project):
     assert not (project / ".autoresearch" / "pending.json").exists()
     run_and_log(project, "keep", "next", VAL_BPB=0.8)
     assert records(project)[-1]["run"] == 3
+
+
+def test_stopping_run_experiment_takes_the_run_down_with_it(project):
+    """The caller's own timeout (the Bash tool's, say) must not leave training behind."""
+    edit_target(project, MODE="hang")
+    runner = subprocess.Popen([sys.executable, str(SCRIPTS / "run-experiment")], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_file = project / "hang_child.pid"
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the stand-in never started"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    runner.send_signal(signal.SIGTERM)
+    runner.communicate(timeout=20)
+    assert runner.returncode == 128 + signal.SIGTERM
+    assert gone(child), "the run's child process outlived run-experiment"
