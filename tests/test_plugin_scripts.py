@@ -162,13 +162,14 @@ def gone(pid, wait=5.0):
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
+            if not os.path.isdir("/proc"):          # no procfs (macOS): ask the kernel
+                os.kill(pid, 0)
+            else:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        return True
+        except (FileNotFoundError, ProcessLookupError):
             return True
-        except OSError:
-            pass
         time.sleep(0.1)
     os.kill(pid, signal.SIGKILL)
     return False
