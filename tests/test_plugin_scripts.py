@@ -554,3 +554,20 @@ def test_stopping_run_experiment_takes_the_run_down_with_it(project):
     runner.communicate(timeout=20)
     assert runner.returncode == 128 + signal.SIGTERM
     assert gone(child), "the run's child process outlived run-experiment"
+
+
+def test_scripts_switch_to_the_session_interpreter(tmp_path):
+    """Called by a bare `python3`, the scripts re-run under the interpreter the session
+    was set up with (the one that has matplotlib and trains)."""
+    p = make_project(tmp_path / "p")
+    wrapper = tmp_path / "session-python"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--python", str(wrapper)))
+    ok(script(p, "run-experiment"))               # the run itself uses the session interpreter
+    ok(script(p, "summarize", "--no-plot"))
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == "prepare.py --dataset classics --verify"      # setup's data check
+    assert calls[1].endswith("run-experiment") and calls[2] == "train.py"
+    assert calls[3].endswith("summarize --no-plot") and len(calls) == 4

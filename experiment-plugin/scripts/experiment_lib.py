@@ -70,17 +70,25 @@ def find_root(start: str | None = None) -> str:
 
 
 def use_project_python(root: str) -> None:
-    """Re-run this script under the project's `.venv` interpreter when there is one.
+    """Re-run this script under the session's interpreter when started by another one.
 
     The agent calls the scripts by path, which starts whatever `python3` is first on
-    PATH. Training must run under the project's environment, and the config records
-    `sys.executable` as the interpreter for runs, so hop over to `.venv` once, here.
+    PATH; that one may lack matplotlib, or differ from the one that trains. The
+    session's interpreter is the project's `.venv` when there is one, else the one
+    recorded in the session config at setup. Hop over to it once, here.
     """
-    venv_python = os.path.join(root, ".venv", "bin", "python")
-    if (os.path.exists(venv_python) and not os.environ.get("AUTORESEARCH_NO_REEXEC")
-            and os.path.realpath(sys.prefix) != os.path.realpath(os.path.join(root, ".venv"))):
+    if os.environ.get("AUTORESEARCH_NO_REEXEC"):
+        return
+    wanted = os.path.join(root, ".venv", "bin", "python")
+    if not os.path.exists(wanted):
+        try:
+            with open(os.path.join(root, LOG), encoding="utf-8") as f:
+                wanted = json.loads(f.readline()).get("python") or ""
+        except (OSError, ValueError, AttributeError):
+            return
+    if wanted and os.path.exists(wanted) and os.path.abspath(sys.executable) != wanted:
         os.environ["AUTORESEARCH_NO_REEXEC"] = "1"
-        os.execv(venv_python, [venv_python] + sys.argv)
+        os.execv(wanted, [wanted] + sys.argv)
 
 
 def session_paths(root: str) -> dict:
