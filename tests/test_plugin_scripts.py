@@ -571,3 +571,23 @@ def test_scripts_switch_to_the_session_interpreter(tmp_path):
     assert calls[0] == "prepare.py --dataset classics --verify"      # setup's data check
     assert calls[1].endswith("run-experiment") and calls[2] == "train.py"
     assert calls[3].endswith("summarize --no-plot") and len(calls) == 4
+
+
+def test_a_run_orphaned_by_a_killed_runner_is_stopped_next_time(project):
+    """SIGKILL cannot be caught: the next run-experiment cleans up instead."""
+    edit_target(project, MODE="hang")
+    runner = subprocess.Popen([sys.executable, str(SCRIPTS / "run-experiment")], cwd=project,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pid_file = project / "hang_child.pid"
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the stand-in never started"
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    runner.kill()
+    runner.communicate(timeout=20)
+    os.kill(child, 0)                                  # the orphan is still training
+    edit_target(project, MODE="ok")
+    proc = ok(script(project, "run-experiment"))
+    assert "stopped a leftover run" in proc.stdout
+    assert gone(child)

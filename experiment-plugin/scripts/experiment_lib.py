@@ -199,6 +199,32 @@ def write_state(root: str, **changes) -> dict:
     return state
 
 
+def stop_leftover_run(root: str) -> str | None:
+    """Kill a training run left behind by a run-experiment that was itself killed
+    outright (SIGKILL cannot be caught, and the run lives in its own process group).
+    run-experiment records the group in .autoresearch/running.json while it runs."""
+    import signal
+    path = os.path.join(root, STATE_DIR, "running.json")
+    info = read_json(path, default=None)
+    if not info:
+        return None
+    os.unlink(path)
+    try:
+        pgid = int(info["pgid"])
+        # Make sure the number still names that run, not a process that reused the id:
+        # it must lead its own group and (where /proc exists) be running the target.
+        if os.getpgid(pgid) != pgid:
+            return None
+        if os.path.isdir("/proc"):
+            with open(f"/proc/{pgid}/cmdline", "rb") as f:
+                if os.path.basename(info.get("target", "")).encode() not in f.read():
+                    return None
+        os.killpg(pgid, signal.SIGKILL)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return f"stopped a leftover run (process group {info['pgid']}) from an interrupted run-experiment"
+
+
 # ------------------------------------------------------------------------- schema
 
 _SCHEMA_CACHE: dict = {}
