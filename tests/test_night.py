@@ -1,0 +1,256 @@
+"""A whole night in miniature: the loop played exactly as the skill tells the agent to,
+with the plugin's scripts and git only, on the real PyTorch template and the embedded
+classics data, in a fresh clone. Git history, autoresearch.jsonl, results.tsv and the
+files on disk are checked after every step.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+
+BUDGET = 10          # seconds of training per run: enough for a visible learning signal
+TAG = "night"
+BRANCH = f"autoresearch/{TAG}"
+HANG_MARKER = "autoresearch-night-hang-child"
+
+
+class Night:
+    """The project clone, and the agent's only ways to act on it."""
+
+    def __init__(self, root, env):
+        self.root, self.env = root, env
+        self.scripts = os.path.join(root, "experiment-plugin", "scripts")
+
+    def git(self, *args):
+        return subprocess.run(["git", *args], cwd=self.root, check=True, capture_output=True, text=True).stdout.strip()
+
+    def script(self, name, *args, ok=True, timeout=600):
+        """Run a plugin script the way the skill writes it; returns (exit code, stdout)."""
+        proc = subprocess.run([os.path.join(self.scripts, name), *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if ok:
+            assert proc.returncode == 0, f"{name} {args} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def read(self, path):
+        with open(os.path.join(self.root, path)) as f:
+            return f.read()
+
+    def write(self, path, text):
+        with open(os.path.join(self.root, path), "w") as f:
+            f.write(text)
+
+    def edit(self, old, new, path="train.py"):
+        """What the agent's Edit tool does: replace one exact, unique string."""
+        text = self.read(path)
+        assert text.count(old) == 1, f"{old!r} is not unique in {path}"
+        self.write(path, text.replace(old, new))
+
+    def set_constant(self, name, value):
+        text = self.read("train.py")
+        new, n = re.subn(rf"^({name}\s*=\s*)[^#\n]*?(\s*(#.*)?)$", rf"\g<1>{value}\g<2>", text, count=1, flags=re.M)
+        assert n == 1, f"no constant {name} in train.py"
+        self.write("train.py", new)
+
+    def records(self):
+        with open(os.path.join(self.root, "autoresearch.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def runs(self):
+        return [r for r in self.records() if r["type"] == "run"]
+
+    def tsv(self):
+        with open(os.path.join(self.root, "results.tsv")) as f:
+            header, *rows = [line.rstrip("\n").split("\t") for line in f]
+        return header, rows
+
+    def head(self):
+        return self.git("rev-parse", "HEAD")
+
+    def experiment(self, description, asi=None):
+        """One iteration after the edit: run, follow the recommendation, log. Returns the status."""
+        code, out = self.script("run-experiment", ok=False)
+        if "recommend: rerun" in out:
+            code, out = self.script("run-experiment", ok=False)
+        status = re.search(r"^status: (\w+)", out, re.M).group(1)
+        decision = re.search(r"^recommend: (\w+)", out, re.M).group(1) if status == "ok" else "crash"
+        assert (code == 0) == (status == "ok"), out
+        args = ["--status", decision, "--description", description]
+        if asi:
+            args += ["--asi", json.dumps(asi)]
+        self.script("log-experiment", *args)
+        return status, decision, out
+
+
+@pytest.fixture
+def night(tmp_path, classics_cache):
+    root = str(tmp_path / "project")
+    subprocess.run(["git", "clone", "-q", REPO, root], check=True)
+    for key, value in (("user.name", "Night Test"), ("user.email", "night@example.com")):
+        subprocess.run(["git", "config", key, value], cwd=root, check=True)
+    env = {**os.environ, **classics_cache, "AUTORESEARCH_QUIET": "1",
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    n = Night(root, env)
+    # The template starts from learning rates 20x too small: restoring them later is a
+    # change known beforehand to help, so the keep step does not depend on luck.
+    for name in ("MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR"):
+        value = float(re.search(rf"^{name}\s*=\s*([0-9.e-]+)", n.read("train.py"), re.M).group(1))
+        n.set_constant(name, repr(value / 20))
+    n.git("commit", "-qam", "Start from detuned learning rates")
+    yield n
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _hang_children():
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if HANG_MARKER.encode() in f.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_night_in_miniature(night):
+    n = night
+    good_lrs = {}
+    upstream = open(os.path.join(REPO, "train.py")).read()
+    for name in ("MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR"):
+        good_lrs[name] = re.search(rf"^{name}\s*=\s*([0-9.e-]+)", upstream, re.M).group(1)
+    base = n.head()
+
+    # 1. setup-session, then the baseline run, logged ------------------------------------
+    n.script("setup-session", "--tag", TAG, "--dataset", "classics", "--target", "train.py",
+             "--budget", str(BUDGET), "--python", sys.executable)
+    assert n.git("rev-parse", "--abbrev-ref", "HEAD") == BRANCH
+    (config,) = n.records()
+    assert config["type"] == "config" and config["dataset"] == "classics" and config["budget"] == BUDGET
+    assert config["base_commit"] == base and config["metric"] == "val_bpb" and config["direction"] == "lower"
+    assert set(config["fixed_files"]) >= {"prepare.py", "data_sources.py"}
+    assert n.tsv() == (["commit", "val_bpb", "memory_gb", "avg_tok_sec", "status", "description"], [])
+    assert n.git("status", "--porcelain") == "", "session files are ignored by git"
+
+    status, decision, out = n.experiment("baseline")
+    assert (status, decision) == ("ok", "keep")
+    (baseline,) = n.runs()
+    assert baseline["run"] == 1 and baseline["status"] == "keep" and baseline["commit"] == base == n.head()
+    assert 1.0 < baseline["metric"] < 4.0
+    assert f"METRIC val_bpb={baseline['metric']}" in out or "METRIC val_bpb=" in out
+
+    # 2. an edit that improves: the learning rates found beforehand -> kept -------------
+    for name, value in good_lrs.items():
+        n.set_constant(name, value)
+    status, decision, _ = n.experiment("restore the tuned learning rates",
+                                       asi={"hypothesis": "LRs 20x too small", "learned": "tuned LRs help"})
+    assert (status, decision) == ("ok", "keep")
+    improved = n.runs()[-1]
+    assert improved["metric"] < baseline["metric"] - 0.05, (baseline["metric"], improved["metric"])
+    assert n.head() == improved["commit"] != base, "the branch advanced to the kept change"
+    assert n.git("rev-parse", "HEAD~1") == base
+    assert n.git("diff", "--name-only", base, "HEAD").split() == ["train.py"]
+    assert improved["notes"]["hypothesis"] == "LRs 20x too small"
+    kept_text = n.read("train.py")
+
+    # 3. an edit that makes it worse -> discarded, train.py back to the kept version ------
+    n.set_constant("MATRIX_LR", "0.0")
+    n.set_constant("EMBEDDING_LR", "0.0")
+    status, decision, _ = n.experiment("freeze the matrices and embeddings")
+    assert (status, decision) == ("ok", "discard")
+    worse = n.runs()[-1]
+    assert worse["run"] == 3 and worse["metric"] > improved["metric"]
+    assert n.head() == improved["commit"] and n.read("train.py") == kept_text
+    assert n.git("rev-parse", f"refs/autoresearch/{TAG}/run-3") == worse["commit"] != n.head()
+
+    # 4. an edit that raises -> crash, reverted ----------------------------------------
+    n.edit("def main():\n", "def main():\n    raise RuntimeError('shape mismatch in the new attention')\n")
+    status, decision, out = n.experiment("new attention variant")
+    assert status == "crash" and "shape mismatch in the new attention" in out, "the log tail is shown"
+    assert n.runs()[-1]["status"] == "crash" and n.runs()[-1]["metric"] is None
+    assert n.head() == improved["commit"] and n.read("train.py") == kept_text
+
+    # 5. an edit that produces NaN -> nan, recorded as a crash, reverted -----------------
+    n.set_constant("LOGIT_SOFTCAP", "float('nan')")
+    status, decision, out = n.experiment("softcap typo")
+    assert status == "nan" and "NaN" in out
+    assert n.runs()[-1]["status"] == "crash" and n.runs()[-1]["run_status"] == "nan"
+    assert n.read("train.py") == kept_text
+
+    # 6. an edit that hangs -> killed at the timeout with its whole process tree ----------
+    n.edit("def main():\n", "def main():\n    import subprocess, time\n"
+           f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{HANG_MARKER}'])\n"
+           "    time.sleep(600)\n")
+    started = time.time()
+    code, out = n.script("run-experiment", "--timeout", "15", ok=False)
+    assert code != 0 and re.search(r"^status: timeout", out, re.M), out
+    assert time.time() - started < 60
+    time.sleep(0.5)
+    assert _hang_children() == [], "the child of the hung run was killed too"
+    n.script("log-experiment", "--status", "crash", "--description", "data loader rewrite (hangs)")
+    assert n.runs()[-1]["run_status"] == "timeout" and n.read("train.py") == kept_text
+
+    # 7. prepare.py: the guard refuses an edit; tampering by other means is caught ---------
+    hook = subprocess.run([sys.executable, os.path.join(n.root, "experiment-plugin", "hooks", "guard.py")],
+                          input=json.dumps({"session_id": "s", "hook_event_name": "PreToolUse", "cwd": n.root,
+                                            "tool_name": "Edit",
+                                            "tool_input": {"file_path": os.path.join(n.root, "prepare.py"),
+                                                           "old_string": "EVAL_TOKENS", "new_string": "X"}}),
+                          capture_output=True, text=True, cwd=n.root, env=n.env)
+    decision = json.loads(hook.stdout)["hookSpecificOutput"]
+    assert decision["permissionDecision"] == "deny" and "prepare.py" in decision["permissionDecisionReason"]
+    before = n.records()
+    with open(os.path.join(n.root, "prepare.py"), "a") as f:
+        f.write("EVAL_TOKENS = 1024  # a smaller eval would look better\n")
+    code, out = n.script("run-experiment", ok=False)
+    assert code != 0 and "status: tampered" in out
+    assert n.records() == before, "a tampered run is not recorded"
+    restore = re.search(r"^restore with: (.+)$", out, re.M).group(1)
+    subprocess.run(restore, shell=True, cwd=n.root, check=True)
+    assert n.git("status", "--porcelain") == ""
+
+    # 8. interruption with a dirty tree (and a finished run never logged), then resume ----
+    n.set_constant("WARMDOWN_RATIO", "0.9")
+    n.script("run-experiment", ok=False)
+    n.edit("def main():\n", "def main():\n    pass  # half-written idea\n")
+    code, out = n.script("resume-session")
+    assert n.git("status", "--porcelain") == "" and n.head() == improved["commit"]
+    assert n.read("train.py") == kept_text
+    saved = n.git("for-each-ref", "--format=%(refname)", f"refs/autoresearch/{TAG}/")
+    interrupted = [r for r in saved.split() if "/interrupted-" in r]
+    assert interrupted and "half-written idea" in n.git("show", f"{interrupted[0]}:train.py")
+    assert "6 runs logged; next is run 7" in out, out
+    assert f"best val_bpb: {improved['metric']:.6f} (run 2" in out, out
+    assert "never logged" in out, "the unlogged run is set aside, and said so"
+
+    n.set_constant("WARMDOWN_RATIO", "0.6")
+    status, decision, _ = n.experiment("longer warmdown")
+    assert n.runs()[-1]["run"] == 7 and status == "ok"
+
+    # 9. the morning: summary, plot, confidence -------------------------------------------
+    runs = n.runs()
+    header, rows = n.tsv()
+    assert [r[4] for r in rows] == [r["status"] for r in runs]
+    assert [r[0] for r in rows] == [r["commit"][:7] for r in runs]
+    assert rows[1][1] == f"{improved['metric']:.6f}"
+    n.script("summarize")
+    summary = n.read("autoresearch-summary.md")
+    best = min((r for r in runs if r["status"] == "keep"), key=lambda r: r["metric"])
+    for text in (f"{baseline['metric']:.6f}", f"{best['metric']:.6f}", best["commit"][:7],
+                 "restore the tuned learning rates", "new attention variant", "softcap typo",
+                 "data loader rewrite (hangs)"):
+        assert text in summary, text
+    with open(os.path.join(n.root, "progress.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    code, out = n.script("confidence")
+    assert re.search(r"likely real|marginal|noise", out), out
+    assert n.git("status", "--porcelain") == ""
