@@ -12,7 +12,6 @@ matplotlib); later summaries reuse the plot while the log is unchanged.
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -23,29 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
-from plugin_helpers import HOOKS, SCRIPTS, make_project, script  # noqa: E402
+from plugin_helpers import HOOKS, SCRIPTS, fill_log, make_project, script  # noqa: E402
 import experiment_lib as lib  # noqa: E402
-
-
-def fill_log(project: Path, n: int) -> None:
-    """n run records, as log-experiment writes them, in one go."""
-    config = lib.read_log(str(project)).config
-    commit = lib.head(str(project))
-    rng = random.Random(0)
-    runs, best = [], 1.0
-    for i in range(1, n + 1):
-        status = rng.choice(["keep", "discard", "discard", "discard", "crash"])
-        metric = None if status == "crash" else round(best + rng.gauss(0.002, 0.01), 6)
-        if status == "keep" and metric is not None:
-            best = min(best, metric)
-        runs.append({"type": "run", "run": i, "commit": commit, "status": status,
-                     "metric": metric, "metrics": {"peak_memory_mb": 2048.0, "avg_tok_sec": 1000000},
-                     "description": f"experiment {i}: change something\twith a tab",
-                     "timestamp": lib.now_iso(), "run_status": "ok" if metric else "crash",
-                     "seconds": 300.0, "notes": {"hypothesis": "x" * 80}})
-    with open(project / lib.LOG, "a") as f:
-        f.writelines(json.dumps(r) + "\n" for r in runs)
-    lib.write_results(str(project), config, runs)
 
 
 def timed(fn, repeat: int) -> float:

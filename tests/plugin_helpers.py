@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -153,3 +154,33 @@ def require_claude():
             pytest.fail("Claude Code CLI not found (bash dev.sh test installs it into .tools/claude)")
         pytest.skip("Claude Code CLI not installed (bash dev.sh test installs it)")
     return path
+
+
+def fill_log(project: Path, n: int) -> None:
+    """n run records, as log-experiment writes them, in one go."""
+    lib = _lib()
+    config = lib.read_log(str(project)).config
+    commit = lib.head(str(project))
+    rng = random.Random(0)
+    runs, best = [], 1.0
+    for i in range(1, n + 1):
+        status = rng.choice(["keep", "discard", "discard", "discard", "crash"])
+        metric = None if status == "crash" else round(best + rng.gauss(0.002, 0.01), 6)
+        if status == "keep" and metric is not None:
+            best = min(best, metric)
+        runs.append({"type": "run", "run": i, "commit": commit, "status": status,
+                     "metric": metric, "metrics": {"peak_memory_mb": 2048.0, "avg_tok_sec": 1000000},
+                     "description": f"experiment {i}: change something\twith a tab",
+                     "timestamp": lib.now_iso(), "run_status": "ok" if metric else "crash",
+                     "seconds": 300.0, "notes": {"hypothesis": "x" * 80}})
+    with open(project / lib.LOG, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in runs)
+    lib.write_results(str(project), config, runs)
+
+
+def _lib():
+    """The plugin's shared module (imported on demand: the scripts folder is not a package)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    import experiment_lib
+    return experiment_lib
