@@ -15,6 +15,8 @@ import time
 import pytest
 
 from conftest import REPO
+from plugin_helpers import require_claude
+from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
 
 BUDGET = 10          # seconds of training per run: enough for a visible learning signal
 TAG = "night"
@@ -254,3 +256,81 @@ def test_a_night_in_miniature(night):
     code, out = n.script("confidence")
     assert re.search(r"likely real|marginal|noise", out), out
     assert n.git("status", "--porcelain") == ""
+
+
+def test_two_iterations_through_the_real_cli_on_the_real_template(night, tmp_path):
+    """The real Claude Code CLI, the clone's own plugin, the real train.py on classics.
+    A scripted model types what the command and skill say: setup, baseline, an attempt
+    to stop (the Stop hook sends it back to work), one edit, run, log by the
+    recommendation, and a stop that the iteration cap lets through."""
+    claude = require_claude()
+    n = night
+    plugin = os.path.join(n.root, "experiment-plugin")
+    home = tmp_path / "home"
+    home.mkdir()
+    said = {}
+
+    def result(body):
+        (r,) = tool_results(body)
+        assert not r["is_error"], r["text"][-2000:]
+        return r["text"]
+
+    def setup(body):
+        prompt = user_text(body)
+        line = re.search(r'^\s*("[^"\n]*/scripts/setup-session" --tag t2 .*)$', prompt, re.M).group(1)
+        assert line.startswith(f'"{plugin}/scripts/setup-session"'), "${CLAUDE_PLUGIN_ROOT} is the clone's plugin"
+        command = line.replace("<dataset> [options]", f"classics --budget 5 --max-iterations 2 --target train.py")
+        return [tool("Bash", command=command, timeout=600000)]
+
+    def baseline(body):
+        said["scripts"] = re.search(r"^scripts: (.+)$", result(body), re.M).group(1)
+        return [tool("Bash", command=f'"{said["scripts"]}/run-experiment"', timeout=600000)]
+
+    def log_run(description):
+        def step(body):
+            out = result(body) if "status: ok" in tool_results(body)[0]["text"] else tool_results(body)[0]["text"]
+            decision = re.search(r"^recommend: (\w+)", out, re.M).group(1)
+            said.setdefault("decisions", []).append(decision)
+            return [tool("Bash", command=f'"{said["scripts"]}/log-experiment" --status {decision} '
+                                         f"--description '{description}'")]
+        return step
+
+    def stop(body):
+        assert "logged run 1: keep" in result(body)
+        return [text("Baseline recorded.")]
+
+    def read(body):
+        assert "Stop hook feedback" in user_text(body) and "run 2" in user_text(body)
+        return [tool("Read", file_path=os.path.join(n.root, "train.py"))]
+
+    def edit(body):
+        line = re.search(r"MATRIX_LR = [0-9.e-]+", result(body)).group(0)
+        said["edit"] = line
+        return [tool("Edit", file_path=os.path.join(n.root, "train.py"), old_string=line,
+                     new_string="MATRIX_LR = 0.04")]
+
+    def run(body):
+        result(body)
+        return [tool("Bash", command=f'"{said["scripts"]}/run-experiment"', timeout=600000)]
+
+    def done(body):
+        out = result(body)
+        assert "logged run 2" in out and "iteration cap reached" in out, out
+        return [text("Iteration cap reached; stopping.")]
+
+    steps = [setup, baseline, log_run("baseline"), stop, read, edit, run, log_run("Muon LR 0.04"), done]
+    with ScriptedModel(steps) as model:
+        proc = subprocess.run([claude, "-p", "/experiment:model t2 classics --budget 5 --max-iterations 2",
+                               "--plugin-dir", plugin, "--output-format", "stream-json", "--verbose"],
+                              cwd=n.root, capture_output=True, text=True, timeout=600,
+                              env=model.client_env(str(home), **{k: n.env[k] for k in
+                                                                 ("PATH", "AUTORESEARCH_CACHE", "AUTORESEARCH_QUIET")}))
+    assert model.errors == [], model.errors
+    assert model.finished, f"stopped after {model.step} of {len(steps)} steps:\n{proc.stdout[-3000:]}"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = n.runs()
+    assert [r["run"] for r in runs] == [1, 2] and [r["status"] for r in runs] == said["decisions"]
+    assert all(1.0 < r["metric"] < 4.0 for r in runs), runs
+    kept = [r for r in runs if r["status"] == "keep"]
+    assert n.head() == kept[-1]["commit"] and n.git("status", "--porcelain") == ""
+    assert ("MATRIX_LR = 0.04" in n.read("train.py")) == (runs[1]["status"] == "keep")
