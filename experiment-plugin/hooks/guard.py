@@ -162,13 +162,10 @@ def check_words(root, cwd, words):
 
 def decide(payload):
     """The deny reason for this tool call, or None to allow it."""
+    root = lib.active_root(payload)
+    if root is None:
+        return None
     cwd = payload.get("cwd") or os.getcwd()
-    try:
-        root = lib.find_root(cwd)
-    except lib.UserError:
-        return None
-    if not lib.read_state(root).get("active"):
-        return None
     tool, tool_input = payload.get("tool_name"), payload.get("tool_input") or {}
     if tool in FILE_TOOLS:
         return check_file_tool(root, cwd, tool, tool_input)

@@ -20,13 +20,8 @@ import experiment_lib as lib  # noqa: E402
 
 def decide(payload):
     """Return the hook's JSON answer, or None to let Claude stop silently."""
-    cwd = payload.get("cwd") or os.getcwd()
-    try:
-        root = lib.find_root(cwd)
-    except lib.UserError:
-        return None
-    state = lib.read_state(root)
-    if not state.get("active"):
+    root = lib.active_root(payload)
+    if root is None:
         return None
     log = lib.read_log(root)
     config, runs = log.config, log.runs

@@ -191,6 +191,15 @@ def read_state(root: str) -> dict:
     return read_json(state_path(root), default={}) or {}
 
 
+def active_root(payload: dict) -> str | None:
+    """For a hook: the project root of the tool call's cwd when a session is active there."""
+    try:
+        root = find_root(payload.get("cwd") or os.getcwd())
+    except UserError:
+        return None
+    return root if read_state(root).get("active") else None
+
+
 def write_state(root: str, **changes) -> dict:
     os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)
     state = read_state(root)
