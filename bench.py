@@ -104,7 +104,7 @@ def bench_torch(t, steps, warmup, compile_mode):
     model.eval()
     val = prepare.make_dataloader(tokenizer, t.DEVICE_BATCH_SIZE, t.MAX_SEQ_LEN, "val")
     eval_times = []
-    for _ in range(3):
+    for _ in range(2):
         x, y = next(val)
         t0 = time.perf_counter()
         x, y = t.to_device(x, y)
@@ -117,7 +117,7 @@ def bench_torch(t, steps, warmup, compile_mode):
     info = t.device_info() if hasattr(t, "device_info") else {}
     peak = t.peak_memory_mb() if hasattr(t, "peak_memory_mb") else float("nan")
     return dict(rows=rows, losses=losses, first_step_s=first_step_s,
-                eval_batch_s=statistics.median(eval_times[1:]), eval_batches=eval_batches,
+                eval_batch_s=eval_times[-1], eval_batches=eval_batches,
                 tokens_per_step=t.DEVICE_BATCH_SIZE * t.MAX_SEQ_LEN * t.GRAD_ACCUM_STEPS,
                 num_params=num_params, flops_per_token=flops_of(model, num_params),
                 peak_flops=info.get("peak_flops"), device=info.get("device_name", t.DEVICE_TYPE),
@@ -176,7 +176,7 @@ def bench_mlx(t, steps, warmup, compile_mode):
     val = prepare.make_dataloader(tokenizer, t.DEVICE_BATCH_SIZE, t.MAX_SEQ_LEN, "val")
     eval_model = mx.compile(model) if compile_mode else model
     eval_times = []
-    for _ in range(3):
+    for _ in range(2):
         x, y = next(val)
         t0 = time.perf_counter()
         np.array(eval_model(mx.array(x), mx.array(y)))
@@ -186,7 +186,7 @@ def bench_mlx(t, steps, warmup, compile_mode):
     info = t.device_info() if hasattr(t, "device_info") else {}
     peak = t.peak_memory_mb() if hasattr(t, "peak_memory_mb") else mx.get_peak_memory() / 2**20
     return dict(rows=rows, losses=losses, first_step_s=first_step_s,
-                eval_batch_s=statistics.median(eval_times[1:]), eval_batches=eval_batches,
+                eval_batch_s=eval_times[-1], eval_batches=eval_batches,
                 tokens_per_step=t.DEVICE_BATCH_SIZE * t.MAX_SEQ_LEN,
                 num_params=num_params, flops_per_token=flops_of(model, num_params),
                 peak_flops=info.get("peak_flops"), device=info.get("device_name", "mlx"),
@@ -233,9 +233,9 @@ def print_report(target, s, other=None):
     print(f"  loss          {s['loss_first']:.4f} -> {s['loss_last']:.4f} "
           f"({'falls' if s['loss_falls'] else 'DOES NOT FALL'})")
     if other:
-        speedup = s["step_ms"] / other["step_ms"] if other["step_ms"] else float("nan")
-        print(f"  {'compiled' if other['compiled'] else 'eager'}: {other['step_ms']:.1f} ms/step "
-              f"({speedup:.2f}x), first step {other['first_step_s']:.1f} s")
+        speed = s["step_ms"] / other["step_ms"] if other["step_ms"] else float("nan")
+        print(f"  {'compiled' if other['compiled'] else 'eager'} instead: {other['step_ms']:.1f} ms/step "
+              f"({speed:.2f}x the speed), first step {other['first_step_s']:.1f} s")
 
 
 def fallback(target, budget):
@@ -271,7 +271,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, allocator)")
     ap.add_argument("--compare-compile", action="store_true", help="also time the other compile mode")
-    ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    ap.add_argument("--json", action="store_true", help="end with the result as one line of JSON")
     ap.add_argument("--fallback-budget", type=float, default=20.0)
     args = ap.parse_args(argv)
 
@@ -293,11 +293,10 @@ def main(argv=None):
     other = None
     if args.compare_compile:
         other = summarize(run(t, max(2, args.steps // 2), args.warmup, not t.COMPILE), budget)
+    print_report(os.path.basename(target), main_summary, other)
+    print(f"  import        {import_s:10.2f} s")
     if args.json:
         print(json.dumps(dict(target=os.path.basename(target), **main_summary, other_mode=other)))
-    else:
-        print_report(os.path.basename(target), main_summary, other)
-        print(f"  import        {import_s:10.2f} s")
     return 0 if main_summary["loss_falls"] else 1
 
 

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import sys
 
@@ -266,7 +267,8 @@ class Attention(nn.Module):
         if ve is not None:
             v = v + self.ve_gate.view(1, 1, -1, 1) * ve.view(B, T, self.n_head, self.head_dim)
         q, k = apply_rotary(norm(qk), cos, sin).unbind(2)   # queries and keys together: half the ops
-        y = attention(q, k, v, self.window)
+        dtype = qkv.dtype   # bf16 under autocast: the fp32 embeddings and tables must not widen q, k, v
+        y = attention(q.to(dtype), k.to(dtype), v.to(dtype), self.window)
         return self.proj(y.reshape(B, T, C))
 
 class MLP(nn.Module):
@@ -457,6 +459,8 @@ def set_schedule(optimizers, progress, step):
 # Reporting helpers: device description, peak memory, MFU.
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets.
+# Matched as whole words in the device name, first match wins; any other GPU
+# reports no MFU rather than a guess.
 GPU_PEAK_FLOPS = [
     ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
     ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12),
@@ -467,7 +471,7 @@ def device_info():
     if DEVICE_TYPE == "cuda":
         props = torch.cuda.get_device_properties(0)
         name = props.name
-        peak = next((f for key, f in GPU_PEAK_FLOPS if key in name), None)
+        peak = next((f for key, f in GPU_PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)), None)
         return dict(device_type="cuda", device_name=name, memory_gb=round(props.total_memory / 1e9, 1),
                     peak_flops=peak, peak_flops_note="datasheet dense bf16" if peak else "device not in table")
     name = platform.processor() or platform.machine()
