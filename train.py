@@ -72,7 +72,10 @@ elif DEVICE_TYPE == "mps":
     DEVICE_BATCH_TOKENS = TOTAL_BATCH_TOKENS = 2**15
 else:
     DEPTH, WIDTH, HEAD_DIM = 4, 256, 64
-    DEVICE_BATCH_TOKENS = TOTAL_BATCH_TOKENS = 2**12
+    # Small micro-batches keep a forward/backward's activations in the CPU's
+    # caches (measured ~15% faster than one 4096-token batch on 2 cores).
+    DEVICE_BATCH_TOKENS = 2**10
+    TOTAL_BATCH_TOKENS = 2**12
 
 WINDOW_PATTERN = "SSSL"   # per layer, repeated: S = local window, L = full context
 SHORT_WINDOW = MAX_SEQ_LEN // 2  # tokens an S layer looks back over (the last layer is always L)
@@ -97,7 +100,7 @@ FINAL_LR_FRAC = 0.0
 COMPILE = DEVICE_TYPE == "cuda"   # torch.compile; on a 2-core CPU the compile costs more than it saves
 FUSED_LOSS = not COMPILE          # chunked head + loss (SoftcapCrossEntropy) when not compiling
 LOSS_CHUNK_ELEMENTS = 2**20       # logits per chunk of the fused loss (4 MB: stays in cache)
-WARMUP_STEPS = 10 if COMPILE else 1  # first steps (compile, allocator warm-up) not counted in the budget
+WARMUP_STEPS = 10 if COMPILE else 0  # first steps (they compile) not counted in the budget
 SEED = 42
 LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)  # a loss this high (3x a uniform guess) means training diverged
 
@@ -156,6 +159,20 @@ USE_FLASH = DEVICE_TYPE == "cuda" and flash_attn_func is not None
 USE_FLEX = DEVICE_TYPE == "cuda" and flex_attention is not None and not USE_FLASH
 _masks = {}
 
+def window_mask(window, T):
+    """The mask of causal attention over the last `window` positions, built once
+    per shape (build_model builds them before any compile sees the model)."""
+    key = (window, T)
+    if key not in _masks:
+        if USE_FLEX:
+            def sliding(b, h, qi, ki):
+                return (qi >= ki) & (qi - ki < window)
+            _masks[key] = create_block_mask(sliding, None, None, T, T, device=DEVICE_TYPE)
+        else:
+            i = torch.arange(T, device=DEVICE)
+            _masks[key] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+    return _masks[key]
+
 def attention(q, k, v, window):
     """q, k, v: (B, T, H, D). Causal attention over the last `window` positions."""
     T = q.size(1)
@@ -166,18 +183,9 @@ def attention(q, k, v, window):
     if window >= T:
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     elif USE_FLEX:
-        key = ("flex", window, T)
-        if key not in _masks:
-            def sliding(b, h, qi, ki):
-                return (qi >= ki) & (qi - ki < window)
-            _masks[key] = create_block_mask(sliding, None, None, T, T, device=DEVICE_TYPE)
-        y = flex_attention(q, k, v, block_mask=_masks[key])
+        y = flex_attention(q, k, v, block_mask=window_mask(window, T))
     else:
-        key = ("dense", window, T, q.device)
-        if key not in _masks:
-            i = torch.arange(T, device=q.device)
-            _masks[key] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=_masks[key])
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(window, T))
     return y.transpose(1, 2)
 
 # ---------------------------------------------------------------------------
@@ -359,6 +367,9 @@ class GPT(nn.Module):
 
 def build_model():
     model = GPT().to(DEVICE)
+    for window in set(model.windows):
+        if window < MAX_SEQ_LEN:
+            window_mask(window, MAX_SEQ_LEN)
     return model
 
 # ---------------------------------------------------------------------------
