@@ -397,3 +397,18 @@ def test_a_hub_dataset_prepares_end_to_end_through_faults(harness, hub, tmp_path
     before = len(hub.requests)
     assert harness.prepare("tinystories")["files"] == manifest["files"]
     assert len(hub.requests) == before
+
+
+def test_no_network_gets_one_line_and_a_resume_command(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = run_prepare(["--dataset", "tinystories"],
+                         {"AUTORESEARCH_CACHE": str(tmp_path), "HF_ENDPOINT": f"http://127.0.0.1:{port}",
+                          "AUTORESEARCH_BACKOFF": "0.01"})
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: 1 download(s) failed") and "Connection refused" in line
+    assert "re-run `python prepare.py --dataset tinystories` to resume" in line
