@@ -71,11 +71,13 @@ def roofline_part(pairs):
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
 
-    def peak_matmul():
-        t0 = time.perf_counter()
-        for _ in range(2):
+    def peak_matmul(seconds=0.5):
+        # Long enough to see the same conditions as a training step.
+        t0, reps = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
             torch.mm(a, b)
-        return 2 * 2 * n ** 3 / (time.perf_counter() - t0)
+            reps += 1
+        return reps * 2 * n ** 3 / (time.perf_counter() - t0)
 
     # The model's matmuls for one micro-batch, forward (x @ W^T) and backward
     # (dY @ W and dY^T @ X), as bare fp32 matmuls.
