@@ -93,7 +93,7 @@ FINAL_LR_FRAC = 0.0
 # fuses kernels and pays off at once; on a Linux CPU it builds C++ kernels with
 # the system compiler (~40 s on 2 cores) for ~10% speed, so it is off there.
 COMPILE = GPU
-WARMUP_STEPS = 2          # first steps (tracing and compiling) not counted in the budget
+WARMUP_STEPS = 2 if COMPILE else 0  # first steps (tracing and compiling) not counted in the budget
 SEED = 42
 LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)
 
