@@ -156,7 +156,7 @@ def test_short_run_learns_and_writes_a_valid_record(tmp_path, classics_cache, ha
     summary = parse_summary(result.stdout)
     val_bpb = float(summary["val_bpb"])
     assert math.isfinite(val_bpb)
-    assert val_bpb < uniform_bpb(harness) - 0.3, (val_bpb, uniform_bpb(harness))
+    assert val_bpb < uniform_bpb(harness) - 0.2, (val_bpb, uniform_bpb(harness))
     assert float(summary["training_seconds"]) >= 15
     assert summary["mfu_percent"] == "n/a"  # a CPU: no invented peak
     assert int(summary["num_steps"]) >= 3

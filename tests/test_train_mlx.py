@@ -19,13 +19,13 @@ SMALL_EVAL = (r"^import prepare  # noqa: E402$", f"import prepare  # noqa: E402\
 
 def test_short_run_learns_and_writes_a_valid_record(tmp_path, classics_cache, harness, monkeypatch):
     script = patched_copy(tmp_path, "train_mlx.py", [SMALL_EVAL])
-    result = run_template(script, tmp_path, classics_cache, {"AUTORESEARCH_TIME_BUDGET": "10"})
+    result = run_template(script, tmp_path, classics_cache, {"AUTORESEARCH_TIME_BUDGET": "15"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = parse_summary(result.stdout)
     val_bpb = float(summary["val_bpb"])
     monkeypatch.setattr(harness, "EVAL_TOKENS", EVAL_TOKENS)
     untrained = harness.evaluate_bpb(lambda x, y: np.full(x.shape, math.log(harness.VOCAB_SIZE)), 8)
-    assert math.isfinite(val_bpb) and val_bpb < untrained - 0.2, (val_bpb, untrained)
+    assert math.isfinite(val_bpb) and val_bpb < untrained - 0.05, (val_bpb, untrained)
     assert summary["mfu_percent"] == "n/a"
     record = validate_record(tmp_path / "data" / "last_run.json")
     assert record["framework"].startswith("mlx")
