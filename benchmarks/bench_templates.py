@@ -21,7 +21,6 @@ Uses the `classics` dataset (prepared into the cache when missing).
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
