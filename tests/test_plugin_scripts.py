@@ -539,8 +539,8 @@ def test_resume_restores_the_last_kept_commit_and_continues(project):
     assert records(project)[-1]["run"] == 3
 
 
-def test_stopping_run_experiment_takes_the_run_down_with_it(project):
-    """The caller's own timeout (the Bash tool's, say) must not leave training behind."""
+def start_hanging_run(project):
+    """run-experiment on a target that hangs with a child; returns (runner, child pid)."""
     edit_target(project, MODE="hang")
     runner = subprocess.Popen([sys.executable, str(SCRIPTS / "run-experiment")], cwd=project,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -549,7 +549,12 @@ def test_stopping_run_experiment_takes_the_run_down_with_it(project):
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline, "the stand-in never started"
         time.sleep(0.1)
-    child = int(pid_file.read_text())
+    return runner, int(pid_file.read_text())
+
+
+def test_stopping_run_experiment_takes_the_run_down_with_it(project):
+    """The caller's own timeout (the Bash tool's, say) must not leave training behind."""
+    runner, child = start_hanging_run(project)
     runner.send_signal(signal.SIGTERM)
     runner.communicate(timeout=20)
     assert runner.returncode == 128 + signal.SIGTERM
@@ -575,15 +580,7 @@ def test_scripts_switch_to_the_session_interpreter(tmp_path):
 
 def test_a_run_orphaned_by_a_killed_runner_is_stopped_next_time(project):
     """SIGKILL cannot be caught: the next run-experiment cleans up instead."""
-    edit_target(project, MODE="hang")
-    runner = subprocess.Popen([sys.executable, str(SCRIPTS / "run-experiment")], cwd=project,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    pid_file = project / "hang_child.pid"
-    deadline = time.monotonic() + 20
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the stand-in never started"
-        time.sleep(0.1)
-    child = int(pid_file.read_text())
+    runner, child = start_hanging_run(project)
     runner.kill()
     runner.communicate(timeout=20)
     os.kill(child, 0)                                  # the orphan is still training
