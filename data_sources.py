@@ -36,7 +36,6 @@ class DataSource:
     default_num_shards: int = 0
     embedded_dir: str = ""     # a folder of this repo holding the shards, if embedded
     local_path: str = ""       # a person's corpus, for local:<path>
-    notes: str = ""
     extra: dict = field(default_factory=dict)
 
     @property

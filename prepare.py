@@ -74,16 +74,17 @@ def cache_dir(source=None):
     return os.path.join(CACHE_BASE, (source or SOURCE).name)
 
 
-def _local_settings(source):
-    """A local corpus's eval size depends on its validation split: read it from the manifest."""
+def _recorded_manifest(source):
+    """The manifest as written, even when the files no longer match it (or None)."""
     try:
         with open(os.path.join(cache_dir(source), "manifest.json")) as f:
-            return json.load(f)["settings"]
-    except (OSError, ValueError, KeyError):
-        return {}
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
-_settings = _local_settings(SOURCE) if SOURCE.is_local else {}
+# A local corpus's eval size depends on its validation split: prepare.py records it.
+_settings = (_recorded_manifest(SOURCE) or {}).get("settings", {}) if SOURCE.is_local else {}
 MAX_SEQ_LEN = SOURCE.max_seq_len
 VOCAB_SIZE = SOURCE.vocab_size
 EVAL_TOKENS = int(_settings.get("eval_tokens", SOURCE.eval_tokens))
@@ -399,8 +400,9 @@ def _npy_bytes(array):
 class Tokenizer:
     """The dataset's tiktoken encoding with its BOS token."""
 
-    def __init__(self, enc, source=None):
+    def __init__(self, enc, manifest, source=None):
         self.enc = enc
+        self.manifest = manifest  # verified by load(); the dataloader reads its splits
         self.source = source or SOURCE
         self.name = self.source.name
         self.bos_token_id = enc.encode_single_token(BOS_TOKEN)
@@ -410,9 +412,9 @@ class Tokenizer:
     def load(cls, dataset=None):
         """The verified tokenizer of `dataset` (default: the active one)."""
         source = data_sources.get_source(dataset) if dataset else SOURCE
-        directory = load_manifest(source)["_dir"]
-        with open(os.path.join(directory, "tokenizer.pkl"), "rb") as f:
-            return cls(pickle.load(f), source)
+        manifest = load_manifest(source)
+        with open(os.path.join(manifest["_dir"], "tokenizer.pkl"), "rb") as f:
+            return cls(pickle.load(f), manifest, source)
 
     def get_vocab_size(self):
         return self.vocab_size
@@ -507,15 +509,6 @@ def _verified_or_none(source):
     try:
         return load_manifest(source, full=True)
     except DataError:
-        return None
-
-
-def _recorded_manifest(source):
-    """The manifest as written, even when the files no longer match it (or None)."""
-    try:
-        with open(os.path.join(cache_dir(source), "manifest.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
         return None
 
 
@@ -663,7 +656,7 @@ def make_dataloader(tokenizer, B, T, split, seed=0, buffer_size=1000):
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    manifest = load_manifest(tokenizer.source)
+    manifest = tokenizer.manifest
     slices = [tuple(s) for s in manifest["splits"][split]]
     batches = _document_batches(tokenizer, slices, manifest["_dir"], seed if split == "train" else None)
 

@@ -34,14 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 from data_sources import chunk_paragraphs  # noqa: E402
 PACKAGE = "r-cran-janeaustenr"
 DATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
-NOVELS = {  # R object name -> title
-    "sensesensibility": "Sense and Sensibility",
-    "prideprejudice": "Pride and Prejudice",
-    "mansfieldpark": "Mansfield Park",
-    "emma": "Emma",
-    "northangerabbey": "Northanger Abbey",
-    "persuasion": "Persuasion",
-}
+NOVELS = (  # R object names, in publication order
+    "sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion",
+)
 NUM_TRAIN_SHARDS = 4        # train shards; the last shard (shard_00004) is validation
 VAL_EVERY = 6               # every 6th chapter goes to validation (~17% of the text)
 MAX_DOC_CHARS = 1024
