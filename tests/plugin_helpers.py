@@ -108,10 +108,12 @@ def edit_target(project: Path, name: str = "train.py", **constants) -> None:
 
 def script(project: Path, name: str, *args: str, cwd: Path | None = None, env=None,
            timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run one plugin script the way the agent does: by path, from inside the project."""
+    """Run one plugin script the way the agent does: by path, from inside the project.
+    Outside any Claude Code conversation unless `env` names one (CLAUDE_CODE_SESSION_ID)."""
+    base = {k: v for k, v in os.environ.items() if k != "CLAUDE_CODE_SESSION_ID"}
     return subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd or project,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**base, **(env or {})})
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

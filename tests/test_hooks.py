@@ -6,13 +6,16 @@ import sys
 
 import pytest
 
-from plugin_helpers import HOOKS, make_project, ok, script
+from plugin_helpers import HOOKS, git, make_project, ok, records, script
+
+
+OWNER = {"CLAUDE_CODE_SESSION_ID": "s"}     # the conversation that runs the loop
 
 
 def new_session(path):
     p = make_project(path)
     ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
-              "--max-iterations", "3"))
+              "--max-iterations", "3", env=OWNER))
     return p
 
 
@@ -27,10 +30,10 @@ def guarded(tmp_path_factory):
     return new_session(tmp_path_factory.mktemp("guarded") / "proj")
 
 
-def pre_tool_use(project, tool, tool_input, cwd=None):
+def pre_tool_use(project, tool, tool_input, cwd=None, conversation="s"):
     from plugin_helpers import hook
     proc = hook("guard.py", {
-        "session_id": "s", "transcript_path": "/dev/null", "cwd": str(cwd or project),
+        "session_id": conversation, "transcript_path": "/dev/null", "cwd": str(cwd or project),
         "permission_mode": "default", "hook_event_name": "PreToolUse",
         "tool_name": tool, "tool_input": tool_input, "tool_use_id": "toolu_1"})
     assert proc.returncode == 0, proc.stderr
@@ -41,9 +44,9 @@ def pre_tool_use(project, tool, tool_input, cwd=None):
     return out["permissionDecisionReason"]
 
 
-def stop(project, active=False, cwd=None):
+def stop(project, active=False, cwd=None, conversation="s"):
     from plugin_helpers import hook
-    proc = hook("stop.py", {"session_id": "s", "transcript_path": "/dev/null",
+    proc = hook("stop.py", {"session_id": conversation, "transcript_path": "/dev/null",
                             "cwd": str(cwd or project), "permission_mode": "default",
                             "hook_event_name": "Stop", "stop_hook_active": active})
     assert proc.returncode == 0, proc.stderr
@@ -54,7 +57,8 @@ def test_hooks_json_uses_exec_form_with_the_plugin_root():
     config = json.loads((HOOKS / "hooks.json").read_text())
     handlers = [h for event in config["hooks"].values() for group in event for h in group["hooks"]]
     assert {h["args"][0] for h in handlers} == {"${CLAUDE_PLUGIN_ROOT}/hooks/guard.py",
-                                                "${CLAUDE_PLUGIN_ROOT}/hooks/stop.py"}
+                                                "${CLAUDE_PLUGIN_ROOT}/hooks/stop.py",
+                                                "${CLAUDE_PLUGIN_ROOT}/hooks/prompt.py"}
     assert all(h["type"] == "command" and " " not in h["command"] for h in handlers)
     matcher = config["hooks"]["PreToolUse"][0]["matcher"].split("|")
     assert set(matcher) == {"Edit", "Write", "MultiEdit", "NotebookEdit", "Bash"}
@@ -111,6 +115,11 @@ def test_guard_resolves_paths_from_a_subdirectory(guarded):
     "git clean -fdx",
     "git clean -X -f",
     "git stash --all",
+    "git reset --hard HEAD~1",
+    "git stash",
+    "git clean -f",
+    "git checkout HEAD~1 -- prepare.py",
+    "git restore --source HEAD~2 -- data_sources.py",
     "true && cat > prepare.py <<'EOF'\nx\nEOF",
 ])
 def test_guard_denies_bash_writes_to_protected_files(guarded, command):
@@ -142,8 +151,9 @@ def test_guard_denies_package_installs(guarded, command):
     "cp prepare.py /tmp/prepare_copy.py",
     "git diff train.py",
     "git checkout -- prepare.py",
-    "git reset --hard HEAD",
+    "git checkout HEAD -- train.py",
     "git clean -n",
+    "git log --oneline -5",
     "python train.py > /tmp/out.log",
     "pip list",
     "pip show torch",
@@ -186,21 +196,94 @@ def test_stop_is_blocked_while_the_loop_should_continue(project):
     ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline"))
     answer = stop(project, active=True)
     assert "continue with run 2" in answer["reason"]
-    assert "best val_bpb 1.000000 (run 1)" in answer["reason"]
+    assert "best val_bpb 1.000000 (run 1, commit " in answer["reason"]
 
 
-def test_stop_goes_through_at_the_iteration_cap(project):
+def ended(project):
+    """The session's end as the log and the hooks see it."""
+    events = [r for r in records(project) if r["type"] == "event" and r["event"] == "end"]
+    return events and pre_tool_use(project, "Bash", {"command": "pip install x"}) is None
+
+
+def test_the_iteration_cap_ends_the_session(project):
     for i in range(3):
         ok(script(project, "log-experiment", "--status", "discard", "--metric", "1",
                   "--description", f"r{i}"))
     answer = stop(project)
-    assert "decision" not in answer and "iteration cap reached" in answer["systemMessage"]
+    message = answer["systemMessage"]
+    assert "decision" not in answer
+    assert "has ended: the iteration cap was reached (3 of 3 runs)" in message
+    assert "/experiment:summary" in message and "/experiment:resume --max-iterations 23" in message
+    assert "branch autoresearch/t1" in message
+    assert ended(project)
+    assert stop(project) is None                          # over: later stops are silent
 
 
-def test_stop_goes_through_with_a_stop_file(project):
+def test_the_stop_file_ends_the_session_and_is_consumed(project):
     (project / "autoresearch.stop").write_text("")
     answer = stop(project)
-    assert "decision" not in answer and "autoresearch.stop found" in answer["systemMessage"]
+    assert "decision" not in answer
+    assert f"{project / 'autoresearch.stop'} was found" in answer["systemMessage"]
+    assert not (project / "autoresearch.stop").exists()
+    assert ended(project)
+
+
+def test_a_stop_file_outside_the_root_does_not_count(project):
+    (project / "sub").mkdir()
+    (project / "sub" / "autoresearch.stop").write_text("")
+    answer = stop(project)
+    assert answer["decision"] == "block"
+    assert f"creates {project / 'autoresearch.stop'}" in answer["reason"]   # the absolute path
+    assert "sub/autoresearch.stop" in git(project, "status", "--porcelain", "-uall")  # not hidden
+
+
+def test_another_conversation_is_never_kept_looping(project):
+    answer = stop(project, conversation="morning")
+    assert "decision" not in answer
+    assert "open in this project but not running in this conversation" in answer["systemMessage"]
+    assert stop(project)["decision"] == "block"           # the owner's still is
+
+
+def test_a_session_set_up_outside_claude_keeps_no_conversation_looping(tmp_path):
+    p = make_project(tmp_path / "proj")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1"))
+    assert "decision" not in stop(p)
+
+
+def test_the_guard_tells_another_conversation_how_to_close_the_session(project):
+    reason = pre_tool_use(project, "Edit", {"file_path": str(project / "prepare.py")},
+                          conversation="other")
+    assert "fixed harness" in reason and "/experiment:end closes it" in reason
+    mine = pre_tool_use(project, "Edit", {"file_path": str(project / "prepare.py")})
+    assert "/experiment:end" not in mine
+
+
+def test_git_moves_are_refused_with_the_repair(guarded):
+    reason = pre_tool_use(guarded, "Bash", {"command": "git reset --hard HEAD~1"})
+    assert "resume-session" in reason and "log-experiment" in reason
+    reason = pre_tool_use(guarded, "Bash", {"command": "git checkout HEAD~1 -- prepare.py"})
+    assert "resume-session" in reason
+
+
+def prompt(project, text, conversation="s"):
+    from plugin_helpers import hook
+    proc = hook("prompt.py", {"session_id": conversation, "transcript_path": "/dev/null",
+                              "cwd": str(project), "hook_event_name": "UserPromptSubmit",
+                              "prompt": text})
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+def test_asking_for_the_summary_releases_the_loop(project):
+    prompt(project, "how is it going?")
+    assert stop(project)["decision"] == "block"           # a question mid-loop: go on
+    prompt(project, "/experiment:summary", conversation="other")
+    assert stop(project)["decision"] == "block"           # someone else's summary: no effect
+    prompt(project, "/experiment:summary")
+    answer = stop(project)
+    assert "decision" not in answer and "not running in this conversation" in answer["systemMessage"]
+    assert pre_tool_use(project, "Bash", {"command": "pip install x"})   # the guard stays on
+    ok(script(project, "resume-session", env=OWNER))
+    assert stop(project)["decision"] == "block"           # resume takes it up again
 
 
 def test_stop_goes_through_without_a_session(project, tmp_path):

@@ -2,6 +2,7 @@
 git repository with a stand-in training script."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import time
 import jsonschema
 import pytest
 
-from plugin_helpers import (PLUGIN, SCRIPTS, edit_target, git, make_project, ok, records,
+from plugin_helpers import (PLUGIN, SCRIPTS, _lib, edit_target, git, make_project, ok, records,
                             script, tsv_rows)
 
 sys.path.insert(0, str(SCRIPTS))
@@ -192,12 +193,15 @@ def test_run_refuses_when_a_fixed_file_changed(project):
     proc = script(project, "run-experiment")
     assert proc.returncode == 3
     assert "status: tampered (prepare.py changed since setup)" in proc.stdout
-    assert "git checkout" in proc.stdout and "prepare.py" in proc.stdout
+    assert "repair: run resume-session" in proc.stdout
     assert not (project / "run.log").exists()        # it did not even run
     proc = script(project, "log-experiment", "--status", "keep", "--description", "x",
                   "--metric", "0.5")
     assert proc.returncode == 2 and "nothing was recorded" in proc.stderr
     assert len(records(project)) == 1
+    ok(script(project, "resume-session"))            # the repair it names works
+    assert "tweak the evaluation" not in (project / "prepare.py").read_text()
+    assert script(project, "run-experiment").returncode == 0
 
 
 def test_a_run_that_tampers_with_data_is_not_recorded(project):
@@ -512,6 +516,74 @@ def test_summarize_writes_report_and_plot_and_keeps_next_steps(project):
     assert "1. Try RoPE base 50k." in (project / "autoresearch-summary.md").read_text()
 
 
+def load_script(name):
+    """A plugin script as a module (they are files without the .py suffix)."""
+    import importlib.util
+    from importlib.machinery import SourceFileLoader
+    loader = SourceFileLoader(name.replace("-", "_"), str(SCRIPTS / name))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def append_runs(project, *runs):
+    """Run records exactly as log-experiment writes them, with the fields a rerun leaves."""
+    lib = _lib()
+    commit = git(project, "rev-parse", "HEAD")
+    with lib.Lock(str(project)):
+        for n, (status, metric, extra) in enumerate(runs, 1):
+            lib.append_record(str(project), {
+                "type": "run", "run": n, "commit": commit, "status": status, "metric": metric,
+                "metrics": {}, "description": f"change {n}", "timestamp": lib.now_iso(), **extra})
+
+
+def test_summary_says_what_really_happened_to_a_better_but_discarded_run(project):
+    append_runs(project,
+                ("keep", 1.0, {}),
+                ("discard", 0.995, {"samples": [0.99, 1.0], "recommendation": "discard"}),
+                ("discard", 0.99, {"samples": [0.99], "recommendation": "rerun"}),
+                ("discard", 1.02, {}))
+    ok(script(project, "summarize", "--no-plot"))
+    md = (project / "autoresearch-summary.md").read_text()
+    assert "**better at first, not confirmed on a rerun (discarded)**: 1" in md
+    assert "run 2: change 2" in md.split("not confirmed on a rerun (discarded)**")[1].split("**")[0]
+    assert "**better once, discarded before the recommended rerun**: 1" in md
+    assert "**worse or no better (discarded)**: 1" in md and "run 4: change 4" in md
+    assert "The session is still open: /experiment:resume continues it" in md
+
+
+def test_progress_plot_has_whole_run_numbers_labelled_keeps_and_marked_near_misses(project, monkeypatch):
+    from matplotlib.figure import Figure
+    append_runs(project, ("keep", 1.0, {}), ("keep", 0.98, {}),
+                ("discard", 0.97, {"samples": [0.97, 0.99], "recommendation": "discard"}),
+                ("discard", 1.05, {}), ("keep", 0.96, {}))
+    shown = {}
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (shown.setdefault("fig", fig),
+                                                                   savefig(fig, *a, **k)))
+    summarize = load_script("summarize")
+    lib = _lib()
+    log = lib.read_log(str(project))
+    summarize.render_plot(str(project), log.config, log.runs, str(project / "p.png"))
+    ax = shown["fig"].axes[0]
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 5]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert [t.get_text() for t in ax.texts] == ["change 2", "change 5"]    # kept, after the baseline
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "better, but not kept (see the summary)" in legend
+
+
+def test_setup_adds_nothing_to_the_exclude_file_when_gitignore_covers_it(tmp_path):
+    p = make_project(tmp_path / "p")
+    (p / ".gitignore").write_text("hang_child.pid\nresults.tsv\nautoresearch.jsonl\n"
+                                  "autoresearch.md\nautoresearch-summary.md\nprogress.png\n"
+                                  "run.log\n/autoresearch.stop\n.autoresearch/\n")
+    git(p, "commit", "-qam", "ignore the session files")
+    out = ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics")).stdout
+    assert "exclude" not in out
+    assert "autoresearch" not in (p / ".git" / "info" / "exclude").read_text()
+
+
 # --------------------------------------------------------------------------- resume
 
 def test_resume_restores_the_last_kept_commit_and_continues(project):
@@ -527,7 +599,7 @@ def test_resume_restores_the_last_kept_commit_and_continues(project):
     assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
     assert git(project, "rev-parse", "HEAD") == kept and git(project, "status", "--porcelain") == ""
     assert "VAL_BPB = 0.9\n" in (project / "train.py").read_text()
-    assert "2 runs logged; next is run 3" in proc.stdout and "best val_bpb: 0.900000" in proc.stdout
+    assert "2 runs logged; next is run 3" in proc.stdout and "best val_bpb 0.900000 (run 2" in proc.stdout
     saved = git(project, "for-each-ref", "--format=%(refname)", "refs/autoresearch/t1/")
     assert "interrupted-" in saved
     ref = [r for r in saved.splitlines() if "interrupted" in r][0]
@@ -537,6 +609,60 @@ def test_resume_restores_the_last_kept_commit_and_continues(project):
     assert not (project / ".autoresearch" / "pending.json").exists()
     run_and_log(project, "keep", "next", VAL_BPB=0.8)
     assert records(project)[-1]["run"] == 3
+
+
+def test_resume_shows_a_finished_unlogged_run_and_one_command_records_it(project):
+    run_and_log(project, "keep", "baseline")
+    edit_target(project, VAL_BPB=0.5)
+    ok(script(project, "run-experiment"))               # finished; then the agent was killed
+    out = ok(script(project, "resume-session")).stdout
+    assert "run 2 finished but was never logged: val_bpb 0.500000, recommend keep" in out
+    ref = re.search(r"the change it measured is saved as (\S+)", out).group(1)
+    assert "VAL_BPB = 0.5" in git(project, "show", f"{ref}:train.py")
+    assert "VAL_BPB = 1.0" in (project / "train.py").read_text()     # the tree is back on the kept state
+    command = re.search(r"record it:  (\S+) (--unlogged \S+ --status keep)", out)
+    assert command and command.group(1).endswith("scripts/log-experiment")
+    args = command.group(2).split() + ["--description", "half the loss"]
+    logged = ok(script(project, "log-experiment", *args)).stdout
+    assert "logged run 2: keep val_bpb=0.500000" in logged
+    assert [(r["run"], r["status"], r["metric"]) for r in records(project)[1:] if r["type"] == "run"] \
+        == [(1, "keep", 1.0), (2, "keep", 0.5)]
+    assert "VAL_BPB = 0.5" in git(project, "show", "HEAD:train.py")
+    assert git(project, "status", "--porcelain") == ""
+    again = script(project, "log-experiment", *args)    # the file is used up
+    assert again.returncode == 2 and "not found" in again.stderr
+
+
+def test_an_unlogged_run_is_not_recorded_once_the_log_moved_on(project):
+    run_and_log(project, "keep", "baseline")
+    edit_target(project, VAL_BPB=0.5)
+    ok(script(project, "run-experiment"))
+    out = ok(script(project, "resume-session")).stdout
+    unlogged = re.search(r"--unlogged (\S+)", out).group(1)
+    run_and_log(project, "discard", "something else", VAL_BPB=1.1)
+    proc = script(project, "log-experiment", "--unlogged", unlogged, "--status", "keep",
+                  "--description", "late")
+    assert proc.returncode == 2 and "measure it again instead: git checkout refs/autoresearch/" in proc.stderr
+    assert len([r for r in records(project) if r["type"] == "run"]) == 2
+
+
+def test_an_ended_session_resumes_with_a_higher_cap(tmp_path):
+    project = make_project(tmp_path / "proj")
+    ok(script(project, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
+              "--max-iterations", "3"))
+    for i in range(3):
+        run_and_log(project, "discard", f"r{i}", VAL_BPB=1.1)
+    ok(script(project, "end-session"))
+    assert records(project)[-1]["event"] == "end"
+    proc = script(project, "resume-session")
+    assert proc.returncode == 2 and "resume with --max-iterations 23" in proc.stderr
+    proc = script(project, "resume-session", "--max-iterations", "3")
+    assert proc.returncode == 2 and "not above the 3 runs already logged" in proc.stderr
+    out = ok(script(project, "resume-session", "--max-iterations", "5")).stdout
+    assert "iteration cap: 5 runs (2 left)" in out
+    assert records(project)[-1] == {**records(project)[-1], "event": "resume", "max_iterations": 5}
+    run_and_log(project, "discard", "r4", VAL_BPB=1.1)
+    assert records(project)[-1]["run"] == 4             # events do not count as runs
 
 
 def start_hanging_run(project):

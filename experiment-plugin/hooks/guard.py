@@ -7,8 +7,9 @@ Claude Code sends the tool call as JSON on stdin. This hook denies
     (autoresearch.jsonl, results.tsv, run.log, progress.png, .autoresearch/) and of
     dependency manifests (pyproject.toml, uv.lock, requirements.txt, ...);
   * Bash commands that write to those files (redirections, rm/mv/cp/tee/sed -i/...,
-    inline Python that opens them for writing), that would sweep up git-ignored
-    session files (git clean -x, git stash --all), or that install packages;
+    inline Python that opens them for writing), that move git behind the scripts'
+    back (git reset, git stash, git clean, git checkout <rev> -- <fixed file>), or
+    that install packages;
 and allows everything else, including reading any file. A deny is the documented
 PreToolUse JSON with a reason that tells the agent what to do instead. With no
 active session (no .autoresearch/state.json saying so) it allows everything.
@@ -64,6 +65,15 @@ def protected(root, cwd, path):
         return (f"{rel} declares the dependencies, which are fixed for a session: work with "
                 "the packages already installed.")
     return None
+
+
+def fixed_path(root, cwd, path):
+    rel = os.path.relpath(os.path.normpath(os.path.join(cwd, os.path.expanduser(path))), root)
+    return rel in lib.FIXED_FILES or rel.split(os.sep)[0] in lib.FIXED_DIRS
+
+
+def dry_run(flags):
+    return any(f in ("-n", "--dry-run") for f in flags)
 
 
 def check_file_tool(root, cwd, tool, tool_input):
@@ -137,13 +147,19 @@ def check_words(root, cwd, words):
         targets = [w[3:] for w in rest if w.startswith("of=")]
     elif cmd == "git" and rest:
         sub, flags = rest[0], rest[1:]
-        if sub == "clean" and any(f.startswith("-") and "x" in f.lower().lstrip("-")[:4]
-                                  for f in flags if not f.startswith("--")):
-            return ("git clean -x/-X would delete the git-ignored session files (the log, "
-                    "results, notes): use `git reset --hard` or `git checkout -- <file>` instead.")
-        if sub == "stash" and any(f in ("-a", "--all") for f in flags):
-            return ("git stash --all would sweep the git-ignored session files away: use "
-                    "`git stash` without --all.")
+        if sub in ("reset", "stash", "clean") and not (sub == "clean" and dry_run(flags)):
+            return (f"git {sub} moves the work tree behind the scripts' back, and the branch "
+                    "must stay on the last kept commit: log-experiment commits a keep and "
+                    "resets a discard or crash by itself, and resume-session restores the "
+                    "last kept commit (saving any change under refs/autoresearch/). To undo "
+                    "an edit of the target, `git checkout -- <target>`.")
+        if sub in ("checkout", "restore") and "--" in flags:
+            revs = [f for f in flags[:flags.index("--")] if not f.startswith("-")]
+            fixed = [w for w in flags[flags.index("--") + 1:] if fixed_path(root, cwd, w)]
+            if (revs or any(f.startswith("--source") for f in flags)) and fixed:
+                return (f"checking out {fixed[0]} from another commit leaves the branch where "
+                        "it is: run resume-session, which restores the last kept commit and "
+                        "checks the fixed files.")
         if sub in ("rm", "mv"):
             targets = [w for w in flags if not w.startswith("-")]
     elif re.match(r"^python[\d.]*$", cmd) and "-c" in rest:
@@ -167,11 +183,15 @@ def decide(payload):
         return None
     cwd = payload.get("cwd") or os.getcwd()
     tool, tool_input = payload.get("tool_name"), payload.get("tool_input") or {}
+    reason = None
     if tool in FILE_TOOLS:
-        return check_file_tool(root, cwd, tool, tool_input)
-    if tool == "Bash" and isinstance(tool_input.get("command"), str):
-        return check_bash(root, cwd, tool_input["command"])
-    return None
+        reason = check_file_tool(root, cwd, tool, tool_input)
+    elif tool == "Bash" and isinstance(tool_input.get("command"), str):
+        reason = check_bash(root, cwd, tool_input["command"])
+    if reason and not lib.owns_loop(root, payload):
+        # Someone working on something else while a session is open: say how to close it.
+        reason += " " + lib.open_elsewhere_note(lib.read_log(root).config)
+    return reason
 
 
 def main():

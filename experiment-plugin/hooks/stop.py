@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
-"""Stop hook: keep the research loop going until it is meant to end.
+"""Stop hook: keep the research loop going until it is meant to end, then end it.
 
-While a session is active, with the iteration cap not reached and no
-autoresearch.stop file, a stop is blocked with a short prompt to continue: the next
-run number and the best result so far. Otherwise the stop goes through.
+While a session is active:
+  * at the iteration cap, or when autoresearch.stop exists in the project root, the
+    session ends (guard and loop off, the end recorded in the log, the stop file
+    consumed) and the person is told what happened and what to do next;
+  * in the conversation that owns the loop (the one that ran setup-session or
+    resume-session), a stop is blocked with a short prompt to continue: the next run
+    number and the best result so far;
+  * in any other conversation (the morning's /experiment:summary, a question) the
+    stop goes through, with a note that the session is still open.
 
 It deliberately ignores `stop_hook_active`: the loop is meant to continue across
 many stops. Claude Code itself ends a turn after 8 consecutive blocks; for long
@@ -25,24 +31,21 @@ def decide(payload):
         return None
     log = lib.read_log(root)
     config, runs = log.config, log.runs
-    if os.path.exists(os.path.join(root, lib.STOP_FILE)):
-        return {"systemMessage": f"autoresearch {config['tag']}: {lib.STOP_FILE} found, the loop "
-                                 f"ends after {len(runs)} runs (/experiment:resume continues it)"}
+    ending = lib.loop_end_reason(root, config, runs)
+    if ending:
+        lib.end_session(root, ending)
+        return {"systemMessage": lib.ended_message(config, runs, ending)}
+    if not lib.owns_loop(root, payload):
+        return {"systemMessage": lib.open_elsewhere_note(config)}
     cap = config.get("max_iterations")
-    if cap and len(runs) >= cap:
-        return {"systemMessage": f"autoresearch {config['tag']}: iteration cap reached "
-                                 f"({len(runs)} of {cap} runs); the loop ends"}
-    best = lib.best_run(runs, config["direction"])
-    best_text = (f"best {config['metric']} {lib.fmt(best['metric'])} (run {best['run']})"
-                 if best else "no kept result yet")
     pending = os.path.exists(os.path.join(root, lib.STATE_DIR, "pending.json"))
     first = "log the finished run with log-experiment, then " if pending else ""
     left = f" of {cap}" if cap else ""
     reason = (f"autoresearch session {config['tag']} is still running: {len(runs)}{left} runs "
-              f"logged, {best_text}. Do not stop and do not ask: {first}continue with run "
-              f"{len(runs) + 1}: pick the next idea, edit {config['target']}, run-experiment, "
-              f"log-experiment. The loop ends at the iteration cap or when the person creates "
-              f"{lib.STOP_FILE}.")
+              f"logged, {lib.best_line(config, runs)}. Do not stop and do not ask: {first}"
+              f"continue with run {len(runs) + 1}: pick the next idea, edit {config['target']}, "
+              f"run-experiment, log-experiment. The loop ends at the iteration cap or when the "
+              f"person creates {lib.stop_file(root)}.")
     return {"decision": "block", "reason": reason}
 
 

@@ -41,9 +41,12 @@ NOTES = "autoresearch.md"           # the living session document (the agent edi
 STOP_FILE = "autoresearch.stop"     # create it to end the loop at the next stop
 STATE_DIR = ".autoresearch"         # lock, pending run, guard/loop switch, archives
 
-SESSION_FILES = (LOG, RESULTS, RUN_LOG, PLOT, SUMMARY, NOTES, STOP_FILE, STATE_DIR + "/")
-# Of those, the ones no tool but a script may write (the guard hook enforces this).
-SCRIPT_ONLY_FILES = (LOG, RESULTS, RUN_LOG, PLOT, STATE_DIR)
+# Every session file, with who writes it. "scripts" files are written by nothing else
+# (the guard hook enforces it); the summary and notes are the agent's to finish, the
+# stop file is the person's.
+SESSION_FILES = {LOG: "scripts", RESULTS: "scripts", RUN_LOG: "scripts", PLOT: "scripts",
+                 STATE_DIR: "scripts", SUMMARY: "agent", NOTES: "agent", STOP_FILE: "person"}
+SCRIPT_ONLY_FILES = tuple(n for n, writer in SESSION_FILES.items() if writer == "scripts")
 
 # The fixed harness: hashed at setup, verified around every run, guarded by the hook.
 FIXED_FILES = ("prepare.py", "data_sources.py")
@@ -89,11 +92,6 @@ def use_project_python(root: str) -> None:
     if wanted and os.path.exists(wanted) and os.path.abspath(sys.executable) != wanted:
         os.environ["AUTORESEARCH_NO_REEXEC"] = "1"
         os.execv(wanted, [wanted] + sys.argv)
-
-
-def session_paths(root: str) -> dict:
-    return {name: os.path.join(root, name) for name in
-            (LOG, RESULTS, RUN_LOG, PLOT, SUMMARY, NOTES, STOP_FILE, STATE_DIR)}
 
 
 def fixed_file_list(root: str) -> list[str]:
@@ -181,7 +179,20 @@ def read_json(path: str, default=None):
         raise UserError(f"{path} is not readable JSON ({e}); move it aside and retry")
 
 
-# ------------------------------------------------------------- state (hooks read it)
+# ---------------------------------------------------------------- the session's lifecycle
+# A session is *active* from setup-session until it ends: the guard protects the
+# harness and the Stop hook keeps the loop going. The loop belongs to one Claude Code
+# conversation, the one whose Bash ran setup-session or resume-session (Claude Code
+# exports its id as CLAUDE_CODE_SESSION_ID; it is recorded as the *owner*). Only there
+# does a stop become "continue with run N+1": any other conversation in the project
+# (the morning's /experiment:summary, an ordinary question) stops as usual, and
+# /experiment:summary typed into the owner's conversation releases the loop too.
+# The session ends (guard and loop off, an "end" event in the log, the stop file
+# consumed) at the iteration cap, when autoresearch.stop appears, or by end-session.
+# .autoresearch/state.json holds only what the log cannot: {"active", "owner"}.
+
+CONVERSATION_ENV = "CLAUDE_CODE_SESSION_ID"
+
 
 def state_path(root: str) -> str:
     return os.path.join(root, STATE_DIR, "state.json")
@@ -206,6 +217,79 @@ def write_state(root: str, **changes) -> dict:
     state.update(changes)
     write_atomic(state_path(root), json.dumps(state, indent=2) + "\n")
     return state
+
+
+def start_loop(root: str) -> None:
+    """Switch guard and loop on, owned by the Claude Code conversation running this
+    script (none when it runs outside Claude Code: then no conversation is kept looping)."""
+    write_state(root, active=True, owner=os.environ.get(CONVERSATION_ENV) or None)
+
+
+def owns_loop(root: str, payload: dict) -> bool:
+    owner = read_state(root).get("owner")
+    return bool(owner) and owner == payload.get("session_id")
+
+
+def stop_file(root: str) -> str:
+    return os.path.join(root, STOP_FILE)
+
+
+def loop_end_reason(root: str, config: dict, runs: list[dict]) -> str | None:
+    """Why the loop is over (the stop file, the cap), or None while it should go on."""
+    if os.path.exists(stop_file(root)):
+        return f"{stop_file(root)} was found"
+    cap = config.get("max_iterations")
+    if cap and len(runs) >= cap:
+        return f"the iteration cap was reached ({len(runs)} of {cap} runs)"
+    return None
+
+
+def end_session(root: str, reason: str) -> None:
+    """End the session: an "end" event in the log, the stop file consumed, guard and
+    loop off. Takes the log lock. The branch, log and results stay as they are."""
+    with Lock(root):
+        log = read_log(root)
+        # Built here, not from input, and hooks run under any python3: append unchecked.
+        append_record(root, {"type": "event", "event": "end", "reason": reason,
+                             "runs": len(log.runs), "timestamp": now_iso()}, check=False)
+        if os.path.exists(stop_file(root)):
+            os.unlink(stop_file(root))
+        write_state(root, active=False, owner=None)
+
+
+def best_line(config: dict, runs: list[dict]) -> str:
+    """"best val_bpb 0.981234 (run 17, commit abc1234), baseline 0.997900" or what
+    stands in for it."""
+    best, base = best_run(runs, config["direction"]), baseline_run(runs)
+    if best is None:
+        return "no kept result yet"
+    text = f"best {config['metric']} {fmt(best['metric'])} (run {best['run']}, commit {best['commit'][:7]})"
+    return text + (f", baseline {fmt(base['metric'])}" if base and base is not best else "")
+
+
+def ended_message(config: dict, runs: list[dict], reason: str) -> str:
+    """What the person reads when a session ends: what happened, and what next."""
+    n = len(runs)
+    return (f"autoresearch session {config['tag']} has ended: {reason}. {n} runs, "
+            f"{best_line(config, runs)}. The guard and the loop are off. Next: "
+            f"/experiment:summary writes the report and progress.png; "
+            f"/experiment:resume --max-iterations {max(n, config.get('max_iterations') or 0) + 20} "
+            f"continues with 20 more runs; the kept changes are the commits on branch "
+            f"{config['branch']} (git log --oneline {config['base_commit'][:7]}..{config['branch']}), "
+            f"ready to review and merge.")
+
+
+def open_elsewhere_note(config: dict) -> str:
+    """For a conversation that does not run the loop of an active session."""
+    return (f"autoresearch session {config['tag']} is open in this project but not running "
+            f"in this conversation (the guard still protects the harness): /experiment:resume "
+            f"continues it here, /experiment:end closes it.")
+
+
+# The repair for changed fixed files. resume-session restores the last kept commit;
+# a checkout of single files would leave the branch wherever it had been moved.
+TAMPER_REPAIR = ("run resume-session (it saves the work tree under refs/autoresearch/, "
+                 "restores the last kept commit and checks the fixed files again)")
 
 
 def stop_leftover_run(root: str) -> str | None:
@@ -331,11 +415,18 @@ def _check(value, schema: dict, root: dict, where: str) -> str | None:
 # ---------------------------------------------------------------------------- log
 
 class SessionLog:
-    """autoresearch.jsonl, parsed: the config record, the run records, and warnings
-    about lines that could not be read (reported, never dropped from the file)."""
+    """autoresearch.jsonl, parsed: the config record, the run records, the session's
+    events (end, resume), and warnings about lines that could not be read (reported,
+    never dropped from the file). A resume event's max_iterations replaces the
+    config's: the config line itself is never rewritten."""
 
-    def __init__(self, config: dict | None, runs: list[dict], warnings: list[str]):
-        self.config, self.runs, self.warnings = config, runs, warnings
+    def __init__(self, config: dict | None, runs: list[dict], events: list[dict],
+                 warnings: list[str]):
+        self.runs, self.events, self.warnings = runs, events, warnings
+        self.config = config
+        for e in events:
+            if config is not None and e.get("max_iterations") is not None:
+                self.config = {**self.config, "max_iterations": e["max_iterations"]}
 
 
 def read_log(root: str, required: bool = True) -> SessionLog:
@@ -347,8 +438,8 @@ def read_log(root: str, required: bool = True) -> SessionLog:
         if required:
             raise UserError(f"no session here ({LOG} not found in {root}): start one with "
                             "setup-session (or /experiment:model <tag>)")
-        return SessionLog(None, [], [])
-    config, runs, warnings = None, [], []
+        return SessionLog(None, [], [], [])
+    config, runs, events, warnings = None, [], [], []
     lines = data.split(b"\n")
     complete = data.endswith(b"\n")
     for number, raw in enumerate(lines, 1):
@@ -369,17 +460,20 @@ def read_log(root: str, required: bool = True) -> SessionLog:
             config = record
         elif record.get("type") == "run":
             runs.append(record)
+        elif record.get("type") == "event":
+            events.append(record)
     if required and config is None:
         raise UserError(f"{LOG} has no config record as its first line: move it aside and "
                         "run setup-session again")
-    return SessionLog(config, runs, warnings)
+    return SessionLog(config, runs, events, warnings)
 
 
-def append_record(root: str, record: dict) -> None:
+def append_record(root: str, record: dict, check: bool = True) -> None:
     """Append one line to the log. Call with the Lock held. A partial last line left by
     a killed writer is moved to .autoresearch/salvaged.jsonl first, so the new record
     starts on its own line and the fragment is kept for inspection."""
-    validate(record)
+    if check:
+        validate(record)
     path = os.path.join(root, LOG)
     line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -729,11 +823,13 @@ def ensure_ignored(root: str) -> list[str]:
     adding any missing ones to .git/info/exclude; the project's .gitignore is left
     alone. Returns the names added."""
     import subprocess
-    names = [n.rstrip("/") for n in SESSION_FILES]
+    # The state folder is asked about as a folder ("name/"), so that a directory-only
+    # pattern such as `.autoresearch/` in the project's .gitignore counts as covering it.
+    names = [n + "/" if n == STATE_DIR else n for n in SESSION_FILES]
     proc = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root,
                           capture_output=True, text=True)
-    ignored = set(proc.stdout.split())
-    missing = [n for n in names if n not in ignored]
+    ignored = {n.rstrip("/") for n in proc.stdout.split()}
+    missing = [n.rstrip("/") for n in names if n.rstrip("/") not in ignored]
     if missing:
         info = git(root, "rev-parse", "--git-path", "info/exclude")
         path = info if os.path.isabs(info) else os.path.join(root, info)

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""UserPromptSubmit hook: a person who asks for the summary is not asking for more runs.
+
+/experiment:summary typed into the conversation that runs the loop releases the loop
+(the Stop hook stops keeping that conversation going), so the summary ends its turn.
+The session stays open: /experiment:resume takes the loop up again, /experiment:end
+closes it. Any other prompt passes untouched, and the hook never blocks one.
+"""
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
+import experiment_lib as lib  # noqa: E402
+
+RELEASES_THE_LOOP = re.compile(r"^\s*/(experiment:)?summary\b")
+
+
+def main():
+    try:
+        payload = json.load(sys.stdin)
+        if RELEASES_THE_LOOP.match(payload.get("prompt") or ""):
+            root = lib.active_root(payload)
+            if root and lib.owns_loop(root, payload):
+                lib.write_state(root, owner=None)
+    except Exception as e:  # never stand between the person and their prompt
+        print(f"autoresearch prompt hook: {e}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
