@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from plugin_helpers import PLUGIN, git, make_project, records, require_claude
+from plugin_helpers import PLUGIN, edit_target, git, make_project, ok, records, require_claude, script
 from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
 
 
@@ -148,9 +148,117 @@ def test_a_session_through_the_real_cli(tmp_path):
     assert model.finished, f"the CLI stopped after {model.step} of {len(steps)} steps:\n" \
                            f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
     assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = records(project)[1:]
+    runs = [r for r in records(project) if r["type"] == "run"]
     assert [(r["run"], r["status"], r["metric"]) for r in runs] == [(1, "keep", 1.0), (2, "discard", 1.2)]
+    assert records(project)[-1]["event"] == "end"                       # the cap ended the session
+    assert json.loads((project / ".autoresearch" / "state.json").read_text())["active"] is False
     assert "VAL_BPB = 1.000000" in (project / "train.py").read_text()    # discard reverted it
     assert "faster eval" not in (project / "prepare.py").read_text()     # the guard held
     assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
     assert git(project, "status", "--porcelain") == ""
+
+
+# ------------------------------------------------------------------- the session's life
+
+def drive(claude, project, home, prompt, steps, *args, **env):
+    """Run `claude -p PROMPT` with the plugin against a scripted model; returns
+    (process, model). The CLI's own limit on Stop-hook blocks is off, as the README
+    advises for a night, so a loop that never lets go would hang until the timeout."""
+    with ScriptedModel(steps) as model:
+        proc = subprocess.run(
+            [claude, "-p", prompt, "--plugin-dir", str(PLUGIN), "--output-format", "stream-json",
+             "--verbose", "--include-hook-events", *args], cwd=project, capture_output=True,
+            text=True, timeout=180,
+            env=model.client_env(str(home), CLAUDE_CODE_STOP_HOOK_BLOCK_CAP="0", **env))
+    assert model.errors == [], model.errors
+    assert model.finished, f"the CLI stopped after {model.step} of {len(steps)} steps:\n" \
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, model
+
+
+def bash_line(body, name):
+    """The `"${CLAUDE_PLUGIN_ROOT}/scripts/NAME" ...` line of the expanded command."""
+    line = re.search(rf'^\s*("[^"\n]*/scripts/{name}")(.*)$', user_text(body), re.M)
+    assert line, f"no {name} line in the expanded command:\n{user_text(body)[:3000]}"
+    return line.group(1)
+
+
+def open_night(tmp_path, owner):
+    """A session left open overnight by conversation `owner`: baseline kept, not at its cap."""
+    project = make_project(tmp_path / "proj")
+    env = {"CLAUDE_CODE_SESSION_ID": owner}
+    ok(script(project, "setup-session", "--tag", "n1", "--dataset", "classics", "--budget", "1",
+              "--max-iterations", "10", env=env))
+    ok(script(project, "run-experiment", env=env))
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline", env=env))
+    home = tmp_path / "home"
+    home.mkdir()
+    return project, home
+
+
+@pytest.mark.parametrize("conversation", ["a new conversation", "the loop's own conversation"])
+def test_the_summary_ends_its_turn_while_the_session_is_open(tmp_path, conversation):
+    """/experiment:summary on a night that never reached its cap: the report is written
+    and the turn ends, with the CLI's block limit off. In the loop's own conversation the
+    summary request releases the loop; in another one the loop was never there."""
+    claude = require_claude()
+    owner = "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+    project, home = open_night(tmp_path, owner)
+    args = ("--session-id", owner) if conversation.startswith("the loop") else ()
+
+    def summarize(body):
+        return [tool("Bash", command=bash_line(body, "summarize"), description="write the report")]
+
+    def reply(body):
+        assert "wrote autoresearch-summary.md" in tool_results(body)[0]["text"]
+        return [text("Baseline 1.000000; nothing better yet. The session is still open.")]
+
+    proc, model = drive(claude, project, home, "/experiment:summary", [summarize, reply], *args)
+    assert len(model.requests) == 2                   # no Stop-hook continuation at all
+    assert "is still open" in (project / "autoresearch-summary.md").read_text()
+    assert "not running in this conversation" in proc.stdout          # the note, shown
+    state = json.loads((project / ".autoresearch" / "state.json").read_text())
+    assert state["active"] is True and state["owner"] is None if args else state["owner"] == owner
+
+
+def test_resume_records_a_finished_orphan_and_the_stop_file_ends_the_session(tmp_path):
+    """The CLI was killed while a better run finished. /experiment:resume shows its
+    result and one command records it; the loop then belongs to this conversation (the
+    Stop hook continues it) until the person's stop file ends the session."""
+    claude = require_claude()
+    project, home = open_night(tmp_path, "dead-conversation")
+    edit_target(project, VAL_BPB=0.8)
+    ok(script(project, "run-experiment"))             # finished; nobody logged it
+    stop_file = project / "autoresearch.stop"
+
+    def resume(body):
+        return [tool("Bash", command=bash_line(body, "resume-session"), description="resume")]
+
+    def record(body):
+        out = tool_results(body)[0]["text"]
+        assert "run 2 finished but was never logged: val_bpb 0.800000, recommend keep" in out
+        assert "the change it measured is saved as refs/autoresearch/n1/interrupted-" in out
+        command = re.search(r"record it:  (.+--status keep) --description", out).group(1)
+        return [tool("Bash", command=f"{command} --description 'lower loss (recovered)'")]
+
+    def end_turn(body):
+        assert "logged run 2: keep val_bpb=0.800000" in tool_results(body)[0]["text"]
+        return [text("Recorded the interrupted run.")]
+
+    def person_stops(body):
+        feedback = user_text(body)
+        assert "Stop hook feedback" in feedback and "continue with run 3" in feedback, feedback
+        assert str(stop_file) in feedback                 # where the stop file goes, absolute
+        stop_file.write_text("")                          # the person, from another terminal
+        return [text("Stopping as asked.")]
+
+    proc, _ = drive(claude, project, home, "/experiment:resume", [resume, record, end_turn, person_stops])
+    runs = [r for r in records(project) if r["type"] == "run"]
+    assert [(r["run"], r["status"], r["metric"]) for r in runs] == [(1, "keep", 1.0), (2, "keep", 0.8)]
+    assert "VAL_BPB = 0.8" in (project / "train.py").read_text()
+    assert git(project, "status", "--porcelain") == ""
+    assert records(project)[-1]["event"] == "end" and not stop_file.exists()
+    assert json.loads((project / ".autoresearch" / "state.json").read_text())["active"] is False
+    assert f"has ended: {stop_file} was found" in proc.stdout
+    assert "/experiment:summary" in proc.stdout and "/experiment:resume --max-iterations" in proc.stdout
