@@ -1,4 +1,4 @@
-"""The plugin in the real Claude Code CLI: it validates, it loads with its three
+"""The plugin in the real Claude Code CLI: it validates, it loads with its four
 commands and no errors, and a session driven through the CLI by a scripted model on
 127.0.0.1 runs the commands' Bash lines as written, meets the guard, logs runs and is
 kept going by the Stop hook until the iteration cap.
@@ -38,12 +38,13 @@ def test_plugin_validates_strictly():
     assert "Validation passed" in proc.stdout
 
 
-def test_cli_loads_the_three_commands_without_errors(tmp_path):
+def test_cli_loads_the_four_commands_without_errors(tmp_path):
     claude = require_claude()
     (tmp_path / "home").mkdir()
     init = init_line(claude, PLUGIN, tmp_path, tmp_path / "home")
     commands = set(init["slash_commands"])
-    assert {"experiment:model", "experiment:resume", "experiment:summary"} <= commands
+    assert {"experiment:model", "experiment:resume", "experiment:summary",
+            "experiment:end"} <= commands
     assert "experiment:autoresearch" in init["skills"]
     assert [p["name"] for p in init["plugins"]] == ["experiment"]
     assert init.get("plugin_errors", []) == []

@@ -633,6 +633,16 @@ def test_resume_shows_a_finished_unlogged_run_and_one_command_records_it(project
     assert again.returncode == 2 and "not found" in again.stderr
 
 
+def test_resume_after_a_hand_reset_says_the_branch_was_behind(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    kept = git(project, "rev-parse", "HEAD")
+    git(project, "reset", "-q", "--hard", "HEAD~1")     # by hand, behind the scripts' back
+    out = ok(script(project, "resume-session")).stdout
+    assert "the branch was behind the last kept commit" in out
+    assert git(project, "rev-parse", "HEAD") == kept
+
+
 def test_an_unlogged_run_is_not_recorded_once_the_log_moved_on(project):
     run_and_log(project, "keep", "baseline")
     edit_target(project, VAL_BPB=0.5)
