@@ -241,6 +241,23 @@ def test_parse_metrics_summary_block(tmp_path):
     assert out["num_steps"] == 953 and out["mfu_percent"] == "n/a" and out["depth"] == 8
 
 
+def test_parse_metrics_reads_a_pipe_and_never_answers_with_an_older_file(tmp_path):
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "run.log").write_text(SUMMARY)              # yesterday's run
+    piped = subprocess.run([sys.executable, str(SCRIPTS / "parse-metrics")], cwd=tmp_path,
+                           input="step 1\n---\nval_bpb:          1.234500\n",
+                           capture_output=True, text=True, timeout=30)
+    assert json.loads(piped.stdout) == {"val_bpb": 1.2345}
+    crashed = subprocess.run([sys.executable, str(SCRIPTS / "parse-metrics")], cwd=tmp_path,
+                             input="Traceback: out of memory\n", capture_output=True, text=True,
+                             timeout=30)
+    assert crashed.returncode == 1 and json.loads(crashed.stdout) == {}
+    assert "no metrics found in standard input" in crashed.stderr
+    quiet = subprocess.run([sys.executable, str(SCRIPTS / "parse-metrics")], cwd=tmp_path,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert json.loads(quiet.stdout)["val_bpb"] == 0.9979     # no pipe: run.log, as before
+
+
 def test_parse_metrics_metric_lines_override_and_last_block_wins():
     text = SUMMARY + "\n---\nval_bpb: 0.95\n" + "METRIC custom_score=12.5\n"
     m = lib.parse_metrics(text)
