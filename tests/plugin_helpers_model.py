@@ -111,8 +111,11 @@ class ScriptedModel:
             step = self.steps[self.step]
             self.step += 1
         blocks = step(body)
+        usage = None
+        if isinstance(blocks, tuple):       # (blocks, usage): report another context size
+            blocks, usage = blocks
         stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
-        return blocks, stop
+        return blocks, stop, usage
 
     def _handler(self):
         model = self
@@ -153,25 +156,26 @@ class ScriptedModel:
                     body = json.loads(raw)
                     if not body.get("stream"):
                         raise AssertionError("expected a streaming request")
-                    blocks, stop = model.answer(body)
+                    blocks, stop, usage = model.answer(body)
                 except Exception as e:      # a failed check or a broken step: fail loudly
                     return self.fail(f"step {model.step}: {type(e).__name__}: {e}")
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("cache-control", "no-cache")
                 self.end_headers()
-                self.wfile.write(sse_stream(blocks, stop, body.get("model", "claude-test")))
+                self.wfile.write(sse_stream(blocks, stop, body.get("model", "claude-test"), usage))
                 self.wfile.flush()
 
         return Handler
 
 
-def sse_stream(blocks: list, stop_reason: str, model: str) -> bytes:
-    """One assistant message as the Messages API streams it."""
+def sse_stream(blocks: list, stop_reason: str, model: str, usage: dict | None = None) -> bytes:
+    """One assistant message as the Messages API streams it. `usage` replaces the
+    token counts reported (a large input_tokens makes the client compact its context)."""
     events = [("message_start", {"type": "message_start", "message": {
         "id": f"msg_{next(_ids):04d}", "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 10, "output_tokens": 1}}})]
+        "usage": usage or {"input_tokens": 10, "output_tokens": 1}}})]
     for i, block in enumerate(blocks):
         if block["type"] == "text":
             events += [("content_block_start", {"type": "content_block_start", "index": i,

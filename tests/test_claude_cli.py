@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from plugin_helpers import PLUGIN, edit_target, git, make_project, ok, records, require_claude, script
-from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
+from plugin_helpers_model import ScriptedModel, all_text, text, tool, tool_results, user_text
 
 
 def init_line(claude, plugin_dir, cwd, home):
@@ -263,3 +263,52 @@ def test_resume_records_a_finished_orphan_and_the_stop_file_ends_the_session(tmp
     assert json.loads((project / ".autoresearch" / "state.json").read_text())["active"] is False
     assert f"has ended: {stop_file} was found" in proc.stdout
     assert "/experiment:summary" in proc.stdout and "/experiment:resume --max-iterations" in proc.stdout
+
+
+def test_the_session_comes_back_after_compaction(tmp_path):
+    """A long night is compacted: the SessionStart hook puts the session's state (the
+    protocol, the best, the last runs with what they taught, the next step) back into
+    the context, and the model's next request carries it."""
+    claude = require_claude()
+    project = make_project(tmp_path / "proj")
+    home = tmp_path / "home"
+    home.mkdir()
+    night = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
+
+    def chat(n):
+        return [lambda body: [tool("Bash", command=f"echo step {i} " + "x" * 2000)]
+                for i in range(n)] + [lambda body: [text("Noted.")]]
+    drive(claude, project, home, "hello", chat(6), "--session-id", night, "--allowedTools", "Bash")
+
+    env = {"CLAUDE_CODE_SESSION_ID": night}
+    ok(script(project, "setup-session", "--tag", "c1", "--dataset", "classics", "--budget", "1",
+              env=env))
+    for value, description, learned in ((1.0, "baseline", "the stand-in gives 1.0"),
+                                        (0.9, "halve the loss", "a lower loss is kept")):
+        edit_target(project, VAL_BPB=value)
+        ok(script(project, "run-experiment", env=env))
+        ok(script(project, "log-experiment", "--status", "keep", "--description", description,
+                  "--asi", json.dumps({"learned": learned}), env=env))
+
+    drive(claude, project, home, "/compact", [lambda body: [text("<summary>We said hello.</summary>")]],
+          "--resume", night)
+    edit_target(project, VAL_BPB=1.5)                   # a third run after the compaction
+    ok(script(project, "run-experiment", env=env))
+    ok(script(project, "log-experiment", "--status", "discard", "--description", "worse",
+              env=env))
+
+    def next_request(body):
+        context = all_text(body)
+        # The block as the compaction left it (2 runs), not only the resume's (3 runs).
+        assert "autoresearch session c1 is active" in context and "2 runs logged" in context, context[-3000:]
+        assert "skills/autoresearch/SKILL.md" in context and "best val_bpb 0.900000 (run 2" in context
+        assert "(learned: a lower loss is kept)" in context
+        assert "Next: run 3: pick the next idea" in context
+        return [text("Continuing with run 4.")]
+
+    def person_stops(body):
+        assert "Latest lesson (run 2): a lower loss is kept" in user_text(body)
+        (project / "autoresearch.stop").write_text("")
+        return [text("Stopping.")]
+
+    drive(claude, project, home, "go on", [next_request, person_stops], "--resume", night)

@@ -57,6 +57,7 @@ def test_hooks_json_uses_exec_form_with_the_plugin_root():
     config = json.loads((HOOKS / "hooks.json").read_text())
     handlers = [h for event in config["hooks"].values() for group in event for h in group["hooks"]]
     assert {h["args"][0] for h in handlers} == {"${CLAUDE_PLUGIN_ROOT}/hooks/guard.py",
+                                                "${CLAUDE_PLUGIN_ROOT}/hooks/session_start.py",
                                                 "${CLAUDE_PLUGIN_ROOT}/hooks/stop.py",
                                                 "${CLAUDE_PLUGIN_ROOT}/hooks/prompt.py"}
     assert all(h["type"] == "command" and " " not in h["command"] for h in handlers)
@@ -298,3 +299,54 @@ def test_stop_fails_open_on_a_broken_log(project):
     (project / "autoresearch.jsonl").write_text("garbage\n")
     answer = stop(project)
     assert "decision" not in answer and "letting Claude stop" in answer["systemMessage"]
+
+
+# ---------------------------------------------------------------------- session start
+
+def session_start(project, source="compact", conversation="s"):
+    from plugin_helpers import hook
+    proc = hook("session_start.py", {"session_id": conversation, "transcript_path": "/dev/null",
+                                     "cwd": str(project), "hook_event_name": "SessionStart",
+                                     "source": source})
+    assert proc.returncode == 0, proc.stderr
+    if not proc.stdout.strip():
+        return None
+    out = json.loads(proc.stdout)["hookSpecificOutput"]
+    assert out["hookEventName"] == "SessionStart"
+    return out["additionalContext"]
+
+
+def test_session_start_brings_back_the_state_and_the_lessons(project):
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline",
+              "--asi", json.dumps({"hypothesis": "h", "learned": "the stand-in gives 1.0"})))
+    block = session_start(project)
+    assert "autoresearch session t1 is active" in block
+    assert "skills/autoresearch/SKILL.md" in block and "scripts" in block
+    assert "Target train.py, dataset classics, 1 s per run, policy noise-aware" in block
+    assert "1 of 3 runs logged; best val_bpb 1.000000 (run 1" in block
+    assert "run   1 keep" in block and "(learned: the stand-in gives 1.0)" in block
+    assert "Next: run 2: pick the next idea" in block
+    other = session_start(project, source="resume", conversation="other")
+    assert "not running in this conversation" in other and "Next: run" not in other
+
+
+def test_session_start_says_nothing_without_a_session(project, tmp_path):
+    ok(script(project, "end-session"))
+    assert session_start(project) is None
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert session_start(plain) is None
+
+
+def test_lessons_from_logs_of_the_first_format_are_read(project):
+    """Logs written before `asi` had its seed name kept it as `notes`."""
+    from plugin_helpers import _lib
+    lib = _lib()
+    with lib.Lock(str(project)):
+        lib.append_record(str(project), {
+            "type": "run", "run": 1, "commit": git(project, "rev-parse", "HEAD"), "status": "keep",
+            "metric": 1.0, "metrics": {}, "description": "baseline", "timestamp": lib.now_iso(),
+            "notes": {"learned": "old logs still teach"}})
+    assert "(learned: old logs still teach)" in session_start(project)
+    assert "Latest lesson (run 1): old logs still teach" in stop(project)["reason"]

@@ -41,8 +41,10 @@ def decide(payload):
     pending = os.path.exists(os.path.join(root, lib.STATE_DIR, "pending.json"))
     first = "log the finished run with log-experiment, then " if pending else ""
     left = f" of {cap}" if cap else ""
+    learned = next((f" Latest lesson (run {r['run']}): {lib.lesson(r)[:200]}."
+                    for r in reversed(runs) if lib.lesson(r)), "")
     reason = (f"autoresearch session {config['tag']} is still running: {len(runs)}{left} runs "
-              f"logged, {lib.best_line(config, runs)}. Do not stop and do not ask: {first}"
+              f"logged, {lib.best_line(config, runs)}.{learned} Do not stop and do not ask: {first}"
               f"continue with run {len(runs) + 1}: pick the next idea, edit {config['target']}, "
               f"run-experiment, log-experiment. The loop ends at the iteration cap or when the "
               f"person creates {lib.stop_file(root)}.")

@@ -267,6 +267,60 @@ def best_line(config: dict, runs: list[dict]) -> str:
     return text + (f", baseline {fmt(base['metric'])}" if base and base is not best else "")
 
 
+def asi(record: dict) -> dict:
+    """What the agent wrote down with a run (hypothesis, what it learned, ...): stored as
+    `asi`, as seed 001 names it; logs of the first format called it `notes`."""
+    value = record.get("asi", record.get("notes"))
+    return value if isinstance(value, dict) else {}
+
+
+def lesson(record: dict) -> str:
+    """The one line worth remembering from a run: what it taught, else its hypothesis."""
+    a = asi(record)
+    for key in ("learned", "lesson", "hypothesis"):
+        if a.get(key):
+            return " ".join(str(a[key]).split())
+    return ""
+
+
+def run_line(config: dict, r: dict, width: int = 70) -> str:
+    """`run 12 discard 0.990100  wider MLP (learned: ...)`, for recaps."""
+    shown = fmt(r["metric"]) if finite(r.get("metric")) else "-"
+    text = " ".join(r["description"].split())[:width]
+    learned = lesson(r)
+    return (f"run {r['run']:>3} {r['status']:<7} {shown:>10}  {text}"
+            + (f" (learned: {learned[:120]})" if learned else ""))
+
+
+def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:
+    """The session's state in a few lines, for a context that lost it (compaction, a
+    resumed conversation): where the protocol is, the setup, where the loop stands,
+    the last runs with what they taught, and the next step."""
+    cap = config.get("max_iterations")
+    pending = os.path.exists(os.path.join(root, STATE_DIR, "pending.json"))
+    nxt = len(runs) + 1
+    lines = [
+        f"autoresearch session {config['tag']} is active in this project ({root}).",
+        f"Protocol: {os.path.join(PLUGIN_ROOT, 'skills', 'autoresearch', 'SKILL.md')} (read it "
+        f"again now); scripts: {os.path.join(PLUGIN_ROOT, 'scripts')}.",
+        f"Target {config['target']}, dataset {config['dataset']}, {config['budget']:g} s per run, "
+        f"policy {config['policy']}; {config['metric']}, {config['direction']} is better.",
+        f"{len(runs)}{f' of {cap}' if cap else ''} runs logged; {best_line(config, runs)}.",
+    ]
+    if runs:
+        lines.append("Last runs:")
+        lines += ["  " + run_line(config, r) for r in runs[-5:]]
+    if not owned:
+        lines.append("The loop is not running in this conversation: /experiment:resume "
+                     "continues it here, /experiment:end closes the session.")
+    elif pending:
+        lines.append(f"Next: a finished run waits: log it with log-experiment, then run {nxt + 1}.")
+    else:
+        lines.append(f"Next: run {nxt}: pick the next idea (read autoresearch.md), edit "
+                     f"{config['target']}, run-experiment, log-experiment. Do not stop or ask.")
+    return "\n".join(lines)
+
+
 def ended_message(config: dict, runs: list[dict], reason: str) -> str:
     """What the person reads when a session ends: what happened, and what next."""
     n = len(runs)
