@@ -225,6 +225,7 @@ def test_a_night_in_miniature(night):
     assert n.git("status", "--porcelain") == "" and "smaller eval" not in n.read("prepare.py")
 
     # 8. interruption with a dirty tree (and a finished run never logged), then resume ----
+    before_refs = n.git("for-each-ref", "--format=%(refname)", f"refs/autoresearch/{TAG}/").split()
     n.set_constant("WARMDOWN_RATIO", "0.9")
     n.script("run-experiment", ok=False)
     n.edit("def main():\n", "def main():\n    pass  # half-written idea\n")
@@ -232,8 +233,8 @@ def test_a_night_in_miniature(night):
     assert n.git("status", "--porcelain") == "" and n.head() == improved["commit"]
     assert n.read("train.py") == kept_text
     saved = n.git("for-each-ref", "--format=%(refname)", f"refs/autoresearch/{TAG}/")
-    interrupted = [r for r in saved.split() if "/interrupted-" in r]
-    assert interrupted and "half-written idea" in n.git("show", f"{interrupted[0]}:train.py")
+    interrupted = [r for r in saved.split() if "/interrupted-" in r and r not in before_refs]
+    assert len(interrupted) == 1 and "half-written idea" in n.git("show", f"{interrupted[0]}:train.py")
     assert "6 runs logged; next is run 7" in out, out
     assert f"best val_bpb {improved['metric']:.6f} (run 2" in out, out
     assert "never logged" in out, "the unlogged run is set aside, and said so"

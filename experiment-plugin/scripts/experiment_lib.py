@@ -328,9 +328,9 @@ def ended_message(config: dict, runs: list[dict], reason: str) -> str:
             f"{best_line(config, runs)}. The guard and the loop are off. Next: "
             f"/experiment:summary writes the report and progress.png; "
             f"/experiment:resume --max-iterations {max(n, config.get('max_iterations') or 0) + 20} "
-            f"continues with 20 more runs; the kept changes are the commits on branch "
-            f"{config['branch']} (git log --oneline {config['base_commit'][:7]}..{config['branch']}), "
-            f"ready to review and merge.")
+            f"continues with 20 more runs; {os.path.join(PLUGIN_ROOT, 'scripts', 'finalize')} "
+            f"shows how the kept changes on branch {config['branch']} would go into "
+            f"{config.get('start_branch') or 'your branch'} (it changes nothing without --yes).")
 
 
 def open_elsewhere_note(config: dict) -> str:
@@ -856,7 +856,12 @@ def commit_target(root: str, target: str, message: str) -> str | None:
 
 
 def save_ref(root: str, tag: str, name: str, commit: str) -> str:
-    ref = f"refs/autoresearch/{tag}/{name}"
+    """Keep `commit` reachable as refs/autoresearch/<tag>/<name>; a name already taken
+    by another commit (two saves in one second) gets a suffix, never overwritten."""
+    ref, n = f"refs/autoresearch/{tag}/{name}", 1
+    while git(root, "rev-parse", "--verify", "--quiet", ref, check=False) not in ("", commit):
+        n += 1
+        ref = f"refs/autoresearch/{tag}/{name}-{n}"
     git(root, "update-ref", ref, commit)
     return ref
 
