@@ -84,11 +84,26 @@ def test_guard_denies_edits_of_fixed_and_session_files(guarded, tool, key, path,
     assert reason and says in reason
 
 
-@pytest.mark.parametrize("path", ["train.py", "train_mlx.py", "autoresearch.md",
-                                  "autoresearch-summary.md", "notes/idea.md", "/tmp/elsewhere.py"])
+@pytest.mark.parametrize("path", ["train.py", "autoresearch.md", "autoresearch-summary.md",
+                                  "notes/idea.md", "/tmp/elsewhere.py"])
 def test_guard_allows_the_target_and_the_notes(guarded, path):
     full = path if path.startswith("/") else str(guarded / path)
     assert pre_tool_use(guarded, "Edit", {"file_path": full}) is None
+
+
+def test_guard_keeps_edits_to_the_target_and_its_scope(tmp_path):
+    p = make_project(tmp_path / "proj")
+    (p / "model_utils.py").write_text("X = 1\n")
+    (p / "eval_extra.py").write_text("Y = 1\n")
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "more files")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--scope", "model_utils.py",
+              "--read-only", "eval_extra.py", env=OWNER))
+    assert pre_tool_use(p, "Edit", {"file_path": str(p / "model_utils.py")}) is None
+    reason = pre_tool_use(p, "Edit", {"file_path": str(p / "train_mlx.py")})
+    assert "outside this session's scope (train.py, model_utils.py)" in reason and "--scope" in reason
+    assert "fixed harness" in pre_tool_use(p, "Write", {"file_path": str(p / "eval_extra.py")})
+    assert "fixed harness" in pre_tool_use(p, "Bash", {"command": "echo x >> eval_extra.py"})
 
 
 def test_guard_resolves_paths_from_a_subdirectory(guarded):
@@ -236,6 +251,39 @@ def test_a_stop_file_outside_the_root_does_not_count(project):
     assert answer["decision"] == "block"
     assert f"creates {project / 'autoresearch.stop'}" in answer["reason"]   # the absolute path
     assert "sub/autoresearch.stop" in git(project, "status", "--porcelain", "-uall")  # not hidden
+
+
+def session_with(tmp_path, *args):
+    p = make_project(tmp_path / "proj")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1", *args,
+              env=OWNER))
+    return p
+
+
+def test_reaching_the_target_value_ends_the_session(tmp_path):
+    p = session_with(tmp_path, "--target-value", "0.95")
+    ok(script(p, "log-experiment", "--status", "keep", "--metric", "1.0", "--description", "baseline"))
+    assert stop(p)["decision"] == "block"
+    ok(script(p, "log-experiment", "--status", "keep", "--metric", "0.94", "--description", "better"))
+    answer = stop(p)
+    assert "the best val_bpb 0.940000 reached the target 0.95" in answer["systemMessage"]
+    assert ended(p)
+
+
+def test_a_plateau_first_asks_for_another_category_then_ends_the_session(tmp_path):
+    p = session_with(tmp_path, "--plateau", "4")
+    ok(script(p, "log-experiment", "--status", "keep", "--metric", "1.0", "--description", "baseline"))
+    for i, category in enumerate(["optimizer", "optimizer", "architecture"]):
+        ok(script(p, "log-experiment", "--status", "discard", "--metric", "1.1",
+                  "--description", f"idea {i}", "--asi", json.dumps({"category": category})))
+        answer = stop(p)
+        if i == 0:
+            assert "change category" not in answer["reason"]
+    assert "No keep in the last 3 runs (the session ends at 4): change category" in answer["reason"]
+    assert "Tried so far: optimizer (2), architecture (1)." in answer["reason"]
+    ok(script(p, "log-experiment", "--status", "discard", "--metric", "1.1", "--description", "idea 4"))
+    assert "no run was kept in the last 4 (the plateau limit)" in stop(p)["systemMessage"]
+    assert ended(p)
 
 
 def test_another_conversation_is_never_kept_looping(project):

@@ -74,6 +74,64 @@ def test_setup_creates_branch_config_and_files(project):
     assert git(project, "status", "--porcelain") == ""
 
 
+def test_setup_prints_and_records_the_research_config(tmp_path):
+    p = make_project(tmp_path / "p")
+    out = ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "7",
+                    "--max-iterations", "30", "--target-value", "0.95", "--plateau", "12")).stdout
+    config = records(p)[0]
+    platform = config["platform"]
+    assert platform["os"].startswith(os.uname().sysname) and platform["device"].startswith(("cpu", "cuda", "mps"))
+    assert platform["framework"].startswith("torch ") and platform["memory_gb"] > 0
+    assert "research config:" in out and f"platform   {platform['os']}" in out
+    assert "budget     7 s per run" in out and "val_bpb, lower is better" in out
+    assert "stops at   30 runs; best reaches 0.95; 12 runs in a row without a keep" in out
+    assert config["target_value"] == 0.95 and config["plateau"] == 12 and config["scope"] == []
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--scope", "train.py"], "it is the target"),
+    (["--scope", "prepare.py"], "a fixed file"),
+    (["--scope", "untracked.py"], "not a file tracked by git"),
+    (["--read-only", "missing.py"], "no such file"),
+    (["--plateau", "-1"], "--plateau must be 0"),
+])
+def test_setup_rejects_bad_file_options_in_one_line(tmp_path, args, says):
+    p = make_project(tmp_path / "p")
+    proc = script(p, "setup-session", "--tag", "t", "--dataset", "classics", *args)
+    assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (p / "autoresearch.jsonl").exists()
+
+
+def test_scope_files_are_committed_and_reverted_with_the_target(tmp_path):
+    p = make_project(tmp_path / "p")
+    (p / "helpers.py").write_text("FACTOR = 1\n")
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "helpers")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--scope", "helpers.py"))
+    run_and_log(p, "keep", "baseline")
+    (p / "helpers.py").write_text("FACTOR = 2\n")
+    run_and_log(p, "keep", "double it", VAL_BPB=0.9)
+    assert git(p, "show", "HEAD:helpers.py") == "FACTOR = 2" and git(p, "status", "--porcelain") == ""
+    (p / "helpers.py").write_text("FACTOR = 3\n")
+    run_and_log(p, "discard", "triple it", VAL_BPB=0.95)
+    assert (p / "helpers.py").read_text() == "FACTOR = 2\n"            # reverted with the target
+    assert git(p, "show", "refs/autoresearch/t/run-3:helpers.py") == "FACTOR = 3"
+
+
+def test_a_read_only_file_is_hashed_like_the_harness(tmp_path):
+    p = make_project(tmp_path / "p")
+    (p / "eval_extra.py").write_text("K = 1\n")
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "extra eval")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--read-only", "eval_extra.py"))
+    assert "eval_extra.py" in records(p)[0]["fixed_files"]
+    (p / "eval_extra.py").write_text("K = 2\n")
+    proc = script(p, "run-experiment")
+    assert proc.returncode == 3 and "status: tampered (eval_extra.py changed since setup)" in proc.stdout
+
+
 def test_setup_refuses_an_existing_branch_and_names_the_resume_command(project):
     ok(script(project, "run-experiment"))
     ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline"))
@@ -739,8 +797,9 @@ def test_scripts_switch_to_the_session_interpreter(tmp_path):
     ok(script(p, "summarize", "--no-plot"))
     calls = (tmp_path / "calls").read_text().splitlines()
     assert calls[0] == "prepare.py --dataset classics --verify"      # setup's data check
-    assert calls[1].endswith("run-experiment") and calls[2] == "train.py"
-    assert calls[3].endswith("summarize --no-plot") and len(calls) == 4
+    assert "m.version('torch')" in calls[1]                           # its framework, recorded
+    assert calls[2].endswith("run-experiment") and calls[3] == "train.py"
+    assert calls[4].endswith("summarize --no-plot") and len(calls) == 5
 
 
 def test_a_run_orphaned_by_a_killed_runner_is_stopped_next_time(project):

@@ -52,7 +52,7 @@ def protected(root, cwd, path):
     if rel.startswith(".."):
         return None
     top = rel.split(os.sep)[0]
-    if rel in lib.FIXED_FILES or top in lib.FIXED_DIRS:
+    if rel in lib.FIXED_FILES or top in lib.FIXED_DIRS or rel in read_only(root):
         return (f"{rel} is part of the fixed harness (data, tokenizer, evaluation): every run "
                 "must be measured the same way, so it cannot change during a session. Edit only "
                 "the session's target template; to undo a change, "
@@ -76,9 +76,40 @@ def dry_run(flags):
     return any(f in ("-n", "--dry-run") for f in flags)
 
 
+def read_only(root):
+    """The session's --read-only files (read once per hook call)."""
+    if root not in _CONFIG:
+        _CONFIG[root] = lib.read_config(root) or {}
+    return _CONFIG[root].get("read_only") or []
+
+
+_CONFIG = {}
+
+
+def out_of_scope(root, cwd, path):
+    """An edit of a tracked file that is neither the target nor in the session's scope:
+    log-experiment would neither commit nor keep it, so the run would measure code the
+    log does not record."""
+    import subprocess
+    rel = os.path.relpath(os.path.normpath(os.path.join(cwd, os.path.expanduser(path))), root)
+    config = _CONFIG.get(root) or lib.read_config(root) or {}
+    if rel.startswith("..") or not config or rel in lib.editable_files(config) \
+            or rel in lib.SESSION_FILES:
+        return None
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", rel], cwd=root,
+                             capture_output=True).returncode == 0
+    if not tracked:
+        return None
+    return (f"{rel} is outside this session's scope ({', '.join(lib.editable_files(config))}): "
+            "a run must measure exactly the code the log records. Put the idea into the target, "
+            "or note it in autoresearch.md; a session that edits more files is set up with --scope.")
+
+
 def check_file_tool(root, cwd, tool, tool_input):
     path = tool_input.get(FILE_TOOLS[tool])
-    return protected(root, cwd, path) if isinstance(path, str) and path else None
+    if not isinstance(path, str) or not path:
+        return None
+    return protected(root, cwd, path) or out_of_scope(root, cwd, path)
 
 
 def simple_commands(command):

@@ -46,8 +46,8 @@ def decide(payload):
     reason = (f"autoresearch session {config['tag']} is still running: {len(runs)}{left} runs "
               f"logged, {lib.best_line(config, runs)}.{learned} Do not stop and do not ask: {first}"
               f"continue with run {len(runs) + 1}: pick the next idea, edit {config['target']}, "
-              f"run-experiment, log-experiment. The loop ends at the iteration cap or when the "
-              f"person creates {lib.stop_file(root)}.")
+              f"run-experiment, log-experiment.{lib.plateau_hint(config, runs)} The loop ends "
+              f"at the iteration cap or when the person creates {lib.stop_file(root)}.")
     return {"decision": "block", "reason": reason}
 
 

@@ -94,9 +94,10 @@ def use_project_python(root: str) -> None:
         os.execv(wanted, [wanted] + sys.argv)
 
 
-def fixed_file_list(root: str) -> list[str]:
-    """Relative paths of every fixed file present: prepare.py, data_sources.py, datasets/**."""
-    found = [f for f in FIXED_FILES if os.path.isfile(os.path.join(root, f))]
+def fixed_file_list(root: str, extra: list[str] | tuple = ()) -> list[str]:
+    """Relative paths of every fixed file present: prepare.py, data_sources.py,
+    datasets/**, and a session's --read-only files (`extra`)."""
+    found = [f for f in (*FIXED_FILES, *extra) if os.path.isfile(os.path.join(root, f))]
     for d in FIXED_DIRS:
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
             dirnames[:] = sorted(n for n in dirnames if n != "__pycache__")
@@ -114,14 +115,16 @@ def hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def hash_fixed_files(root: str) -> dict:
-    return {rel: hash_file(os.path.join(root, rel)) for rel in fixed_file_list(root)}
+def hash_fixed_files(root: str, extra: list[str] | tuple = ()) -> dict:
+    return {rel: hash_file(os.path.join(root, rel)) for rel in fixed_file_list(root, extra)}
 
 
 def changed_fixed_files(root: str, recorded: dict) -> list[str]:
     """Fixed files whose content differs from the hashes recorded at setup (or that
-    appeared or vanished since)."""
-    now = hash_fixed_files(root)
+    appeared or vanished since). Recorded names beyond the harness are the session's
+    read-only files: they are checked the same way."""
+    extra = [p for p in recorded if p not in FIXED_FILES and p.split("/")[0] not in FIXED_DIRS]
+    now = hash_fixed_files(root, extra)
     return sorted(p for p in set(now) | set(recorded) if now.get(p) != recorded.get(p))
 
 
@@ -179,6 +182,83 @@ def read_json(path: str, default=None):
         raise UserError(f"{path} is not readable JSON ({e}); move it aside and retry")
 
 
+def read_config(root: str) -> dict | None:
+    """The session config alone (the log's first line): what a hook needs, read without
+    parsing a long log."""
+    try:
+        with open(os.path.join(root, LOG), encoding="utf-8") as f:
+            config = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) and config.get("type") == "config" else None
+
+
+def editable_files(config: dict) -> list[str]:
+    """What a session changes: the target, and the --scope files beside it."""
+    return [config["target"], *config.get("scope", [])]
+
+
+def platform_info(python: str, target: str) -> dict:
+    """Where the runs happen, for the record: OS, device, memory, framework. Read
+    without importing the framework (setup stays fast): nvidia-smi for NVIDIA GPUs,
+    the CPU's name otherwise, the framework's installed version."""
+    import platform
+    import shutil
+    import subprocess
+    info = {"os": f"{platform.system()} {platform.release()} {platform.machine()}"}
+    gpus = ""
+    if shutil.which("nvidia-smi"):
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True).stdout.strip()
+    if gpus:
+        names = gpus.splitlines()
+        info["device"] = f"cuda: {len(names)} x {names[0]}"
+    elif sys.platform == "darwin" and platform.machine() == "arm64":
+        chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                              text=True).stdout.strip()
+        info["device"] = f"mps/metal: {chip or 'Apple Silicon'}"
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), name)
+        except OSError:
+            pass
+        info["device"] = f"cpu: {name} ({os.cpu_count()} cores)"
+    try:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    framework = "mlx" if "mlx" in target else "torch"
+    version = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version('{framework}'))"],
+                             capture_output=True, text=True).stdout.strip()
+    info["framework"] = f"{framework} {version or '(not installed)'}"
+    return info
+
+
+def research_config(config: dict) -> str:
+    """The research configuration, as setup prints it and the summary repeats it."""
+    p = config.get("platform") or {}
+    cap = config.get("max_iterations")
+    stops = [f"{cap} runs" if cap else "no run cap"]
+    if config.get("target_value") is not None:
+        stops.append(f"best reaches {config['target_value']:g}")
+    if config.get("plateau"):
+        stops.append(f"{config['plateau']} runs in a row without a keep")
+    rows = [("platform", ", ".join(str(p[k]) for k in ("os", "device") if k in p)
+             + (f", {p['memory_gb']:g} GB" if "memory_gb" in p else "")
+             + (f", {p['framework']}" if "framework" in p else "")),
+            ("dataset", config["dataset"]),
+            ("budget", f"{config['budget']:g} s per run (killed after {config['timeout']:g} s)"),
+            ("metric", f"{config['metric']}, {config['direction']} is better"),
+            ("target", ", ".join(editable_files(config))),
+            ("read-only", ", ".join(config.get("read_only") or []) or "the harness only"),
+            ("policy", config["policy"]),
+            ("checks", config.get("checks") or "none"),
+            ("stops at", "; ".join(stops))]
+    return "research config:\n" + "\n".join(f"  {k:<10} {v}" for k, v in rows if v)
+
+
 # ---------------------------------------------------------------- the session's lifecycle
 # A session is *active* from setup-session until it ends: the guard protects the
 # harness and the Stop hook keeps the loop going. The loop belongs to one Claude Code
@@ -234,14 +314,53 @@ def stop_file(root: str) -> str:
     return os.path.join(root, STOP_FILE)
 
 
+# After this many runs in a row without a keep, the session ends; at half of it the
+# agent is told to change category. With one idea in five a real gain (the decision
+# benchmark's model), 20 misses in a row happen by chance about 1% of the time
+# (0.8^20): the current line of ideas is spent. 10 in a row (11%) is a hint, not proof.
+PLATEAU_DEFAULT = 20
+
+
+def runs_since_keep(runs: list[dict]) -> int:
+    n = 0
+    for r in reversed(runs):
+        if r["status"] == "keep":
+            break
+        n += 1
+    return n
+
+
 def loop_end_reason(root: str, config: dict, runs: list[dict]) -> str | None:
-    """Why the loop is over (the stop file, the cap), or None while it should go on."""
+    """Why the loop is over (the stop file, the cap, the target value, a plateau), or
+    None while it should go on."""
     if os.path.exists(stop_file(root)):
         return f"{stop_file(root)} was found"
     cap = config.get("max_iterations")
     if cap and len(runs) >= cap:
         return f"the iteration cap was reached ({len(runs)} of {cap} runs)"
+    goal, best = config.get("target_value"), best_run(runs, config["direction"])
+    if goal is not None and best and not better(goal, best["metric"], config["direction"]):
+        return f"the best {config['metric']} {fmt(best['metric'])} reached the target {goal:g}"
+    plateau = config.get("plateau")
+    if plateau and runs_since_keep(runs) >= plateau:
+        return f"no run was kept in the last {plateau} (the plateau limit)"
     return None
+
+
+def plateau_hint(config: dict, runs: list[dict]) -> str:
+    """Past half the plateau limit: tell the agent to change the kind of idea, naming
+    the categories tried so far (from each run's asi "category")."""
+    plateau, misses = config.get("plateau"), runs_since_keep(runs)
+    if not plateau or misses < max(1, plateau // 2):
+        return ""
+    counts: dict = {}
+    for r in runs[1:]:          # the baseline tried no idea
+        c = str(asi(r).get("category") or "uncategorised")
+        counts[c] = counts.get(c, 0) + 1
+    tried = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f" No keep in the last {misses} runs (the session ends at {plateau}): change "
+            f"category. Tried so far: {tried}. Pick a kind of idea you have not tried, or "
+            "one that kept before, and say its category in --asi.")
 
 
 def end_session(root: str, reason: str) -> None:
@@ -845,12 +964,13 @@ def tracked_changes(root: str) -> list[str]:
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
-def commit_target(root: str, target: str, message: str) -> str | None:
-    """Commit the target if it differs from HEAD; return the new commit, else None."""
-    if not git(root, "status", "--porcelain", "--", target):
+def commit_target(root: str, paths: list[str], message: str) -> str | None:
+    """Commit the session's files (the target and its scope) if they differ from HEAD;
+    return the new commit, else None."""
+    if not git(root, "status", "--porcelain", "--", *paths):
         return None
-    git(root, "add", "--", target)
-    git(root, "commit", "--no-verify", "-q", "-m", message, "--", target,
+    git(root, "add", "-A", "--", *paths)
+    git(root, "commit", "--no-verify", "-q", "-m", message, "--", *paths,
         env=git_identity_env(root))
     return head(root)
 
