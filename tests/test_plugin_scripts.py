@@ -708,6 +708,32 @@ def test_resume_shows_a_finished_unlogged_run_and_one_command_records_it(project
     assert again.returncode == 2 and "not found" in again.stderr
 
 
+def test_a_log_in_the_first_format_still_resumes(project):
+    """A session log as the first release wrote it (no research config, `notes` for the
+    asi, ISO timestamps, no events) resumes, logs, summarises and finalizes."""
+    base = git(project, "rev-parse", "HEAD")
+    first = records(project)[0]
+    old_config = {k: first[k] for k in ("type", "version", "tag", "branch", "dataset", "target",
+                                        "budget", "timeout", "metric", "direction", "policy",
+                                        "max_iterations", "python", "base_commit", "fixed_files",
+                                        "created")}
+    old_runs = [{"type": "run", "run": 1, "commit": base, "status": "keep", "metric": 1.0,
+                 "metrics": {"avg_tok_sec": 1000000}, "description": "baseline",
+                 "timestamp": "2026-03-05T22:01:07Z", "run_status": "ok", "seconds": 1.2,
+                 "recommendation": "keep", "notes": {"learned": "the stand-in gives 1.0"}}]
+    (project / "autoresearch.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [old_config, *old_runs]))
+    out = ok(script(project, "resume-session")).stdout
+    assert "1 runs logged; next is run 2" in out and "(learned: the stand-in gives 1.0)" in out
+    run_and_log(project, "keep", "lower", VAL_BPB=0.9)
+    ok(script(project, "summarize", "--no-plot"))
+    assert "| best | 0.900000 | 2 |" in (project / "autoresearch-summary.md").read_text()
+    ok(script(project, "end-session"))
+    assert "one commit on" not in script(project, "finalize").stdout   # no start branch recorded:
+    assert "pass --onto BRANCH" in script(project, "finalize").stderr   # it asks for one
+    assert "the 1 kept changes as one commit on main" in ok(script(project, "finalize", "--onto", "main")).stdout
+
+
 def test_two_quick_resumes_keep_both_saved_changes(project):
     run_and_log(project, "keep", "baseline")
     saved = []
