@@ -570,7 +570,10 @@ def test_higher_is_better_sessions(tmp_path):
 
 def test_summarize_writes_report_and_plot_and_keeps_next_steps(project):
     run_and_log(project, "keep", "baseline")
-    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    edit_target(project, VAL_BPB=0.9)
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "lower lr",
+              "--asi", json.dumps({"category": "optimizer", "learned": "the lr was too high"})))
     run_and_log(project, "discard", "wider mlp", VAL_BPB=0.95)
     edit_target(project, MODE="crash")
     script(project, "run-experiment")
@@ -579,7 +582,10 @@ def test_summarize_writes_report_and_plot_and_keeps_next_steps(project):
     md = (project / "autoresearch-summary.md").read_text()
     assert "| baseline | 1.000000 | 1 |" in md and "| best | 0.900000 | 2 |" in md
     assert "Improvement: 0.100000 (10.00%)" in md
-    assert "| +0.100000 | 0.900000 | 2 |" in md and "lower lr" in md
+    assert re.search(r"Branch `autoresearch/t1`, 20\d\d-\d\d-\d\d \d\d:\d\d", md)   # when it ran
+    assert "research config:" in md and "policy     noise-aware" in md
+    assert "| 1 | 2 | +0.100000 | 0.900000 |" in md and "| lower lr | the lr was too high |" in md
+    assert "| optimizer | 1 | 1 | 0 | 2 |" in md and "| uncategorised | 2 | 0 | 1 | 3, 4 |" in md
     assert "**worse or no better (discarded)**: 1" in md and "run 3: wider mlp" in md
     assert "**crashed**: 1" in md and "run 4 `" in md and "flash attn" in md
     assert (project / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

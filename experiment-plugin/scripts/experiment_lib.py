@@ -134,6 +134,18 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def when(record: dict) -> "_dt.datetime | None":
+    """A record's time as a UTC datetime: epoch seconds (seed 001's format) or the ISO
+    text logs of the first format hold."""
+    t = record.get("timestamp")
+    try:
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            return _dt.datetime.fromtimestamp(t, _dt.timezone.utc)
+        return _dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def write_atomic(path: str, data: str | bytes) -> None:
     """Write to a temporary file next to `path`, flush it to disk, then rename: a reader
     sees the old file or the new one, never half of one."""
