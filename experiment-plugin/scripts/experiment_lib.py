@@ -46,7 +46,7 @@ SESSION_FILES = (LOG, RESULTS, RUN_LOG, PLOT, SUMMARY, NOTES, STOP_FILE, STATE_D
 SCRIPT_ONLY_FILES = (LOG, RESULTS, RUN_LOG, PLOT, STATE_DIR)
 
 # The fixed harness: hashed at setup, verified around every run, guarded by the hook.
-FIXED_FILES = ("prepare.py", "data_sources.py")
+FIXED_FILES = ("prepare.py", "dataset_cache.py", "data_sources.py")
 FIXED_DIRS = ("datasets",)
 # Changing these would change the dependencies, which a session must not do.
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "requirements.txt", "setup.py", "setup.cfg")
@@ -97,7 +97,7 @@ def session_paths(root: str) -> dict:
 
 
 def fixed_file_list(root: str) -> list[str]:
-    """Relative paths of every fixed file present: prepare.py, data_sources.py, datasets/**."""
+    """Relative paths of every fixed file present: FIXED_FILES, then datasets/**."""
     found = [f for f in FIXED_FILES if os.path.isfile(os.path.join(root, f))]
     for d in FIXED_DIRS:
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
