@@ -348,29 +348,26 @@ def test_records_match_the_json_schema(project):
         jsonschema.validate(rec, schema)
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda r: r.pop("commit"),
-    lambda r: r.update(status="kept"),
-    lambda r: r.update(run=0),
-    lambda r: r.update(metric="0.9"),
-    lambda r: r.update(extra=1),
-    lambda r: r.update(description=""),
-    lambda r: r.update(commit="abc"),
-    lambda r: r.update(metrics={"a": [1]}),
+@pytest.mark.parametrize("mutate, says", [
+    (lambda r: r.pop("commit"), "'commit' is a required property"),
+    (lambda r: r.update(status="kept"), "record.status: 'kept' is not one of"),
+    (lambda r: r.update(run=0), "record.run: 0 is less than the minimum of 1"),
+    (lambda r: r.update(metric="0.9"), "record.metric: '0.9' is not of type"),
+    (lambda r: r.update(extra=1), "'extra' was unexpected"),
+    (lambda r: r.update(description=""), "record.description: '' should be non-empty"),
+    (lambda r: r.update(commit="abc"), "record.commit: 'abc' does not match"),
+    (lambda r: r.update(metrics={"a": [1]}), "record.metrics.a: [1] is not of type"),
 ])
-def test_the_scripts_validator_agrees_with_jsonschema(mutate):
-    schema = json.loads((PLUGIN / "schema" / "autoresearch-record.schema.json").read_text())
+def test_an_invalid_record_is_refused_in_one_line(mutate, says):
     good = {"type": "run", "run": 2, "commit": "a" * 40, "status": "keep", "metric": 0.9,
             "metrics": {"val_bpb": 0.9, "mfu_percent": "n/a"}, "description": "d",
             "timestamp": "2026-01-01T00:00:00Z"}
-    jsonschema.validate(good, schema)
     lib.validate(good)
-    bad = json.loads(json.dumps(good))
-    mutate(bad)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(bad, schema)
-    with pytest.raises(lib.UserError):
-        lib.validate(bad)
+    mutate(good)
+    with pytest.raises(lib.UserError) as refused:
+        lib.validate(good)
+    message = str(refused.value)
+    assert message.startswith("invalid record") and says in message and "\n" not in message, message
 
 
 def test_concurrent_writers_lose_and_tear_nothing(project):
