@@ -1,7 +1,8 @@
 """
 The fixed harness, as a template sees it: the active dataset's constants, the
-tokenizer, the dataloader and the one metric. FIXED: experiments never edit
-this file, so every val_bpb is measured the same way.
+tokenizer, the dataloader, the one metric, and the run's report (the summary
+block and data/last_run.json). FIXED: experiments never edit this file, so every
+val_bpb is measured, and every run reported, the same way.
 
     python prepare.py --dataset classics          # embedded, offline, seconds
     python prepare.py --dataset tinystories       # downloads one parquet file
@@ -25,11 +26,16 @@ AUTORESEARCH_TIME_BUDGET, so a harness can run every experiment identically.
 
 import argparse
 import bisect
+import datetime
+import itertools
+import json
 import math
 import os
 import pickle
 import random
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -205,6 +211,178 @@ def evaluate_bpb(per_token_loss, batch_size):
         total_nats += float(nats[nbytes > 0].sum())
         total_bytes += int(nbytes.sum())
     return total_nats / (math.log(2) * total_bytes)
+
+
+# ---------------------------------------------------------------------------
+# The run's report: progress lines, the FAIL: line, the summary block and
+# data/last_run.json. This is the contract with the plugin's parser (and with
+# tools written for the original autoresearch), so it lives here, fixed, and
+# every template reports through it in exactly the same format.
+# ---------------------------------------------------------------------------
+
+RECORD_DIR = "data"          # under the working directory: last_run.json and run_*.json
+TIMING_SAMPLES = 100         # steps kept in the record's timing_sample
+LOG_EVERY = 10.0             # seconds between progress lines (the first 3 steps always print)
+
+
+def host_info():
+    """The machine, for templates on a CPU or Apple chip: processor name and memory (GB)."""
+    import platform
+    import subprocess
+
+    name = platform.processor() or platform.machine()
+    try:
+        if sys.platform == "darwin":
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, timeout=5).stdout.strip() or name
+        else:
+            with open("/proc/cpuinfo") as f:
+                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        pass
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
+    except (ValueError, OSError, AttributeError):
+        mem_gb = None
+    return dict(device_name=name, memory_gb=mem_gb)
+
+
+def peak_rss_mb():
+    """The process's peak resident memory in MB: the peak memory of a CPU run."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+class RunReport:
+    """What a training run tells the world, in the one format the plugin reads.
+
+        report = prepare.RunReport(__file__, framework, hardware, model, training, LOSS_LIMIT)
+        report.step(step, dt, loss, counted, training_time, lrm)   # after every optimizer step
+        report.finish(val_bpb, training_time, train_peak_mb, peak_mb)  # after evaluate_bpb
+
+    step() ends the run (a `FAIL:` line, the record with status failed, exit 1)
+    when the loss is NaN, infinite or above loss_limit: a diverged run cannot
+    recover, so the rest of the budget would be wasted. finish() writes
+    data/last_run.json (see schemas/last_run.schema.json), a copy
+    data/run_YYYYMMDD_HHMMSS.json, and prints the summary block.
+    """
+
+    def __init__(self, template, framework, hardware, model, training, loss_limit, start_time=None):
+        self.start_time = start_time or time.time()
+        self.loss_limit = loss_limit
+        self.steps = self.counted_steps = 0
+        self.last_loss, self.last_log = None, 0.0
+        self.train_start = self.train_end = None  # the training loop, as seen by step()
+        self.record = dict(
+            schema_version=1, template=os.path.basename(template), framework=framework,
+            started_at=datetime.datetime.fromtimestamp(self.start_time).astimezone().isoformat(timespec="seconds"),
+            hardware=hardware, model=model,
+            data=dict(dataset=DATASET, tokenizer=SOURCE.name, vocab_size=VOCAB_SIZE,
+                      max_seq_len=MAX_SEQ_LEN, eval_tokens=EVAL_TOKENS),
+            training=dict(time_budget_s=TIME_BUDGET, **training),
+            timing_sample=[],
+        )
+        t = self.record["training"]
+        blas = f", BLAS: {hardware['blas']}" if hardware.get("blas") else ""
+        print(f"device: {hardware['device_name']} ({hardware['device_type']}{blas}) | dataset: {DATASET} | "
+              f"params: {model['num_params'] / 1e6:.2f}M | depth {model['depth']} width {model['width']} | "
+              f"batch {t['tokens_per_step']:,} tokens ({t['device_batch_size']}x{MAX_SEQ_LEN}"
+              f"x{t['grad_accum_steps']}) | budget {TIME_BUDGET:g}s | compile {t['compiled']}", flush=True)
+
+    def step(self, step, dt, loss, counted, training_time, lrm):
+        """One optimizer step done: check the loss, keep a timing sample, print progress now and then."""
+        if not math.isfinite(loss):
+            self.fail(f"loss is {'NaN' if math.isnan(loss) else 'inf'} at step {step}")
+        if loss > self.loss_limit:
+            self.fail(f"loss exploded to {loss:.2f} at step {step} (limit {self.loss_limit:.2f})")
+        now = time.time()
+        self.train_start = self.train_start or now - dt
+        self.steps, self.last_loss, self.train_end = step + 1, loss, now
+        self.counted_steps += bool(counted)
+        samples = self.record["timing_sample"]
+        if len(samples) < TIMING_SAMPLES and (step < 5 or step % 25 == 0):
+            samples.append(dict(step=step, ms=round(dt * 1000, 2), loss=round(loss, 4), counted=bool(counted)))
+        if step < 3 or now - self.last_log >= LOG_EVERY:
+            self.last_log = now
+            tokens = self.record["training"]["tokens_per_step"]
+            tok_s = self.counted_steps * tokens / training_time if training_time else tokens / dt
+            print(f"step {step + 1:05d} ({100 * min(training_time / TIME_BUDGET, 1.0):.1f}%) | loss {loss:.4f} | "
+                  f"lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} | "
+                  f"remaining {max(0, TIME_BUDGET - training_time):.0f}s", flush=True)
+
+    def fail(self, message):
+        """End the run now: a `FAIL:` line, the record with status failed, exit status 1."""
+        print(f"FAIL: {message}", flush=True)
+        self.record["training"]["total_steps"] = self.steps
+        self.record["result"] = dict(status="failed", val_bpb=None, error=message)
+        write_run_record(self.record)
+        sys.exit(1)
+
+    def finish(self, val_bpb, training_seconds, train_peak_mb, peak_memory_mb):
+        """Record and print the finished run: the metric, the seconds of training that
+        counted, and peak memory in MB after training and at the end (evaluation included)."""
+        end, train_start, train_end = time.time(), self.train_start, self.train_end
+        t, model = self.record["training"], self.record["model"]
+        avg_tok_sec = self.counted_steps * t["tokens_per_step"] / training_seconds
+        peak_flops = self.record["hardware"].get("peak_flops")
+        flops = model.get("flops_per_token")
+        mfu = 100 * flops * avg_tok_sec / peak_flops if peak_flops and flops else None
+        t.update(
+            training_seconds=round(training_seconds, 2), total_seconds=round(end - self.start_time, 2),
+            startup_seconds=round(train_start - self.start_time, 2),
+            untimed_seconds=round(train_end - train_start - training_seconds, 2),
+            eval_seconds=round(end - train_end, 2), total_steps=self.steps,
+            total_tokens=self.steps * t["tokens_per_step"], avg_tok_sec=round(avg_tok_sec, 1),
+            training_peak_mb=round(train_peak_mb, 1), peak_memory_mb=round(peak_memory_mb, 1),
+            mfu_percent=round(mfu, 2) if mfu is not None else None, final_train_loss=round(self.last_loss, 4))
+        self.record["result"] = dict(status="ok", val_bpb=val_bpb)
+        write_run_record(self.record)
+        # The summary block: `key: value`, one per line, values in one column. Keys and
+        # formats are fixed: parse-metrics and tools written for the original read them.
+        # dmodel_scale is (WIDTH / 768) ** -0.5, the factor on the AdamW learning rates.
+        print("---")
+        print(f"val_bpb:          {val_bpb:.6f}")
+        print(f"training_seconds: {training_seconds:.1f}")
+        print(f"total_seconds:    {end - self.start_time:.1f}")
+        print(f"eval_seconds:     {end - train_end:.1f}")
+        print(f"train_peak_mb:    {train_peak_mb:.1f}")
+        print(f"peak_memory_mb:   {peak_memory_mb:.1f}")
+        print(f"mfu_percent:      {mfu:.2f}" if mfu is not None else "mfu_percent:      n/a")
+        print(f"avg_tok_sec:      {avg_tok_sec:,.0f}")
+        print(f"total_tokens_M:   {t['total_tokens'] / 1e6:.1f}")
+        print(f"num_steps:        {self.steps}")
+        print(f"num_params_M:     {model['num_params'] / 1e6:.1f}")
+        print(f"depth:            {model['depth']}")
+        scale = t.get("dmodel_scale")
+        print(f"dmodel_scale:     {scale:.4f}" if scale is not None else "dmodel_scale:     n/a", flush=True)
+
+
+def write_run_record(record):
+    """data/last_run.json, and the same record as data/run_YYYYMMDD_HHMMSS.json.
+
+    Both appear whole (temporary file, then link or rename). The archive name is
+    claimed with a hard link, which fails rather than overwrite: two runs that end
+    in the same second get run_..._2.json, run_..._3.json, and none is lost.
+    """
+    os.makedirs(RECORD_DIR, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=RECORD_DIR, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+        os.chmod(tmp, 0o644)
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        for n in itertools.count(1):
+            try:
+                os.link(tmp, os.path.join(RECORD_DIR, f"run_{stamp}.json" if n == 1 else f"run_{stamp}_{n}.json"))
+                break
+            except FileExistsError:
+                continue
+        os.replace(tmp, os.path.join(RECORD_DIR, "last_run.json"))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # ---------------------------------------------------------------------------

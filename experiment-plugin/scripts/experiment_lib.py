@@ -381,6 +381,11 @@ def write_results(root: str, config: dict, runs: list[dict]) -> None:
 
 # ------------------------------------------------------------------ parse_metrics
 
+# last_run.json keys -> the summary block's names for the same numbers, so a run reads
+# the same from either source. Files written before the keys followed the original
+# autoresearch said tok_per_sec (and num_steps, already the summary's name).
+_RECORD_ALIASES = {"total_steps": "num_steps", "tok_per_sec": "avg_tok_sec",
+                   "training_peak_mb": "train_peak_mb"}
 _METRIC_LINE = re.compile(r"^METRIC\s+([A-Za-z_][\w.\-]*)\s*=\s*(\S+)\s*$")
 _SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-]*):\s+(\S.*?)\s*$")
 
@@ -406,7 +411,8 @@ def parse_metrics(text: str) -> dict:
         last block wins, so a log with several runs reports the latest);
       * `METRIC name=value` lines anywhere (they override the block);
       * a `last_run.json` document: its `result` section, then `training` for keys
-        `result` lacks.
+        `result` lacks; `total_steps`, `avg_tok_sec` (`tok_per_sec` in older files) and
+        `training_peak_mb` also appear under the summary block's names.
     Values become int or float where they parse ('1,660,000' included); 'nan' stays a
     float NaN; anything else ('n/a') stays a string.
     """
@@ -424,6 +430,9 @@ def parse_metrics(text: str) -> dict:
                         out[k] = _value(v) if isinstance(v, str) else v
             for k, v in (doc.get("metrics") or {}).items():
                 out.setdefault(k, v)
+            for k, alias in _RECORD_ALIASES.items():
+                if k in out:
+                    out.setdefault(alias, out[k])
             return out
     metrics: dict = {}          # from METRIC lines, anywhere
     last_block: dict = {}       # the most recent complete summary block
