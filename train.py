@@ -224,7 +224,8 @@ def softcap_cross_entropy(x, weight, targets):
 
 def fused_twins_agree():
     """Whether the hand-fused twins give the plain code's values and gradients on a small
-    random input. Prints one line saying which code runs. The RNG of the run is untouched."""
+    random input; HAND_FUSED is left set to the answer, and one line says which code
+    runs. The run's random state is untouched (the input has its own generator)."""
     global HAND_FUSED
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(64, 48, generator=g), 0.5 * torch.randn(300, 48, generator=g)
@@ -583,9 +584,8 @@ def peak_memory_mb():
 # Training.
 
 def main():
-    global HAND_FUSED
     if HAND_FUSED:
-        HAND_FUSED = fused_twins_agree()
+        fused_twins_agree()   # the twins stand in for norm(), relu_squared() and the loss only while they agree
     tokenizer = prepare.Tokenizer.load()
     model = build_model()
     optimizers = build_optimizers(model)
