@@ -63,6 +63,8 @@ def bench_torch(t, steps, warmup, compile_mode):
 
     if t.DEVICE_TYPE == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    if getattr(t, "HAND_FUSED", False) and hasattr(t, "fused_twins_agree"):
+        t.fused_twins_agree()  # as main() does: time the code a run would use
     tokenizer = prepare.Tokenizer.load()
     model = t.build_model()
     optimizers = t.build_optimizers(model)
@@ -247,8 +249,8 @@ def fallback(target, budget):
         summary = {}
         for line in proc.stdout.splitlines():
             key, sep, value = line.partition(":")
-            if sep and key.strip() in ("val_bpb", "training_seconds", "total_seconds", "peak_memory_mb",
-                                        "mfu_percent", "avg_tok_sec", "num_steps", "num_params_M"):
+            if sep and key.strip() in ("val_bpb", "training_seconds", "total_seconds", "eval_seconds",
+                                        "peak_memory_mb", "mfu_percent", "avg_tok_sec", "num_steps", "num_params_M"):
                 summary[key.strip()] = value.strip()
         record = {}
         path = os.path.join(tmp, "data", "last_run.json")

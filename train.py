@@ -4,9 +4,10 @@ autoresearch training template, PyTorch.
     python train.py          # trains for TIME_BUDGET seconds, evaluates, prints a summary
 
 This is the file an experiment edits. It reads top to bottom: hyperparameters,
-device, model, optimizer, the training loop, evaluation and the summary. Data,
-tokenizer and the metric (val_bpb, bits per byte on held-out text) come from
-prepare.py, which is fixed, so every run is measured the same way.
+device, model, optimizer, the training loop and evaluation. Data, tokenizer,
+the metric (val_bpb, bits per byte on held-out text) and the report (the
+summary block and data/last_run.json) come from prepare.py, which is fixed, so
+every run is measured and reported the same way.
 
 bench.py imports this file as a module to profile it, so keep these names:
 DEVICE, DEVICE_TYPE, DEVICE_BATCH_SIZE, GRAD_ACCUM_STEPS, COMPILE, autocast(),
@@ -20,13 +21,9 @@ START_TIME = time.time()  # total_seconds counts from here, imports included
 
 import contextlib  # noqa: E402
 import ctypes
-import datetime
-import json
 import math
-import os
 import platform
 import re
-import resource
 import sys
 
 import numpy as np
@@ -35,16 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------
-# Dataset. prepare.py reads AUTORESEARCH_DATASET when imported, so set it first.
+# Data, metric and report come from the fixed harness. The dataset is chosen
+# outside this file, by AUTORESEARCH_DATASET (the plugin's run-experiment sets it
+# from the session; by hand: AUTORESEARCH_DATASET=classics python train.py;
+# default climbmix), and so is the budget, by AUTORESEARCH_TIME_BUDGET.
 
-DATASET = "climbmix"   # the default; the AUTORESEARCH_DATASET environment variable wins
-os.environ.setdefault("AUTORESEARCH_DATASET", DATASET)
 import prepare  # noqa: E402
-
-DATASET = prepare.DATASET
-MAX_SEQ_LEN = prepare.MAX_SEQ_LEN     # tokens per training row
-VOCAB_SIZE = prepare.VOCAB_SIZE
-TIME_BUDGET = prepare.TIME_BUDGET     # seconds of training (AUTORESEARCH_TIME_BUDGET)
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, seconds, vocab)
 
 # ---------------------------------------------------------------------------
 # Device: CUDA, then Apple's MPS, then the CPU.
@@ -84,7 +78,7 @@ LOGIT_SOFTCAP = 15.0      # logits = cap * tanh(logits / cap): bounded, smooth
 
 # Optimizer. Matrices inside the blocks use Muon; embeddings, the output head and
 # scalars use AdamW. The AdamW rates are tuned at width 768 and scaled by
-# (WIDTH / 768) ** -0.5, so a wider model takes proportionally smaller steps.
+# dmodel_scale(WIDTH) = (WIDTH / 768) ** -0.5, so a wider model takes smaller steps.
 MATRIX_LR = 0.04          # Muon
 EMBEDDING_LR = 0.6        # AdamW: token and value embeddings
 UNEMBEDDING_LR = 0.004    # AdamW: output head
@@ -100,8 +94,9 @@ FINAL_LR_FRAC = 0.0
 
 COMPILE = DEVICE_TYPE == "cuda"   # torch.compile; on a 2-core CPU the compile costs more than it saves
 # torch.compile fuses chains of elementwise ops by itself. Without it (CPU, MPS)
-# hand-fused versions of the loss, RMSNorm and ReLU^2 do the same math in fewer
-# trips through memory (tests check that both paths agree).
+# hand-fused twins of the loss, RMSNorm and ReLU^2 do the same math in fewer
+# trips through memory. The plain code is THE definition: main() checks the
+# twins against it at startup and runs the plain code if they differ.
 HAND_FUSED = not COMPILE
 LOSS_CHUNK_ELEMENTS = 2**20       # logits per chunk of the fused loss (4 MB: stays in cache)
 WARMUP_STEPS = 10 if COMPILE else 0  # first steps (they compile) not counted in the budget
@@ -202,6 +197,56 @@ def attention(q, k, v, window):
 #    the values through a learned per-head gate; almost free, helps small models
 #  - sliding-window attention on some layers (WINDOW_PATTERN)
 #  - soft-capped logits and an output head not tied to the input embedding
+#
+# The model's norm, activation and loss are the three functions right below:
+# they are THE definitions, edit them there. On CPU and MPS each hands its work to
+# a hand-fused twin (the autograd Functions after them) that computes the same
+# thing in fewer trips through memory; at startup main() checks that the twins
+# still agree with the plain code and runs the plain code when they do not, so
+# an edit here always takes effect.
+
+def norm(x):
+    """RMSNorm without a learned gain: x / rms(x)."""
+    return RMSNormFn.apply(x) if HAND_FUSED else F.rms_norm(x, (x.size(-1),))
+
+def relu_squared(x):
+    """The MLP's activation."""
+    return ReluSquaredFn.apply(x) if HAND_FUSED else F.relu(x).square()
+
+def softcap_cross_entropy(x, weight, targets):
+    """Output head, soft-capped logits and cross-entropy: the loss of each token in nats.
+    x (N, C), weight (V, C) of the output head, targets (N,)."""
+    if HAND_FUSED:
+        return SoftcapCrossEntropy.apply(x, weight, targets)
+    logits = F.linear(x, weight).float()
+    logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
+    return F.cross_entropy(logits, targets, reduction="none")
+
+def fused_twins_agree():
+    """Whether the hand-fused twins give the plain code's values and gradients on a small
+    random input; HAND_FUSED is left set to the answer, and one line says which code
+    runs. The run's random state is untouched (the input has its own generator)."""
+    global HAND_FUSED
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 48, generator=g), 0.5 * torch.randn(300, 48, generator=g)
+    y = torch.randint(0, 300, (64,), generator=g)
+    mix = [torch.randn(64, 48, generator=g), torch.randn(64, 48, generator=g), torch.randn(64, generator=g)]
+    results = []
+    for fused in (True, False):
+        HAND_FUSED = fused
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        outs = [norm(xs), relu_squared(xs), softcap_cross_entropy(xs, ws, y)]
+        grads = torch.autograd.grad(sum((o * m).sum() for o, m in zip(outs, mix)), (xs, ws))
+        results.append([t.detach() for t in outs + list(grads)])
+    diff = max((a - b).abs().max().item() for a, b in zip(*results))
+    HAND_FUSED = agree = diff <= 1e-4
+    if agree:
+        print("hand-fused loss, norm and relu^2: same as the plain code, using them", flush=True)
+    else:
+        print(f"hand-fused loss, norm and relu^2: differ from the plain code (max diff {diff:.2g}): "
+              f"running the plain code, slower; make the same change in the twins to get the speed back",
+              flush=True)
+    return agree
 
 class SoftcapCrossEntropy(torch.autograd.Function):
     """Output head + soft-cap + cross-entropy in one op, a few rows at a time.
@@ -212,8 +257,8 @@ class SoftcapCrossEntropy(torch.autograd.Function):
     cost more than the head's matmul. Here each chunk of rows stays in cache
     from matmul to loss, and since the loss is the last op the gradient with
     respect to the logits is computed right away and kept for backward, which
-    is then just two matmuls. Same math as the plain path (a test checks it).
-    torch.compile fuses the plain path by itself, so compiled runs use that.
+    is then just two matmuls. The hand-fused twin of softcap_cross_entropy();
+    torch.compile fuses the plain code by itself, so compiled runs use that.
     """
 
     @staticmethod
@@ -247,8 +292,9 @@ class SoftcapCrossEntropy(torch.autograd.Function):
         return grad_x, grad_w, None
 
 class RMSNormFn(torch.autograd.Function):
-    """x / rms(x) with a backward pass of 4 elementwise kernels (eager PyTorch
-    runs about 9 for F.rms_norm's backward; on a CPU each is a trip to memory)."""
+    """The hand-fused twin of norm(): x / rms(x) with a backward pass of 4
+    elementwise kernels (eager PyTorch runs about 9 for F.rms_norm's backward;
+    on a CPU each is a trip to memory)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -266,7 +312,7 @@ class RMSNormFn(torch.autograd.Function):
         return torch.addcmul(g, y, mean_gy, value=-1.0).mul_(rstd)   # (g - y * mean(g*y)) / rms
 
 class ReluSquaredFn(torch.autograd.Function):
-    """relu(x)^2 whose backward is one product, 2 * relu(x) * grad."""
+    """The hand-fused twin of relu_squared(): its backward is one product, 2 * relu(x) * grad."""
 
     @staticmethod
     def forward(ctx, x):
@@ -278,12 +324,6 @@ class ReluSquaredFn(torch.autograd.Function):
     def backward(ctx, g):
         (r,) = ctx.saved_tensors
         return (r + r).mul_(g)
-
-def norm(x):
-    return RMSNormFn.apply(x) if HAND_FUSED else F.rms_norm(x, (x.size(-1),))
-
-def relu_squared(x):
-    return ReluSquaredFn.apply(x) if HAND_FUSED else F.relu(x).square()
 
 def rotary_tables(seq_len, head_dim, base=10000.0):
     """cos and signed sin per position and channel, shaped (T, 1, 1, D) for (B, T, ..., D) inputs."""
@@ -385,13 +425,7 @@ class GPT(nn.Module):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin)
         x = norm(x).view(B * T, -1)
-        if HAND_FUSED:
-            loss = SoftcapCrossEntropy.apply(x, self.lm_head.weight, targets.reshape(-1))
-        else:
-            logits = self.lm_head(x).float()
-            logits = LOGIT_SOFTCAP * torch.tanh(logits / LOGIT_SOFTCAP)
-            loss = F.cross_entropy(logits, targets.reshape(-1), reduction="none")
-        return loss.view(B, T)
+        return softcap_cross_entropy(x, self.lm_head.weight, targets.reshape(-1)).view(B, T)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -470,8 +504,12 @@ class Muon(torch.optim.Optimizer):
             updates = update.split([p.numel() // (rows * cols) for p in params])
             torch._foreach_add_(params, [u.view_as(p) for u, p in zip(updates, params)], alpha=-lr * scale)
 
+def dmodel_scale(width):
+    """The factor on the AdamW rates: they are tuned at width 768."""
+    return (width / 768) ** -0.5
+
 def build_optimizers(model):
-    scale = (model.width / 768) ** -0.5
+    scale = dmodel_scale(model.width)
     matrices = [p for b in model.blocks for p in b.parameters() if p.dim() >= 2]
     scalars = [p for b in model.blocks for p in b.parameters() if p.dim() < 2]
     adam_groups = [
@@ -510,9 +548,9 @@ def set_schedule(optimizers, progress, step):
     return lrm
 
 # ---------------------------------------------------------------------------
-# Reporting helpers: device description, peak memory, MFU.
+# What the report needs from PyTorch: the device, and its peak memory.
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets.
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' datasheets, for MFU.
 # Matched as whole words in the device name, first match wins; any other GPU
 # reports no MFU rather than a guess.
 GPU_PEAK_FLOPS = [
@@ -528,84 +566,47 @@ def device_info():
         peak = next((f for key, f in GPU_PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)), None)
         return dict(device_type="cuda", device_name=name, memory_gb=round(props.total_memory / 1e9, 1),
                     peak_flops=peak, peak_flops_note="datasheet dense bf16" if peak else "device not in table")
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-    except (ValueError, OSError, AttributeError):
-        mem_gb = None
-    if DEVICE_TYPE == "mps":
-        name = f"Apple {platform.machine()} (MPS)"
-    return dict(device_type=DEVICE_TYPE, device_name=name, memory_gb=mem_gb, peak_flops=None,
+    info = dict(device_type=DEVICE_TYPE, **prepare.host_info(), peak_flops=None,
                 peak_flops_note="peak unknown for this device: MFU not reported",
                 cpu_threads=torch.get_num_threads())
+    if DEVICE_TYPE == "mps":
+        info["device_name"] = f"Apple {platform.machine()} (MPS)"
+    return info
 
 def peak_memory_mb():
     if DEVICE_TYPE == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     if DEVICE_TYPE == "mps":
         return torch.mps.driver_allocated_memory() / 2**20  # MPS keeps no peak: the allocation at the end
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-def write_run_record(record):
-    """data/last_run.json and a timestamped copy in data/runs/ (under the working directory)."""
-    os.makedirs(os.path.join("data", "runs"), exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    text = json.dumps(record, indent=2) + "\n"
-    for path in (os.path.join("data", "runs", f"{stamp}-{os.getpid()}.json"), os.path.join("data", "last_run.json")):
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-
-def fail(message, record):
-    print(f"FAIL: {message}", flush=True)
-    record["result"] = dict(status="failed", val_bpb=None, error=message)
-    write_run_record(record)
-    sys.exit(1)
+    return prepare.peak_rss_mb()
 
 # ---------------------------------------------------------------------------
 # Training.
 
 def main():
-    t_start = START_TIME
+    if HAND_FUSED:
+        fused_twins_agree()   # the twins stand in for norm(), relu_squared() and the loss only while they agree
     tokenizer = prepare.Tokenizer.load()
     model = build_model()
     optimizers = build_optimizers(model)
     step_model = torch.compile(model, dynamic=False) if COMPILE else model
-    info = device_info()
-    num_params = model.num_params()
-    flops_per_token = model.flops_per_token()
     tokens_per_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN * GRAD_ACCUM_STEPS
-    print(f"device: {info['device_name']} ({DEVICE_TYPE}) | dataset: {DATASET} | "
-          f"params: {num_params / 1e6:.2f}M | depth {DEPTH} width {WIDTH} | "
-          f"batch {tokens_per_step:,} tokens ({DEVICE_BATCH_SIZE}x{MAX_SEQ_LEN}x{GRAD_ACCUM_STEPS}) | "
-          f"budget {TIME_BUDGET:g}s | compile {COMPILE}", flush=True)
-
-    record = dict(
-        schema_version=1, template=os.path.basename(__file__), framework=f"torch {torch.__version__}",
-        started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        hardware=info,
+    # The harness prints and records the run (progress, summary block,
+    # data/last_run.json) and aborts it on a NaN or exploding loss.
+    report = prepare.RunReport(
+        __file__, f"torch {torch.__version__}", device_info(),
         model=dict(depth=DEPTH, width=WIDTH, head_dim=HEAD_DIM, n_head=WIDTH // HEAD_DIM,
-                   num_params=num_params, vocab_size=VOCAB_SIZE, seq_len=MAX_SEQ_LEN,
-                   window_pattern=WINDOW_PATTERN, flops_per_token=flops_per_token),
-        data=dict(dataset=DATASET, tokenizer=getattr(tokenizer, "name", None),
-                  vocab_size=VOCAB_SIZE, max_seq_len=MAX_SEQ_LEN, eval_tokens=prepare.EVAL_TOKENS),
-        training=dict(time_budget_s=TIME_BUDGET, compiled=COMPILE,
-                      dtype="bf16 autocast" if DEVICE_TYPE == "cuda" else "fp32",
+                   num_params=model.num_params(), vocab_size=VOCAB_SIZE, seq_len=MAX_SEQ_LEN,
+                   window_pattern=WINDOW_PATTERN, flops_per_token=model.flops_per_token()),
+        training=dict(compiled=COMPILE, dtype="bf16 autocast" if DEVICE_TYPE == "cuda" else "fp32",
                       device_batch_size=DEVICE_BATCH_SIZE, grad_accum_steps=GRAD_ACCUM_STEPS,
-                      tokens_per_step=tokens_per_step),
-        timing_sample=[],
-    )
+                      tokens_per_step=tokens_per_step, warmup_steps=WARMUP_STEPS,
+                      dmodel_scale=dmodel_scale(WIDTH), hand_fused=HAND_FUSED),
+        loss_limit=LOSS_LIMIT, start_time=START_TIME)
 
     loader = prepare.make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
     x, y = to_device(*next(loader))
-    training_time, step, timed_tokens, last_log = 0.0, 0, 0, 0.0
-    t_train_start = time.time()
+    training_time, step = 0.0, 0
     model.train()
     while True:
         t0 = time.time()
@@ -621,33 +622,17 @@ def main():
         model.zero_grad(set_to_none=True)
         train_loss = loss.item()  # waits for the device
         dt = time.time() - t0
-
-        if not math.isfinite(train_loss):
-            fail(f"loss is {'NaN' if math.isnan(train_loss) else 'inf'} at step {step}", record)
-        if train_loss > LOSS_LIMIT:
-            fail(f"loss exploded to {train_loss:.2f} at step {step} (limit {LOSS_LIMIT:.2f})", record)
-
-        counted = step >= WARMUP_STEPS
+        counted = step >= WARMUP_STEPS   # the first steps compile: not counted in the budget
         if counted:
             training_time += dt
-            timed_tokens += tokens_per_step
-        if len(record["timing_sample"]) < 100 and (step < 5 or step % 25 == 0):
-            record["timing_sample"].append(dict(step=step, ms=round(dt * 1000, 2),
-                                                loss=round(train_loss, 4), counted=counted))
+        report.step(step, dt, train_loss, counted, training_time, lrm)
         step += 1
-        now = time.time()
-        if step <= 3 or now - last_log >= 10:
-            last_log = now
-            tok_s = timed_tokens / training_time if training_time else tokens_per_step / dt
-            print(f"step {step:05d} ({100 * progress:.1f}%) | loss {train_loss:.4f} | lrm {lrm:.2f} | "
-                  f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} | remaining {max(0, TIME_BUDGET - training_time):.0f}s",
-                  flush=True)
         if counted and training_time >= TIME_BUDGET:
             break
-    t_train_end = time.time()
 
     # Evaluation: prepare.evaluate_bpb feeds fixed validation batches to our
     # per-token loss and turns nats into bits per byte.
+    train_peak_mb = peak_memory_mb()   # of training; evaluation allocates its own
     model.eval()
     eval_model = step_model if COMPILE else model   # compiled kernels on GPU; the same shapes as training
 
@@ -657,34 +642,8 @@ def main():
             return eval_model(xv, yv).float().cpu().numpy()
 
     val_bpb = prepare.evaluate_bpb(per_token_loss, DEVICE_BATCH_SIZE)
-    t_end = time.time()
-
-    tok_per_sec = timed_tokens / training_time
-    peak_flops = info["peak_flops"]
-    mfu = 100 * flops_per_token * tok_per_sec / peak_flops if peak_flops else None
-    total_tokens = step * tokens_per_step
-    peak_mem = peak_memory_mb()
-    record["training"].update(
-        training_seconds=round(training_time, 2), total_seconds=round(t_end - t_start, 2),
-        startup_seconds=round(t_train_start - t_start, 2),
-        untimed_seconds=round(t_train_end - t_train_start - training_time, 2),
-        eval_seconds=round(t_end - t_train_end, 2), num_steps=step, warmup_steps=WARMUP_STEPS,
-        total_tokens=total_tokens, tok_per_sec=round(tok_per_sec, 1), peak_memory_mb=round(peak_mem, 1),
-        mfu_percent=round(mfu, 2) if mfu is not None else None, final_train_loss=round(train_loss, 4))
-    record["result"] = dict(status="ok", val_bpb=val_bpb)
-    write_run_record(record)
-
-    print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
-    print(f"training_seconds: {training_time:.1f}")
-    print(f"total_seconds:    {t_end - t_start:.1f}")
-    print(f"peak_memory_mb:   {peak_mem:.1f}")
-    print(f"mfu_percent:      {mfu:.2f}" if mfu is not None else "mfu_percent:      n/a")
-    print(f"avg_tok_sec:      {tok_per_sec:,.0f}")
-    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
-    print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.1f}")
-    print(f"depth:            {DEPTH}")
+    report.finish(val_bpb, training_seconds=training_time, train_peak_mb=train_peak_mb,
+                  peak_memory_mb=peak_memory_mb())
 
 
 if __name__ == "__main__":

@@ -20,12 +20,8 @@ START_TIME = time.time()  # total_seconds counts from here, imports included
 
 import ctypes  # noqa: E402
 import ctypes.util  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 from functools import partial  # noqa: E402
 
@@ -48,16 +44,13 @@ import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
 
 # ---------------------------------------------------------------------------
-# Dataset. prepare.py reads AUTORESEARCH_DATASET when imported, so set it first.
+# Data, metric and report come from the fixed harness. The dataset is chosen
+# outside this file, by AUTORESEARCH_DATASET (the plugin's run-experiment sets it
+# from the session; by hand: AUTORESEARCH_DATASET=classics python train_mlx.py;
+# default climbmix), and so is the budget, by AUTORESEARCH_TIME_BUDGET.
 
-DATASET = "climbmix"   # the default; the AUTORESEARCH_DATASET environment variable wins
-os.environ.setdefault("AUTORESEARCH_DATASET", DATASET)
 import prepare  # noqa: E402
-
-DATASET = prepare.DATASET
-MAX_SEQ_LEN = prepare.MAX_SEQ_LEN
-VOCAB_SIZE = prepare.VOCAB_SIZE
-TIME_BUDGET = prepare.TIME_BUDGET
+from prepare import MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, seconds, vocab)
 
 # ---------------------------------------------------------------------------
 # Hyperparameters. On Apple Silicon MLX runs on the GPU; elsewhere on the CPU,
@@ -76,7 +69,7 @@ SHORT_WINDOW = MAX_SEQ_LEN // 2
 LOGIT_SOFTCAP = 15.0
 
 # Optimizer: Muon for the block matrices, AdamW for the rest; AdamW rates are
-# scaled by (WIDTH / 768) ** -0.5 (see train.py for the reasoning).
+# scaled by dmodel_scale(WIDTH) = (WIDTH / 768) ** -0.5 (see train.py for the reasoning).
 MATRIX_LR = 0.04
 EMBEDDING_LR = 0.6
 UNEMBEDDING_LR = 0.004
@@ -121,7 +114,7 @@ def window_mask(T, window):
     return (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
 
 class Attention(nn.Module):
-    def __init__(self, width, head_dim, window, value_embedding):
+    def __init__(self, width, head_dim, window):
         super().__init__()
         self.n_head, self.head_dim, self.window = width // head_dim, head_dim, window
         bound = 3 ** 0.5 * width ** -0.5
@@ -167,9 +160,9 @@ class MLP(nn.Module):
         return self.proj(mx.square(nn.relu(self.fc(x))))
 
 class Block(nn.Module):
-    def __init__(self, width, head_dim, window, value_embedding):
+    def __init__(self, width, head_dim, window):
         super().__init__()
-        self.attn = Attention(width, head_dim, window, value_embedding)
+        self.attn = Attention(width, head_dim, window)
         self.mlp = MLP(width)
 
     def __call__(self, x, ve, mask):
@@ -189,8 +182,7 @@ class GPT(nn.Module):
         # dict keys must not be digits: MLX would read "1" as a list index
         self.value_embeds = {f"layer{i}": ValueEmbedding(vocab_size, width, width // head_dim)
                              for i in range(depth) if has_value_embedding(i, depth)}
-        self.blocks = [Block(width, head_dim, self.windows[i], has_value_embedding(i, depth))
-                       for i in range(depth)]
+        self.blocks = [Block(width, head_dim, self.windows[i]) for i in range(depth)]
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
         self.lm_head.weight = 0.001 * mx.random.normal((vocab_size, width))
 
@@ -261,13 +253,17 @@ class Muon(optim.Optimizer):
         lr = self.learning_rate * max(1.0, rows / cols) ** 0.5
         return parameter * (1 - self.learning_rate * self.weight_decay) - lr * update
 
+def dmodel_scale(width):
+    """The factor on the AdamW rates: they are tuned at width 768."""
+    return (width / 768) ** -0.5
+
 def build_optimizer(model):
-    scale = (model.width / 768) ** -0.5
+    scale = dmodel_scale(model.width)
     def adamw(lr):
         return optim.AdamW(learning_rate=lr, betas=list(ADAM_BETAS), eps=1e-10, weight_decay=0.0)
     parts = [  # (optimizer, which parameters); the last takes the rest
         (Muon(MATRIX_LR, MUON_MOMENTUM[1], WEIGHT_DECAY), lambda path, p: path.startswith("blocks") and p.ndim >= 2),
-        (adamw(EMBEDDING_LR * scale), lambda path, p: path.startswith("wte") or path.endswith("embeds.weight") or
+        (adamw(EMBEDDING_LR * scale), lambda path, p: path.startswith("wte") or
          (path.startswith("value_embeds") and path.endswith(".weight"))),
         (adamw(UNEMBEDDING_LR * scale), lambda path, p: path.startswith("lm_head")),
         (adamw(SCALAR_LR * scale), None),
@@ -309,89 +305,38 @@ def make_train_step(model, opt):
     return step
 
 # ---------------------------------------------------------------------------
-# Reporting helpers.
+# What the report needs from MLX: the device, and its peak memory.
 
 def device_info():
-    name = platform.processor() or platform.machine()
-    if sys.platform == "darwin":
-        try:
-            import subprocess
-            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
-                                  text=True, timeout=5).stdout.strip() or name
-        except Exception:
-            pass
-    else:
-        try:
-            with open("/proc/cpuinfo") as f:
-                name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
-    except (ValueError, OSError, AttributeError):
-        mem_gb = None
-    return dict(device_type="metal" if GPU else "cpu", device_name=name, memory_gb=mem_gb,
+    return dict(device_type="metal" if GPU else "cpu", **prepare.host_info(),
                 peak_flops=None, peak_flops_note="peak unknown for this device: MFU not reported",
                 blas=BLAS or ("Accelerate" if sys.platform == "darwin" else "bundled reference BLAS"))
 
 def peak_memory_mb():
-    peak = mx.get_peak_memory()
-    if peak:
-        return peak / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
-
-def write_run_record(record):
-    os.makedirs(os.path.join("data", "runs"), exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    text = json.dumps(record, indent=2) + "\n"
-    for path in (os.path.join("data", "runs", f"{stamp}-{os.getpid()}.json"), os.path.join("data", "last_run.json")):
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-
-def fail(message, record):
-    print(f"FAIL: {message}", flush=True)
-    record["result"] = dict(status="failed", val_bpb=None, error=message)
-    write_run_record(record)
-    sys.exit(1)
+    return mx.get_peak_memory() / 2**20 or prepare.peak_rss_mb()
 
 # ---------------------------------------------------------------------------
 # Training.
 
 def main():
-    t_start = START_TIME
     tokenizer = prepare.Tokenizer.load()
     model = build_model()
     opt = build_optimizer(model)
     train_step = make_train_step(model, opt)
-    info = device_info()
-    num_params = model.num_params()
-    flops_per_token = model.flops_per_token()
-    tokens_per_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN
-    print(f"device: {info['device_name']} ({info['device_type']}, BLAS: {info['blas']}) | dataset: {DATASET} | "
-          f"params: {num_params / 1e6:.2f}M | depth {DEPTH} width {WIDTH} | "
-          f"batch {tokens_per_step:,} tokens ({DEVICE_BATCH_SIZE}x{MAX_SEQ_LEN}) | "
-          f"budget {TIME_BUDGET:g}s | compile {COMPILE}", flush=True)
-
-    record = dict(
-        schema_version=1, template=os.path.basename(__file__), framework=f"mlx {mx.__version__}",
-        started_at=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        hardware=info,
+    # The harness prints and records the run (progress, summary block,
+    # data/last_run.json) and aborts it on a NaN or exploding loss.
+    report = prepare.RunReport(
+        __file__, f"mlx {mx.__version__}", device_info(),
         model=dict(depth=DEPTH, width=WIDTH, head_dim=HEAD_DIM, n_head=WIDTH // HEAD_DIM,
-                   num_params=num_params, vocab_size=VOCAB_SIZE, seq_len=MAX_SEQ_LEN,
-                   window_pattern=WINDOW_PATTERN, flops_per_token=flops_per_token),
-        data=dict(dataset=DATASET, tokenizer=getattr(tokenizer, "name", None),
-                  vocab_size=VOCAB_SIZE, max_seq_len=MAX_SEQ_LEN, eval_tokens=prepare.EVAL_TOKENS),
-        training=dict(time_budget_s=TIME_BUDGET, compiled=COMPILE, dtype="fp32",
-                      device_batch_size=DEVICE_BATCH_SIZE, grad_accum_steps=1,
-                      tokens_per_step=tokens_per_step),
-        timing_sample=[],
-    )
+                   num_params=model.num_params(), vocab_size=VOCAB_SIZE, seq_len=MAX_SEQ_LEN,
+                   window_pattern=WINDOW_PATTERN, flops_per_token=model.flops_per_token()),
+        training=dict(compiled=COMPILE, dtype="fp32", device_batch_size=DEVICE_BATCH_SIZE, grad_accum_steps=1,
+                      tokens_per_step=DEVICE_BATCH_SIZE * MAX_SEQ_LEN, warmup_steps=WARMUP_STEPS,
+                      dmodel_scale=dmodel_scale(WIDTH)),
+        loss_limit=LOSS_LIMIT, start_time=START_TIME)
 
     loader = prepare.make_dataloader(tokenizer, DEVICE_BATCH_SIZE, MAX_SEQ_LEN, "train")
-    training_time, step, timed_tokens, last_log = 0.0, 0, 0, 0.0
-    t_train_start = time.time()
+    training_time, step = 0.0, 0
     while True:
         t0 = time.time()
         x, y = (mx.array(a) for a in next(loader))
@@ -401,66 +346,24 @@ def main():
         mx.eval(loss, model.parameters(), opt.state)
         train_loss = loss.item()
         dt = time.time() - t0
-
-        if not math.isfinite(train_loss):
-            fail(f"loss is {'NaN' if math.isnan(train_loss) else 'inf'} at step {step}", record)
-        if train_loss > LOSS_LIMIT:
-            fail(f"loss exploded to {train_loss:.2f} at step {step} (limit {LOSS_LIMIT:.2f})", record)
-
-        counted = step >= WARMUP_STEPS
+        counted = step >= WARMUP_STEPS   # the first steps trace and compile: not counted in the budget
         if counted:
             training_time += dt
-            timed_tokens += tokens_per_step
-        if len(record["timing_sample"]) < 100 and (step < 5 or step % 25 == 0):
-            record["timing_sample"].append(dict(step=step, ms=round(dt * 1000, 2),
-                                                loss=round(train_loss, 4), counted=counted))
+        report.step(step, dt, train_loss, counted, training_time, lrm)
         step += 1
-        now = time.time()
-        if step <= 3 or now - last_log >= 10:
-            last_log = now
-            tok_s = timed_tokens / training_time if training_time else tokens_per_step / dt
-            print(f"step {step:05d} ({100 * progress:.1f}%) | loss {train_loss:.4f} | lrm {lrm:.2f} | "
-                  f"dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} | remaining {max(0, TIME_BUDGET - training_time):.0f}s",
-                  flush=True)
         if counted and training_time >= TIME_BUDGET:
             break
-    t_train_end = time.time()
 
     # Evaluation: the same prepare.evaluate_bpb as train.py, fed MLX losses.
+    train_peak_mb = peak_memory_mb()   # of training; evaluation allocates its own
     eval_loss = mx.compile(model) if COMPILE else model
 
     def per_token_loss(xv, yv):
         return np.array(eval_loss(mx.array(xv), mx.array(yv)))
 
     val_bpb = prepare.evaluate_bpb(per_token_loss, DEVICE_BATCH_SIZE)
-    t_end = time.time()
-
-    tok_per_sec = timed_tokens / training_time
-    peak_flops = info["peak_flops"]
-    mfu = 100 * flops_per_token * tok_per_sec / peak_flops if peak_flops else None
-    total_tokens = step * tokens_per_step
-    peak_mem = peak_memory_mb()
-    record["training"].update(
-        training_seconds=round(training_time, 2), total_seconds=round(t_end - t_start, 2),
-        startup_seconds=round(t_train_start - t_start, 2),
-        untimed_seconds=round(t_train_end - t_train_start - training_time, 2),
-        eval_seconds=round(t_end - t_train_end, 2), num_steps=step, warmup_steps=WARMUP_STEPS,
-        total_tokens=total_tokens, tok_per_sec=round(tok_per_sec, 1), peak_memory_mb=round(peak_mem, 1),
-        mfu_percent=round(mfu, 2) if mfu is not None else None, final_train_loss=round(train_loss, 4))
-    record["result"] = dict(status="ok", val_bpb=val_bpb)
-    write_run_record(record)
-
-    print("---")
-    print(f"val_bpb:          {val_bpb:.6f}")
-    print(f"training_seconds: {training_time:.1f}")
-    print(f"total_seconds:    {t_end - t_start:.1f}")
-    print(f"peak_memory_mb:   {peak_mem:.1f}")
-    print(f"mfu_percent:      {mfu:.2f}" if mfu is not None else "mfu_percent:      n/a")
-    print(f"avg_tok_sec:      {tok_per_sec:,.0f}")
-    print(f"total_tokens_M:   {total_tokens / 1e6:.1f}")
-    print(f"num_steps:        {step}")
-    print(f"num_params_M:     {num_params / 1e6:.1f}")
-    print(f"depth:            {DEPTH}")
+    report.finish(val_bpb, training_seconds=training_time, train_peak_mb=train_peak_mb,
+                  peak_memory_mb=peak_memory_mb())
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def run_part(budget, reference_budget=300.0):
     overhead = wall - tr["training_seconds"]
     return dict(
         budget_s=budget, val_bpb=round(record["result"]["val_bpb"], 6), wall_s=round(wall, 1),
-        training_s=tr["training_seconds"], num_steps=tr["num_steps"], tok_per_sec=tr["tok_per_sec"],
+        training_s=tr["training_seconds"], num_steps=tr["total_steps"], tok_per_sec=tr["avg_tok_sec"],
         startup_s=tr["startup_seconds"], uncounted_steps_s=tr["untimed_seconds"], eval_s=tr["eval_seconds"],
         overhead_s=round(overhead, 1), overhead_pct_of_300s=round(100 * overhead / reference_budget, 2),
         peak_memory_mb=tr["peak_memory_mb"],

@@ -33,11 +33,14 @@ def classics_cache(tmp_path_factory):
 
 @pytest.fixture
 def harness(classics_cache, monkeypatch):
-    """The prepare module, imported with the classics cache active."""
+    """The prepare module, imported with the classics cache active (the cache
+    pipeline behind it is `harness.dataset_cache`)."""
     for key, value in classics_cache.items():
         monkeypatch.setenv(key, value)
     sys.path.insert(0, REPO)
+    import dataset_cache
     import prepare
 
+    importlib.reload(dataset_cache)  # it reads AUTORESEARCH_CACHE when imported
     yield importlib.reload(prepare)
     sys.path.remove(REPO)

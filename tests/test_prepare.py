@@ -92,7 +92,7 @@ def numbered_corpus(tmp_path_factory):
 
 @pytest.fixture
 def numbered(numbered_corpus, harness, monkeypatch):
-    monkeypatch.setattr(harness, "CACHE_BASE", numbered_corpus["env"]["AUTORESEARCH_CACHE"])
+    monkeypatch.setattr(harness.dataset_cache, "CACHE_BASE", numbered_corpus["env"]["AUTORESEARCH_CACHE"])
     tok = harness.Tokenizer.load(numbered_corpus["dataset"])
     return harness, tok, [[tok.bos_token_id] + tok.encode(d) for d in numbered_corpus["docs"]]
 
@@ -144,8 +144,8 @@ def test_packing_is_deterministic_per_seed_and_val_is_fixed(numbered):
 def test_val_pass_uses_every_document_before_repeating_one(numbered):
     """One pass over val consumes each document once (whole or cropped) before any repeats."""
     harness, tok, _ = numbered
-    manifest = harness.load_manifest(tok.source)
-    val_texts = list(harness.iter_documents(manifest["_dir"], [tuple(s) for s in manifest["splits"]["val"]]))
+    manifest = harness.dataset_cache.load_manifest(tok.source)
+    val_texts = list(harness.dataset_cache.iter_documents(tok.source, [tuple(s) for s in manifest["splits"]["val"]]))
     val_docs = [tuple([tok.bos_token_id] + tok.encode(t)) for t in val_texts]
     loader = harness.make_dataloader(tok, 2, 64, "val")
     segments = []
@@ -164,8 +164,8 @@ def test_val_pass_uses_every_document_before_repeating_one(numbered):
 
 def test_train_and_val_documents_are_disjoint(numbered):
     harness, tok, _ = numbered
-    manifest = harness.load_manifest(tok.source)
-    text = {split: set(harness.iter_documents(manifest["_dir"], [tuple(s) for s in manifest["splits"][split]]))
+    manifest = harness.dataset_cache.load_manifest(tok.source)
+    text = {split: set(harness.dataset_cache.iter_documents(tok.source, [tuple(s) for s in manifest["splits"][split]]))
             for split in ("train", "val")}
     assert text["train"] and text["val"] and not text["train"] & text["val"]
     assert len(text["val"]) < len(text["train"]) / 3
@@ -350,13 +350,14 @@ def hub(monkeypatch):
 
 
 def test_downloads_survive_drops_errors_and_truncation(harness, hub, tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(harness, "CACHE_BASE", str(tmp_path))
+    cache = harness.dataset_cache
+    monkeypatch.setattr(cache, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(cache, "CACHE_BASE", str(tmp_path))
     source = dataclasses.replace(harness.data_sources.REGISTRY["climbmix"], name="fakehub")
     os.makedirs(tmp_path / "fakehub")
     names = [f"shard_{i:05d}.parquet" for i in range(4)]
     hub.faults = {names[0]: ["drop"], names[1]: ["500", "500"], names[2]: ["truncate", "truncate"]}
-    harness.download_all(source, names, workers=3)
+    cache.download_all(source, names, workers=3)
     for name in names:
         assert (tmp_path / "fakehub" / name).read_bytes() == hub.files[name]
     assert not list((tmp_path / "fakehub").glob("*.part"))
@@ -365,26 +366,28 @@ def test_downloads_survive_drops_errors_and_truncation(harness, hub, tmp_path, m
 
 
 def test_a_download_that_keeps_failing_keeps_what_finished(harness, hub, tmp_path, monkeypatch):
-    monkeypatch.setattr(harness, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(harness, "CACHE_BASE", str(tmp_path))
+    cache = harness.dataset_cache
+    monkeypatch.setattr(cache, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(cache, "CACHE_BASE", str(tmp_path))
     source = dataclasses.replace(harness.data_sources.REGISTRY["climbmix"], name="fakehub")
     os.makedirs(tmp_path / "fakehub")
     hub.faults = {"shard_00001.parquet": ["500"] * 50}
-    with pytest.raises(harness.DataError, match=r"1 download\(s\) failed.*HTTP 500.*finished files are kept"):
-        harness.download_all(source, ["shard_00000.parquet", "shard_00001.parquet"], workers=2)
+    with pytest.raises(cache.DataError, match=r"1 download\(s\) failed.*HTTP 500.*finished files are kept"):
+        cache.download_all(source, ["shard_00000.parquet", "shard_00001.parquet"], workers=2)
     assert (tmp_path / "fakehub" / "shard_00000.parquet").read_bytes() == hub.files["shard_00000.parquet"]
     assert not (tmp_path / "fakehub" / "shard_00001.parquet").exists()
 
 
 def test_a_hub_dataset_prepares_end_to_end_through_faults(harness, hub, tmp_path, monkeypatch):
     """tinystories, scaled down, from the local hub: download, tokenizer, manifest, loader."""
-    monkeypatch.setattr(harness, "BACKOFF_BASE", 0.01)
-    monkeypatch.setattr(harness, "CACHE_BASE", str(tmp_path))
+    cache = harness.dataset_cache
+    monkeypatch.setattr(cache, "BACKOFF_BASE", 0.01)
+    monkeypatch.setattr(cache, "CACHE_BASE", str(tmp_path))
     small = dataclasses.replace(harness.data_sources.REGISTRY["tinystories"], vocab_size=512, eval_tokens=4096,
-                                extra={"filename": "tinystories_gpt4_clean.parquet", "val_rows": 400})
+                                val_rows=400)
     monkeypatch.setitem(harness.data_sources.REGISTRY, "tinystories", small)
     hub.faults = {"tinystories_gpt4_clean.parquet": ["truncate", "drop", "500"]}
-    manifest = harness.prepare("tinystories")
+    manifest = cache.build("tinystories")
     assert manifest["splits"] == {"train": [["tinystories_gpt4_clean.parquet", 400, None]],
                                   "val": [["tinystories_gpt4_clean.parquet", 0, 400]]}
     data = (tmp_path / "tinystories" / "tinystories_gpt4_clean.parquet").read_bytes()
@@ -395,7 +398,7 @@ def test_a_hub_dataset_prepares_end_to_end_through_faults(harness, hub, tmp_path
     assert x.shape == (2, 512)
     # Re-running downloads nothing.
     before = len(hub.requests)
-    assert harness.prepare("tinystories")["files"] == manifest["files"]
+    assert cache.build("tinystories")["files"] == manifest["files"]
     assert len(hub.requests) == before
 
 

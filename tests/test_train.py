@@ -14,8 +14,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = os.path.join(REPO, "schemas", "last_run.schema.json")
-SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "mfu_percent",
-                "avg_tok_sec", "total_tokens_M", "num_steps", "num_params_M", "depth"]
+SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "eval_seconds", "train_peak_mb", "peak_memory_mb",
+                "mfu_percent", "avg_tok_sec", "total_tokens_M", "num_steps", "num_params_M", "depth", "dmodel_scale"]
 
 
 def parse_summary(stdout):
@@ -164,10 +164,58 @@ def test_short_run_learns_and_writes_a_valid_record(tmp_path, classics_cache, ha
     assert record["result"] == {"status": "ok", "val_bpb": val_bpb} or \
         abs(record["result"]["val_bpb"] - val_bpb) < 1e-6
     assert record["data"]["dataset"] == "classics"
-    assert record["training"]["num_steps"] == int(summary["num_steps"])
+    training = record["training"]
+    assert training["total_steps"] == int(summary["num_steps"])
+    assert training["avg_tok_sec"] == pytest.approx(float(summary["avg_tok_sec"].replace(",", "")), abs=1)
+    assert training["eval_seconds"] == pytest.approx(float(summary["eval_seconds"]), abs=0.1)
+    assert training["training_peak_mb"] <= training["peak_memory_mb"]
+    assert summary["dmodel_scale"] == f"{(256 / 768) ** -0.5:.4f}"  # the CPU model's width
     assert record["timing_sample"] and record["timing_sample"][0]["step"] == 0
-    archived = list((tmp_path / "data" / "runs").glob("*.json"))
-    assert len(archived) == 1 and json.loads(archived[0].read_text()) == record
+    assert "hand-fused loss, norm and relu^2: same as the plain code" in result.stdout
+    (archived,) = (tmp_path / "data").glob("run_*")
+    assert re.fullmatch(r"run_\d{8}_\d{6}\.json", archived.name)
+    assert json.loads(archived.read_text()) == record
+
+
+def test_an_edit_to_the_plain_loss_takes_effect_on_cpu(tmp_path, classics_cache, harness):
+    """On a CPU the hand-fused twin of the loss runs. An experiment that edits the plain
+    loss must still change what trains: the startup check sees the twin differ and
+    runs the plain code. Here the loss is halved, so the first step reports ~ln(V)/2."""
+    script = patched_copy(tmp_path, "train.py", [(r'^    return F\.cross_entropy\(logits, targets, reduction="none"\)$',
+                                                  '    return 0.5 * F.cross_entropy(logits, targets, reduction="none")')])
+    env = {**os.environ, **classics_cache, "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, script], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    try:
+        for line in proc.stdout:  # the first step is enough: stop there
+            lines.append(line)
+            if line.startswith("step 00001"):
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    out = "".join(lines)
+    assert "hand-fused loss, norm and relu^2: differ from the plain code" in out, out[-2000:]
+    first_loss = float(re.search(r"^step 00001 .*\| loss ([\d.]+)", out, re.M).group(1))
+    # An untrained model predicts uniformly (test_untrained_model_predicts_uniformly): ln(V) unedited.
+    assert first_loss == pytest.approx(0.5 * math.log(harness.VOCAB_SIZE), abs=0.1)
+
+
+def test_run_records_never_overwrite_each_other(harness, tmp_path, monkeypatch):
+    """Three runs that end in the same second: three archives under data/run_*, and
+    last_run.json is the latest."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(harness.time, "strftime", lambda fmt, *a: "20260101_120000")
+    for n in range(3):
+        harness.write_run_record({"run": n})
+    archives = sorted((tmp_path / "data").glob("run_*"))
+    assert [p.name for p in archives] == ["run_20260101_120000.json", "run_20260101_120000_2.json",
+                                          "run_20260101_120000_3.json"]
+    assert [json.loads(p.read_text())["run"] for p in archives] == [0, 1, 2]
+    assert json.loads((tmp_path / "data" / "last_run.json").read_text()) == {"run": 2}
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == sorted(
+        [p.name for p in archives] + ["last_run.json"]), "no temporary file is left behind"
 
 
 @pytest.mark.parametrize("replacement, message", [

@@ -31,7 +31,8 @@ def test_short_run_learns_and_writes_a_valid_record(tmp_path, classics_cache, ha
     assert record["framework"].startswith("mlx")
     assert record["result"]["status"] == "ok"
     assert abs(record["result"]["val_bpb"] - val_bpb) < 1e-6
-    assert len(list((tmp_path / "data" / "runs").glob("*.json"))) == 1
+    assert len(list((tmp_path / "data").glob("run_*.json"))) == 1
+    assert record["training"]["total_steps"] == int(summary["num_steps"])
 
 
 def test_nan_loss_aborts_with_a_clear_line(tmp_path, classics_cache):

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-from data_sources import chunk_paragraphs  # noqa: E402
+from dataset_cache import chunk_paragraphs  # noqa: E402
 PACKAGE = "r-cran-janeaustenr"
 DATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 NOVELS = (  # R object names, in publication order

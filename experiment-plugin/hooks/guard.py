@@ -3,7 +3,7 @@
 
 Claude Code sends the tool call as JSON on stdin. This hook denies
   * Edit / Write / MultiEdit / NotebookEdit of the fixed harness (prepare.py,
-    data_sources.py, datasets/), of the files only the scripts write
+    dataset_cache.py, data_sources.py, datasets/), of the files only the scripts write
     (autoresearch.jsonl, results.tsv, run.log, progress.png, .autoresearch/) and of
     dependency manifests (pyproject.toml, uv.lock, requirements.txt, ...);
   * Bash commands that write to those files (redirections, rm/mv/cp/tee/sed -i/...,

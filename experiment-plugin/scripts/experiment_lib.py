@@ -9,8 +9,8 @@ rule lives in exactly one place:
   * statistics: best, noise floor (MAD), confidence, keep policy (stats)
   * every git operation the loop performs                       (git)
 
-It imports only the standard library, and the slower parts of it (subprocess) only
-where needed, so every script and hook answers well within 150 ms. The scripts run
+It imports only the standard library at the top, and the slower parts (subprocess,
+jsonschema) only where needed, so every hook answers well within 150 ms. The scripts run
 under the project's interpreter (see `use_project_python`), the one that also runs
 training.
 """
@@ -49,7 +49,7 @@ SESSION_FILES = {LOG: "scripts", RESULTS: "scripts", RUN_LOG: "scripts", PLOT: "
 SCRIPT_ONLY_FILES = tuple(n for n, writer in SESSION_FILES.items() if writer == "scripts")
 
 # The fixed harness: hashed at setup, verified around every run, guarded by the hook.
-FIXED_FILES = ("prepare.py", "data_sources.py")
+FIXED_FILES = ("prepare.py", "dataset_cache.py", "data_sources.py")
 FIXED_DIRS = ("datasets",)
 # Changing these would change the dependencies, which a session must not do.
 DEPENDENCY_FILES = ("pyproject.toml", "uv.lock", "requirements.txt", "setup.py", "setup.cfg")
@@ -95,8 +95,8 @@ def use_project_python(root: str) -> None:
 
 
 def fixed_file_list(root: str, extra: list[str] | tuple = ()) -> list[str]:
-    """Relative paths of every fixed file present: prepare.py, data_sources.py,
-    datasets/**, and a session's --read-only files (`extra`)."""
+    """Relative paths of every fixed file present: FIXED_FILES, datasets/**, and a
+    session's --read-only files (`extra`)."""
     found = [f for f in (*FIXED_FILES, *extra) if os.path.isfile(os.path.join(root, f))]
     for d in FIXED_DIRS:
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
@@ -516,85 +516,28 @@ def load_schema() -> dict:
 
 
 def validate(instance, schema: dict | None = None, where: str = "record") -> None:
-    """Check `instance` against the plugin's JSON Schema; raise UserError on the first
-    violation.
+    """Check `instance` against the plugin's JSON Schema; raise UserError naming the
+    first violation, in one line.
 
-    This evaluates the small set of keywords the schema file uses (type, enum, const,
-    required, properties, additionalProperties, minimum, minLength, pattern, oneOf,
-    $defs/$ref). Importing the `jsonschema` package costs ~150 ms, more than a whole
-    script may take; the test suite checks this evaluator agrees with `jsonschema`
-    on the same file. A keyword outside that set is an error, never silently skipped.
+    `jsonschema` is imported here, not at the top: the hooks import this module on
+    every tool call and never validate, and the import costs ~150 ms.
     """
+    import jsonschema
+
     root = schema if schema is not None else load_schema()
-    err = _check(instance, root, root, where)
-    if err:
-        raise UserError(f"invalid {err}")
-
-
-_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
-_KNOWN = {"$schema", "$id", "$defs", "$ref", "title", "description", "type", "enum", "const",
-          "required", "properties", "additionalProperties", "minimum", "minLength", "pattern",
-          "oneOf", "items"}
-
-
-def _is_type(value, name: str) -> bool:
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, _TYPES[name])
-
-
-def _check(value, schema: dict, root: dict, where: str) -> str | None:
-    unknown = set(schema) - _KNOWN
-    if unknown:
-        raise UserError(f"schema uses unsupported keywords {sorted(unknown)}")
-    if "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[-1]
-        return _check(value, root["$defs"][name], root, where)
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_is_type(value, t) for t in types):
-            return f"{where}: expected {' or '.join(types)}, got {json.dumps(value)[:60]}"
-    if "const" in schema and value != schema["const"]:
-        return f"{where}: must be {json.dumps(schema['const'])}"
-    if "enum" in schema and value not in schema["enum"]:
-        return f"{where}: {json.dumps(value)[:60]} is not one of {schema['enum']}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and "minimum" in schema:
-        if value < schema["minimum"]:
-            return f"{where}: {value} is below {schema['minimum']}"
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            return f"{where}: must not be empty"
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            return f"{where}: {value[:60]!r} does not match {schema['pattern']}"
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            err = _check(item, schema["items"], root, f"{where}[{i}]")
-            if err:
-                return err
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                return f"{where}: missing field '{key}'"
-        props = schema.get("properties", {})
-        extra = schema.get("additionalProperties", True)
-        for key, item in value.items():
-            if key in props:
-                err = _check(item, props[key], root, f"{where}.{key}")
-            elif extra is False:
-                err = f"{where}: unexpected field '{key}'"
-            elif isinstance(extra, dict):
-                err = _check(item, extra, root, f"{where}.{key}")
-            else:
-                err = None
-            if err:
-                return err
-    if "oneOf" in schema:
-        errors = [_check(value, sub, root, where) for sub in schema["oneOf"]]
-        if sum(e is None for e in errors) != 1:
-            return next((e for e in errors if e), f"{where}: matches more than one form")
-    return None
+    validator = jsonschema.validators.validator_for(root)(root)
+    error = next(iter(validator.iter_errors(instance)), None)
+    while error is not None and error.context:
+        # oneOf (a config line or a run line): name what is wrong with the form the
+        # instance comes closest to, the one with the fewest violations.
+        forms: dict = {}
+        for e in error.context:
+            forms.setdefault(e.relative_schema_path[0], []).append(e)
+        error = min(forms.values(), key=len)[0]
+    if error is not None:
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        message = " ".join(error.message.split())
+        raise UserError(f"invalid {where}{field}: {message[:200]}")
 
 
 # ---------------------------------------------------------------------------- log
@@ -717,6 +660,11 @@ def write_results(root: str, config: dict, runs: list[dict]) -> None:
 
 # ------------------------------------------------------------------ parse_metrics
 
+# last_run.json keys -> the summary block's names for the same numbers, so a run reads
+# the same from either source. Files written before the keys followed the original
+# autoresearch said tok_per_sec (and num_steps, already the summary's name).
+_RECORD_ALIASES = {"total_steps": "num_steps", "tok_per_sec": "avg_tok_sec",
+                   "training_peak_mb": "train_peak_mb"}
 _METRIC_LINE = re.compile(r"^METRIC\s+([A-Za-z_][\w.\-]*)\s*=\s*(\S+)\s*$")
 _SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-]*):\s+(\S.*?)\s*$")
 
@@ -742,7 +690,8 @@ def parse_metrics(text: str) -> dict:
         last block wins, so a log with several runs reports the latest);
       * `METRIC name=value` lines anywhere (they override the block);
       * a `last_run.json` document: its `result` section, then `training` for keys
-        `result` lacks.
+        `result` lacks; `total_steps`, `avg_tok_sec` (`tok_per_sec` in older files) and
+        `training_peak_mb` also appear under the summary block's names.
     Values become int or float where they parse ('1,660,000' included); 'nan' stays a
     float NaN; anything else ('n/a') stays a string.
     """
@@ -760,6 +709,9 @@ def parse_metrics(text: str) -> dict:
                         out[k] = _value(v) if isinstance(v, str) else v
             for k, v in (doc.get("metrics") or {}).items():
                 out.setdefault(k, v)
+            for k, alias in _RECORD_ALIASES.items():
+                if k in out:
+                    out.setdefault(alias, out[k])
             return out
     metrics: dict = {}          # from METRIC lines, anywhere
     last_block: dict = {}       # the most recent complete summary block
