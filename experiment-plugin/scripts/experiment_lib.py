@@ -896,16 +896,17 @@ def policy_name(config: dict) -> str:
 
 # The noise-aware rule, a sequential test on the difference of two means.
 #   z = (kept mean - candidate mean) / (sigma * sqrt(1/n_candidate + 1/n_kept))
-# After each sample of the candidate: keep when z >= KEEP[n], discard when z < DROP[n],
-# otherwise run it again on a new seed; at MAX_SAMPLES the candidate is kept or
-# discarded. The bars are normal quantiles widened to Student-t ones for the
-# degrees of freedom sigma has (an estimate from 3 runs is loose), so an early,
-# badly known sigma asks for more, not less. Tuned on benchmarks/bench_decisions.py.
-NOISE_AWARE = {"keep": (2.3, 2.0, 1.6), "drop": (0.5, 1.0, 1.6), "max_samples": 3,
-               # Re-measure the kept state while it has fewer samples than this, one
-               # run every `remeasure_every` runs: each adds to its mean (every later
-               # comparison gets sharper) and dilutes the luck it was kept on.
-               "remeasure_below": 3, "remeasure_every": 1, "remeasure_margin": 3.0}
+# First sample: keep when z >= 1.6 (a clear gain is never run twice), discard when
+# z < 0.9 (most edits are null or harmful: one run settles them), otherwise run it
+# again on a new seed. Second sample: keep when the mean of both is >= 0.8 standard
+# errors better, else discard. The keep bars are normal quantiles widened to
+# Student-t ones for the degrees of freedom sigma has: with only the baseline's 3
+# runs (2 dof) the first bar is 3.4, so a badly known sigma asks for more, never less.
+# Every 6 runs without a decisive keep the kept state is measured again (until it
+# has 8 samples): its mean sharpens, and the luck it was kept on is diluted.
+# Chosen on benchmarks/bench_decisions.py (research log 2026-11-24).
+NOISE_AWARE = {"keep": (1.6, 0.8), "drop": (0.9, 0.8), "max_samples": 2,
+               "remeasure_below": 8, "remeasure_every": 6, "remeasure_margin": 3.0}
 
 
 def t_bar(z: float, dof: int) -> float:
