@@ -100,7 +100,8 @@ COMPILE = DEVICE_TYPE == "cuda"   # torch.compile; on a 2-core CPU the compile c
 HAND_FUSED = not COMPILE
 LOSS_CHUNK_ELEMENTS = 2**20       # logits per chunk of the fused loss (4 MB: stays in cache)
 WARMUP_STEPS = 10 if COMPILE else 0  # first steps (they compile) not counted in the budget
-SEED = 42
+# run-experiment gives each repeat of identical code a new seed; 42 otherwise.
+SEED = int(os.environ.get("AUTORESEARCH_SEED") or 42)
 LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)  # a loss this high (3x a uniform guess) means training diverged
 
 DEVICE_BATCH_SIZE = max(1, DEVICE_BATCH_TOKENS // MAX_SEQ_LEN)  # rows per forward/backward

@@ -87,7 +87,8 @@ FINAL_LR_FRAC = 0.0
 # the system compiler (~40 s on 2 cores) for ~10% speed, so it is off there.
 COMPILE = GPU
 WARMUP_STEPS = 2 if COMPILE else 0  # first steps (tracing and compiling) not counted in the budget
-SEED = 42
+# run-experiment gives each repeat of identical code a new seed; 42 otherwise.
+SEED = int(os.environ.get("AUTORESEARCH_SEED") or 42)
 LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)
 
 DEVICE_BATCH_SIZE = max(1, DEVICE_BATCH_TOKENS // MAX_SEQ_LEN)

@@ -1,0 +1,331 @@
+"""Does the keep rule find real improvements, and only those? Replayed sessions.
+
+THE MODEL OF PROPOSALS (everything in units of sigma, one run's noise):
+  * each proposal has a true effect d on the kept state (lower is better):
+      50% null       d = 0
+      30% harmful    d = +|N(0, 3)|
+      20% helpful    d = -Exp(mean G),  G in {0.5, 1, 2, 4} (the typical real gain)
+  * one run of some code observes its true value + N(0, 1), fresh each run;
+  * a session has 100 runs; every run costs one, baseline repeats, confirmation
+    reruns and re-measures of the kept state included;
+  * the agent follows the recommendation: `rerun` runs the same code again (a new
+    seed), a due re-measure runs the kept state unchanged.
+
+Each run goes through the real decision code in experiment_lib (recommend,
+kept_state, remeasure_due) on records shaped as log-experiment writes them.
+Printed per policy and G:
+  bad kept   null or harmful proposals kept, share of those decided
+  real kept  proposals with d <= -2 kept, share of those decided
+  gain       median true gain of a session (baseline true value - final true value)
+  x strict   that median over strict's
+  curse      median winner's curse: true value of the final state minus the value
+             the session reports for it (strict: the best single run kept; the
+             noise-aware rule: the mean of the kept state's samples)
+  runs/keep  runs per kept proposal
+
+Goals for the default policy (issue 8), at every G at once: gain >= 0.9x strict at
+G >= 1 and >= 1.25x at G = 0.5; bad kept <= 5%; real kept >= 85%; curse <= 1.
+
+    python benchmarks/bench_decisions.py                # fast: synthetic, seconds
+    python benchmarks/bench_decisions.py --sessions 2000
+    python benchmarks/bench_decisions.py --scripts 4    # drive the real scripts too
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "experiment-plugin" / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import experiment_lib as lib  # noqa: E402
+
+GS = (0.5, 1.0, 2.0, 4.0)
+RUNS = 100
+START = 100.0       # the baseline's true value; any number works, only differences matter
+GOALS = {"bad_kept": 0.05, "real_kept": 0.85, "curse": 1.0, "ratio_small": 1.25, "ratio": 0.9}
+
+
+def proposal(rng, g):
+    u = rng.random()
+    if u < 0.5:
+        return 0.0
+    if u < 0.8:
+        return abs(rng.gauss(0, 3))
+    return -rng.expovariate(1 / g)
+
+
+def config_for(policy):
+    return {"metric": "val_bpb", "direction": "lower", "policy": policy,
+            "baseline_runs": lib.DEFAULT_BASELINE_RUNS if policy == "noise-aware" else 1}
+
+
+class Stats:
+    def __init__(self):
+        self.bad = self.bad_kept = self.real = self.real_kept = self.keeps = 0
+        self.gains, self.curses, self.runs = [], [], 0
+
+    def add(self, other):
+        for k in ("bad", "bad_kept", "real", "real_kept", "keeps", "runs"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.gains += other.gains
+        self.curses += other.curses
+
+    def row(self):
+        return {"bad_kept": self.bad_kept / max(1, self.bad),
+                "real_kept": self.real_kept / max(1, self.real),
+                "gain": statistics.median(self.gains), "curse": statistics.median(self.curses),
+                "runs_per_keep": self.runs / max(1, self.keeps)}
+
+
+def session(policy, g, seed):
+    """One synthetic session through the real decision code; returns its Stats."""
+    ideas, noise = random.Random(seed), random.Random(seed + 10**6)
+    config = config_for(policy)
+    runs, stats = [], Stats()
+    kept_true, kept_sha = START, None
+    candidate, used, number = None, 0, 0
+    while used < RUNS:
+        if candidate is None:
+            if kept_sha is not None and lib.remeasure_due(config, runs):
+                candidate = {"sha": kept_sha, "true": kept_true, "d": None, "samples": []}
+            else:
+                number += 1
+                d = proposal(ideas, g) if kept_sha is not None else None
+                candidate = {"sha": f"{number:064x}", "true": kept_true + (d or 0.0), "d": d,
+                             "samples": []}
+        x = candidate["true"] + noise.gauss(0, 1)
+        used += 1
+        candidate["samples"].append(x)
+        decision, _ = lib.recommend(config, runs, {"target_sha": candidate["sha"],
+                                                   "samples": candidate["samples"], "metrics": {}})
+        if decision == "rerun":
+            continue
+        d = candidate["d"]
+        if d is not None:
+            stats.bad += d >= 0
+            stats.real += d <= -2
+        if decision == "keep":
+            if d is not None:
+                stats.keeps += 1
+                stats.bad_kept += d >= 0
+                stats.real_kept += d <= -2
+            kept_true, kept_sha = candidate["true"], candidate["sha"]
+        runs.append({"type": "run", "run": len(runs) + 1, "status": decision,
+                     "metric": sum(candidate["samples"]) / len(candidate["samples"]),
+                     "samples": list(candidate["samples"]), "target_sha": candidate["sha"],
+                     "commit": "0" * 40, "metrics": {}})
+        candidate = None
+    if policy == "strict":
+        reported = lib.best_run(runs, "lower")["metric"]
+    else:
+        reported = lib.kept_state(config, runs)["mean"]
+    stats.gains.append(START - kept_true)
+    stats.curses.append(kept_true - reported)
+    stats.runs = used
+    return stats
+
+
+def replay(policies, sessions, seed=1):
+    table = {}
+    for policy in policies:
+        for g in GS:
+            total = Stats()
+            for i in range(sessions):
+                total.add(session(policy, g, seed * 7919 + i))
+            table[policy, g] = total.row()
+    return table
+
+
+def meets_goals(table, policy, against="strict"):
+    """The goals the default policy must meet; returns the list of misses."""
+    misses = []
+    for g in GS:
+        row, base = table[policy, g], table[against, g]
+        ratio = row["gain"] / base["gain"] if base["gain"] > 0 else float("inf")
+        need = GOALS["ratio_small"] if g < 1 else GOALS["ratio"]
+        if ratio < need:
+            misses.append(f"G={g:g}: gain {ratio:.2f}x strict < {need}")
+        if row["bad_kept"] > GOALS["bad_kept"]:
+            misses.append(f"G={g:g}: bad kept {row['bad_kept']:.1%}")
+        if row["real_kept"] < GOALS["real_kept"]:
+            misses.append(f"G={g:g}: real kept {row['real_kept']:.1%}")
+        if row["curse"] > GOALS["curse"]:
+            misses.append(f"G={g:g}: curse {row['curse']:.2f}")
+    return misses
+
+
+def print_table(table, policies, title):
+    print(title)
+    print(f"{'policy':13} {'G':>4} {'bad kept':>9} {'real kept':>10} {'gain':>7} {'x strict':>9} "
+          f"{'curse':>6} {'runs/keep':>10}")
+    for policy in policies:
+        for g in GS:
+            row = table[policy, g]
+            base = table.get(("strict", g))
+            ratio = f"{row['gain'] / base['gain']:.2f}x" if base and base["gain"] > 0 else "-"
+            print(f"{policy:13} {g:>4g} {row['bad_kept']:>9.1%} {row['real_kept']:>10.1%} "
+                  f"{row['gain']:>7.2f} {ratio:>9} {row['curse']:>6.2f} {row['runs_per_keep']:>10.1f}")
+
+
+# ------------------------------------------------------------------ scripts mode
+# The same model, but each run is a real `run-experiment` of a fake target whose
+# printed metric is its true value plus fresh noise seeded by AUTORESEARCH_SEED, and
+# each decision a real `log-experiment`; afterwards git must hold the target the
+# decision says (the candidate after a keep, the kept state after a discard).
+
+FAKE_TARGET = '''import os, random
+PROPOSAL = {number}   # which proposal this code is
+TRUE = {true!r}   # its true value
+seed = int(os.environ.get("AUTORESEARCH_SEED") or 42)
+noise = random.Random(f"{salt}-{{PROPOSAL}}-{{seed}}").gauss(0, 1)
+print("---")
+print(f"val_bpb:          {{TRUE + {sigma!r} * noise:.6f}}")
+'''
+
+
+def make_project(path, python):
+    path.mkdir(parents=True)
+    (path / "prepare.py").write_text(
+        "import sys\nif '--verify' in sys.argv: print('ok')\n")
+    (path / "target.py").write_text("TRUE = 100.0\n")
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b",
+           "GIT_COMMITTER_NAME": "b", "GIT_COMMITTER_EMAIL": "b@b"}
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=path, check=True, env=env, capture_output=True)
+    return env
+
+
+def script(name, cwd, env, *args):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / name), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    return proc
+
+
+def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
+    """One session through the real scripts; returns (Stats, list of git mismatches)."""
+    ideas = random.Random(seed)
+    root = Path(workdir) / f"{policy}-{g:g}-{seed}"
+    env = make_project(root, sys.executable)
+    env = {**env, "AUTORESEARCH_NO_REEXEC": "1"}
+    stats, mismatches = Stats(), []
+
+    def write_target(true, number):
+        (root / "target.py").write_text(FAKE_TARGET.format(number=number, true=true,
+                                                           salt=seed, sigma=sigma))
+
+    write_target(START * sigma, 0)
+    subprocess.run(["git", "commit", "-qam", "fake target"], cwd=root, env=env, check=True)
+    proc = script("setup-session", root, env, "--tag", "bench", "--target", "target.py",
+                  "--dataset", "none", "--budget", "1", "--policy", policy)
+    if proc.returncode:
+        raise SystemExit(f"setup-session failed: {proc.stderr}")
+    kept_true, used, number, candidate = START, 0, 0, None
+    while used < runs:
+        if candidate is None:
+            log = lib.read_log(str(root))
+            if log.runs and lib.remeasure_due(log.config, log.runs):
+                candidate = {"true": kept_true, "d": None}
+            else:
+                number += 1
+                d = proposal(ideas, g) if log.runs else None
+                candidate = {"true": kept_true + (d or 0.0), "d": d}
+                write_target(candidate["true"] * sigma, number)
+        used += 1
+        proc = script("run-experiment", root, env)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("recommend: ")), None)
+        if line is None:
+            raise SystemExit(f"run-experiment gave no recommendation:\n{proc.stdout}\n{proc.stderr}")
+        decision = line.split()[1].rstrip(":")
+        if decision == "rerun":
+            continue
+        proc = script("log-experiment", root, env, "--status", decision,
+                      "--description", f"proposal {number}")
+        if proc.returncode:
+            raise SystemExit(f"log-experiment failed: {proc.stderr}")
+        d = candidate["d"]
+        if d is not None:
+            stats.bad += d >= 0
+            stats.real += d <= -2
+        if decision == "keep":
+            if d is not None:
+                stats.keeps += 1
+                stats.bad_kept += d >= 0
+                stats.real_kept += d <= -2
+            kept_true = candidate["true"]
+        text = (root / "target.py").read_text()
+        if f"TRUE = {kept_true * sigma!r}" not in text:
+            mismatches.append(f"{root.name} proposal {number}: after {decision} the target "
+                              f"is not the kept state")
+        candidate = None
+    log = lib.read_log(str(root))
+    if policy == "strict":
+        reported = lib.best_run(log.runs, "lower")["metric"] / sigma
+    else:
+        reported = lib.kept_state(log.config, log.runs)["mean"] / sigma
+    stats.gains.append(START - kept_true)
+    stats.curses.append(kept_true - reported)
+    stats.runs = used
+    return stats, mismatches
+
+
+def replay_scripts(policies, sessions, seed=1, runs=RUNS):
+    table, problems = {}, []
+    workdir = tempfile.mkdtemp(prefix="bench-decisions-")
+    try:
+        for policy in policies:
+            for g in GS:
+                total = Stats()
+                for i in range(sessions):
+                    stats, bad = scripts_session(policy, g, seed * 7919 + i, workdir, runs)
+                    total.add(stats)
+                    problems += bad
+                table[policy, g] = total.row()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return table, problems
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=300, help="sessions per policy and G (default 300)")
+    p.add_argument("--policies", default="noise-aware,strict")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--scripts", type=int, default=0,
+                   help="also drive the real scripts, this many sessions per policy and G")
+    p.add_argument("--script-runs", type=int, default=RUNS,
+                   help=f"runs per session in the scripts mode (default {RUNS})")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    policies = a.policies.split(",")
+    if "strict" not in policies:
+        policies.append("strict")
+    table = replay(policies, a.sessions, a.seed)
+    if a.json:
+        print(json.dumps({f"{k[0]} {k[1]:g}": v for k, v in table.items()}))
+    else:
+        print_table(table, policies, f"synthetic replay: {a.sessions} sessions of {RUNS} runs per policy and G")
+        misses = meets_goals(table, lib.DEFAULT_POLICY)
+        print("goals: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
+    if a.scripts:
+        table, problems = replay_scripts(policies, a.scripts, a.seed, a.script_runs)
+        print_table(table, policies, f"\nreal scripts: {a.scripts} sessions of {a.script_runs} "
+                    "runs per policy and G")
+        misses = meets_goals(table, lib.DEFAULT_POLICY)
+        print("goals: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
+        print("git: " + ("the target matched every decision" if not problems else
+                         f"{len(problems)} mismatches, first: {problems[0]}"))
+        if problems:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""How much does val_bpb move between runs of identical code, and why?
+
+Runs the real train.py on a prepared dataset several times at a fixed budget,
+some with the default seed (42) and some with a new seed each, and reads the
+machine around each run with the same monitor run-experiment uses. Prints one
+line per run (seed, val_bpb, steps, other processes' share of the CPUs, VM steal,
+whether the run counts as disturbed) and then:
+
+  * sigma of all quiet runs (the noise a decision must beat);
+  * sigma among same-seed runs (timing alone: how many steps fit);
+  * sigma among new-seed runs (timing and seed);
+  * the slope of val_bpb on the step count, and how much of the variance the step
+    count explains.
+
+    python prepare.py --dataset classics
+    python benchmarks/bench_noise.py --budget 90 --same 5 --seeds 9 --out noise.jsonl
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
+import experiment_lib as lib  # noqa: E402
+
+
+def one_run(python, dataset, budget, seed, timeout):
+    env = {**os.environ, "AUTORESEARCH_DATASET": dataset, "AUTORESEARCH_TIME_BUDGET": f"{budget:g}",
+           "AUTORESEARCH_SEED": str(seed), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([python, "train.py"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    monitor = lib.LoadMonitor(proc.pid).start()
+    out, _ = proc.communicate(timeout=timeout)
+    reading = monitor.stop()
+    metrics = lib.parse_metrics(out)
+    return {"seed": seed, "val_bpb": metrics.get("val_bpb"), "steps": metrics.get("num_steps"),
+            "tok_s": metrics.get("avg_tok_sec"), "load": reading, "disturbed": lib.disturbed(reading),
+            "exit": proc.returncode}
+
+
+def sd(xs):
+    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+def report(rows):
+    quiet = [r for r in rows if not r["disturbed"] and lib.finite(r["val_bpb"])]
+    same = [r["val_bpb"] for r in quiet if r["seed"] == 42]
+    new = [r["val_bpb"] for r in quiet if r["seed"] != 42]
+    print(f"quiet runs {len(quiet)} of {len(rows)}; sigma all {sd([r['val_bpb'] for r in quiet]):.4f}, "
+          f"same seed {sd(same):.4f} (n={len(same)}), new seeds {sd(new):.4f} (n={len(new)})")
+    if len(quiet) > 2:
+        xs = [r["steps"] for r in quiet]
+        ys = [r["val_bpb"] for r in quiet]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        if sxx:
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+            resid = [y - my - slope * (x - mx) for x, y in zip(xs, ys)]
+            explained = 1 - sum(e * e for e in resid) / sum((y - my) ** 2 for y in ys)
+            print(f"steps {min(xs)}-{max(xs)}; val_bpb per step {slope:+.4f}; the step count "
+                  f"explains {explained:.0%} of the variance; residual sigma {sd(resid):.4f}")
+    bad = [r for r in rows if r["disturbed"]]
+    for r in bad:
+        print(f"disturbed: seed {r['seed']} val_bpb {r['val_bpb']} steps {r['steps']}: {r['disturbed']}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", type=float, default=90)
+    p.add_argument("--dataset", default="classics")
+    p.add_argument("--same", type=int, default=5, help="runs with seed 42")
+    p.add_argument("--seeds", type=int, default=9, help="runs with a new seed each (43, 44, ...)")
+    p.add_argument("--out", help="append one JSON line per run here")
+    p.add_argument("--report", help="only print the figures of an earlier --out file")
+    a = p.parse_args()
+    if a.report:
+        with open(a.report) as f:
+            report([json.loads(line) for line in f if line.strip()])
+        return
+    # Alternate the two kinds, so a slow spell of the machine hits both alike.
+    order = []
+    same, new = a.same, list(range(43, 43 + a.seeds))
+    while same or new:
+        if same:
+            order.append(42)
+            same -= 1
+        if new:
+            order.append(new.pop(0))
+    rows = []
+    for i, seed in enumerate(order, 1):
+        start = time.monotonic()
+        row = one_run(sys.executable, a.dataset, a.budget, seed, timeout=3 * a.budget + 300)
+        rows.append(row)
+        print(f"{i:2d}/{len(order)} seed {seed:3d} val_bpb {row['val_bpb']} steps {row['steps']} "
+              f"others {row['load'].get('others')} steal {row['load'].get('steal')} "
+              f"{'DISTURBED ' + row['disturbed'] if row['disturbed'] else 'quiet'} "
+              f"({time.monotonic() - start:.0f}s)", flush=True)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()

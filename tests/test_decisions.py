@@ -1,0 +1,160 @@
+"""Decisions a researcher can trust: a new seed for every repeat of identical code, the
+noise pooled from those repeats, disturbed runs set aside, and the replay benchmark
+of the keep rules."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from plugin_helpers import SCRIPTS, make_project, ok, records, script
+
+sys.path.insert(0, str(SCRIPTS))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import bench_decisions  # noqa: E402
+import experiment_lib as lib  # noqa: E402
+
+# A stand-in whose metric depends on the seed it is given, as a real run's does.
+SEEDED_TARGET = '''\
+import os, random, time
+VAL_BPB = 1.0
+BUSY = 0.0        # seconds of computing, so that the machine's load can be read
+seed = int(os.environ["AUTORESEARCH_SEED"])
+end = time.monotonic() + BUSY
+while time.monotonic() < end:
+    pass
+print("---")
+print(f"val_bpb:          {VAL_BPB + 0.01 * random.Random(seed).gauss(0, 1):.6f}")
+print("avg_tok_sec:      1,000")
+'''
+
+HOG = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
+
+
+@pytest.fixture
+def session(tmp_path):
+    p = make_project(tmp_path / "proj")
+    (p / "train.py").write_text(SEEDED_TARGET)
+    subprocess.run(["git", "commit", "-qam", "seeded stand-in"], cwd=p, check=True)
+    ok(script(p, "setup-session", "--tag", "s", "--dataset", "classics", "--budget", "1"))
+    return p
+
+
+def recommendation(proc):
+    return next(l for l in proc.stdout.splitlines() if l.startswith("recommend: "))
+
+
+def set_constant(p, name, value):
+    text = (p / "train.py").read_text()
+    text = "\n".join(f"{name} = {value!r}" if line.startswith(f"{name} = ") else line
+                     for line in text.splitlines()) + "\n"
+    (p / "train.py").write_text(text)
+
+
+def test_repeats_of_identical_code_get_new_seeds_and_make_the_noise(session):
+    outs = [ok(script(session, "run-experiment")) for _ in range(3)]
+    assert [recommendation(o).split(":")[1].strip() for o in outs] == ["rerun", "rerun", "keep"]
+    assert ["seed 42" in outs[0].stdout, "seed 43" in outs[1].stdout, "seed 44" in outs[2].stdout] \
+        == [True, True, True]
+    ok(script(session, "log-experiment", "--status", "keep", "--description", "baseline"))
+    base = records(session)[-1]
+    assert base["seeds"] == [42, 43, 44] and len(set(base["samples"])) == 3
+    assert base["target_sha"] == lib.hash_file(str(session / "train.py"))
+    assert base["metric"] == pytest.approx(sum(base["samples"]) / 3)
+    sigma, dof = lib.noise(records(session)[1:])
+    assert dof == 2 and 0 < sigma
+    out = ok(script(session, "confidence")).stdout
+    assert f"noise sigma {sigma:.6f} from 3 repeats of identical code (2 dof)" in out
+    assert json.loads(ok(script(session, "confidence", "--json")).stdout)["sigma"] == pytest.approx(sigma)
+
+    set_constant(session, "VAL_BPB", 0.9)          # new code: the first run is seed 42 again
+    proc = ok(script(session, "run-experiment"))
+    assert "seed 42" in proc.stdout and recommendation(proc).startswith("recommend: keep")
+
+
+def test_bad_setup_input_is_one_line_error(tmp_path):
+    p = make_project(tmp_path / "p")
+    for args, words in ((["--baseline-runs", "0"], "--baseline-runs must be 1 or more"),
+                        (["--policy", "fast"], "unknown keep policy 'fast'")):
+        proc = script(p, "setup-session", "--tag", "x", "--dataset", "classics", *args)
+        assert proc.returncode == 2 and words in proc.stderr and len(proc.stderr.splitlines()) == 1
+    ok(script(p, "setup-session", "--tag", "x", "--dataset", "classics", "--policy", "balanced",
+              "--baseline-runs", "2"))
+    config = records(p)[0]
+    assert config["policy"] == "quality-speed" and config["baseline_runs"] == 2
+
+
+def machine_busy(seconds=1.0):
+    """Share of the CPUs busy over a short look, before a test that needs quiet."""
+    a = lib.read_proc_stat()
+    time.sleep(seconds)
+    b = lib.read_proc_stat()
+    return (b["busy"] - a["busy"] + b["steal"] - a["steal"]) / ((os.cpu_count() or 1) * seconds)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_a_run_beside_a_cpu_hog_is_disturbed_and_not_a_sample(session):
+    set_constant(session, "BUSY", 6.0)
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count() or 1)]
+    try:
+        proc = ok(script(session, "run-experiment", timeout=120))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert "machine: DISTURBED" in proc.stdout
+    assert recommendation(proc).startswith("recommend: rerun: disturbed: other processes used")
+    pending = json.loads((session / ".autoresearch" / "pending.json").read_text())
+    assert pending["samples"] == [] and pending["disturbed"][0]["seed"] == 42
+    assert pending["load"]["others"] > lib.DISTURBED_OTHERS
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_a_quiet_run_is_not_disturbed(session):
+    if machine_busy() > lib.DISTURBED_OTHERS / 2:
+        pytest.skip("the machine is busy with other work; a quiet run cannot be shown now")
+    set_constant(session, "BUSY", 6.0)
+    proc = ok(script(session, "run-experiment", timeout=120))
+    assert "machine: quiet" in proc.stdout, proc.stdout
+
+
+def test_gpu_and_ps_readings_parse_recorded_output():
+    smi = "12345, 1024\n23456, 20480\n"
+    assert lib.parse_gpu_pids(smi) == [12345, 23456]
+    assert lib.parse_gpu_pids("No running processes found\n[N/A], [N/A]\n") == []
+    ps = "    1     1   0:01.50\n  812   812  12:03.25\n  900   812 1-02:03:04\n bad line\n"
+    assert lib.parse_ps_cputimes(ps) == {1: (1, 1.5), 812: (812, 723.25), 900: (812, 93784.0)}
+
+
+def test_real_template_with_two_seeds_gives_two_val_bpb(tmp_path, classics_cache):
+    """The real train.py, a few seconds on classics: the seed reaches the model."""
+    values = []
+    for seed in ("42", "43"):
+        env = {**os.environ, **classics_cache, "PYTHONPATH": REPO, "AUTORESEARCH_TIME_BUDGET": "3",
+               "AUTORESEARCH_SEED": seed}
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py")], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        values.append(lib.parse_metrics(proc.stdout)["val_bpb"])
+    assert values[0] != values[1]
+
+
+def test_replay_default_policy_keeps_little_noise_and_reports_honestly():
+    """The fast replay through the real decision code (fixed seeds: deterministic)."""
+    table = bench_decisions.replay(["noise-aware", "strict"], sessions=40, seed=1)
+    for g in bench_decisions.GS:
+        rule, strict = table["noise-aware", g], table["strict", g]
+        assert rule["bad_kept"] <= 0.05, (g, rule)
+        assert rule["curse"] <= 1.0, (g, rule)
+        assert rule["bad_kept"] < strict["bad_kept"] and rule["curse"] < strict["curse"]
+
+
+def test_replay_through_the_real_scripts_leaves_git_where_each_decision_says(tmp_path):
+    for policy in ("noise-aware", "strict"):
+        stats, mismatches = bench_decisions.scripts_session(policy, 2.0, 3, tmp_path, runs=12)
+        assert mismatches == []
+        assert stats.runs == 12 and stats.bad + stats.real + stats.keeps > 0
