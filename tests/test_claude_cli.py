@@ -190,7 +190,7 @@ def open_night(tmp_path, owner):
     project = make_project(tmp_path / "proj")
     env = {"CLAUDE_CODE_SESSION_ID": owner}
     ok(script(project, "setup-session", "--tag", "n1", "--dataset", "classics", "--budget", "1",
-              "--max-iterations", "10", env=env))
+              "--max-iterations", "10", "--policy", "strict", env=env))
     ok(script(project, "run-experiment", env=env))
     ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline", env=env))
     home = tmp_path / "home"

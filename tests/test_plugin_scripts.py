@@ -29,6 +29,15 @@ def project(tmp_path):
     return p
 
 
+def strict_session(tmp_path):
+    """A session whose every verdict comes from one run (Karpathy's rule), for tests of
+    what happens around a verdict rather than of the verdict itself."""
+    p = make_project(tmp_path / "proj")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict"))
+    return p
+
+
 def run_and_log(p, status, description, **constants):
     if constants:
         edit_target(p, **constants)
@@ -732,7 +741,8 @@ def test_resume_restores_the_last_kept_commit_and_continues(project):
     assert records(project)[-1]["run"] == 3
 
 
-def test_resume_shows_a_finished_unlogged_run_and_one_command_records_it(project):
+def test_resume_shows_a_finished_unlogged_run_and_one_command_records_it(tmp_path):
+    project = strict_session(tmp_path)
     run_and_log(project, "keep", "baseline")
     edit_target(project, VAL_BPB=0.5)
     ok(script(project, "run-experiment"))               # finished; then the agent was killed
@@ -802,7 +812,8 @@ def test_resume_after_a_hand_reset_says_the_branch_was_behind(project):
     assert git(project, "rev-parse", "HEAD") == kept
 
 
-def test_an_unlogged_run_is_not_recorded_once_the_log_moved_on(project):
+def test_an_unlogged_run_is_not_recorded_once_the_log_moved_on(tmp_path):
+    project = strict_session(tmp_path)
     run_and_log(project, "keep", "baseline")
     edit_target(project, VAL_BPB=0.5)
     ok(script(project, "run-experiment"))
