@@ -50,6 +50,9 @@ from dataset_cache import DataError
 DEFAULT_DATASET = "climbmix"
 DATASET = os.environ.get("AUTORESEARCH_DATASET") or DEFAULT_DATASET
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 300)  # seconds of training
+# The run's random seed. run-experiment gives each repeat of identical code a new one
+# (so repeats measure the seed-to-seed spread a real change must beat); 42 otherwise.
+SEED = int(os.environ.get("AUTORESEARCH_SEED") or 42)
 
 try:
     SOURCE = data_sources.get_source(DATASET)

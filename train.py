@@ -38,7 +38,7 @@ import torch.nn.functional as F
 # default climbmix), and so is the budget, by AUTORESEARCH_TIME_BUDGET.
 
 import prepare  # noqa: E402
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, seconds, vocab)
+from prepare import MAX_SEQ_LEN, SEED, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, the run's seed, seconds, vocab)
 
 # ---------------------------------------------------------------------------
 # Device: CUDA, then Apple's MPS, then the CPU.
@@ -100,8 +100,6 @@ COMPILE = DEVICE_TYPE == "cuda"   # torch.compile; on a 2-core CPU the compile c
 HAND_FUSED = not COMPILE
 LOSS_CHUNK_ELEMENTS = 2**20       # logits per chunk of the fused loss (4 MB: stays in cache)
 WARMUP_STEPS = 10 if COMPILE else 0  # first steps (they compile) not counted in the budget
-# run-experiment gives each repeat of identical code a new seed; 42 otherwise.
-SEED = int(os.environ.get("AUTORESEARCH_SEED") or 42)
 LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)  # a loss this high (3x a uniform guess) means training diverged
 
 DEVICE_BATCH_SIZE = max(1, DEVICE_BATCH_TOKENS // MAX_SEQ_LEN)  # rows per forward/backward

@@ -50,7 +50,7 @@ from mlx.utils import tree_flatten  # noqa: E402
 # default climbmix), and so is the budget, by AUTORESEARCH_TIME_BUDGET.
 
 import prepare  # noqa: E402
-from prepare import MAX_SEQ_LEN, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, seconds, vocab)
+from prepare import MAX_SEQ_LEN, SEED, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, the run's seed, seconds, vocab)
 
 # ---------------------------------------------------------------------------
 # Hyperparameters. On Apple Silicon MLX runs on the GPU; elsewhere on the CPU,
@@ -87,8 +87,6 @@ FINAL_LR_FRAC = 0.0
 # the system compiler (~40 s on 2 cores) for ~10% speed, so it is off there.
 COMPILE = GPU
 WARMUP_STEPS = 2 if COMPILE else 0  # first steps (tracing and compiling) not counted in the budget
-# run-experiment gives each repeat of identical code a new seed; 42 otherwise.
-SEED = int(os.environ.get("AUTORESEARCH_SEED") or 42)
 LOSS_LIMIT = 3 * math.log(VOCAB_SIZE)
 
 DEVICE_BATCH_SIZE = max(1, DEVICE_BATCH_TOKENS // MAX_SEQ_LEN)
