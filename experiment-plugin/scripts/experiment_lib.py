@@ -1,7 +1,8 @@
 """The one module the plugin's scripts and hooks share.
 
-Every script in this folder is a thin command line over the functions here, so each
-rule lives in exactly one place:
+Each command in this folder (`log-experiment`, ...) is a small executable that runs
+its module (`log_experiment.py`), a thin command line over the functions here, so
+each rule lives in exactly one place:
 
   * where the project is and which files belong to a session   (paths)
   * the session log `autoresearch.jsonl`: read, validate, append (log)
