@@ -379,17 +379,17 @@ def test_parse_metrics_reports_nothing_found(tmp_path):
 def test_keep_commits_the_change_and_discard_resets_to_it(project):
     run_and_log(project, "keep", "baseline")
     base = git(project, "rev-parse", "HEAD")
-    assert records(project)[1]["commit"] == base          # baseline: nothing to commit
+    assert records(project)[1]["commit_sha"] == base          # baseline: nothing to commit
     run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
     kept = git(project, "rev-parse", "HEAD")
-    assert kept != base and records(project)[2]["commit"] == kept
+    assert kept != base and records(project)[2]["commit_sha"] == kept
     assert git(project, "show", "-s", "--format=%s", kept).startswith("experiment 2 (keep): lower lr")
     assert "VAL_BPB = 0.9" in (project / "train.py").read_text()
 
     run_and_log(project, "discard", "wider mlp", VAL_BPB=0.95)
     assert git(project, "rev-parse", "HEAD") == kept
     assert "VAL_BPB = 0.9\n" in (project / "train.py").read_text()     # back to the kept code
-    tried = records(project)[3]["commit"]
+    tried = records(project)[3]["commit_sha"]
     assert tried != kept
     assert "VAL_BPB = 0.95" in git(project, "show", f"refs/autoresearch/t1/run-3:train.py")
     assert git(project, "status", "--porcelain") == ""
@@ -441,7 +441,7 @@ def test_descriptions_with_tabs_newlines_and_shell_text_are_stored_exactly(proje
     ok(script(project, "log-experiment", "--status", "keep", "--description", nasty,
               "--asi", json.dumps({"hypothesis": "tabs\tand\nnewlines"})))
     rec = records(project)[1]
-    assert rec["description"] == nasty and rec["notes"]["hypothesis"] == "tabs\tand\nnewlines"
+    assert rec["description"] == nasty and rec["asi"]["hypothesis"] == "tabs\tand\nnewlines"
     rows = tsv_rows(project)
     assert len(rows) == 2 and len(rows[1]) == 6
     assert rows[1][5] == "lr 3e-4 then $(rm -rf ~) `id` 'quoted' \"double\" | ; && > x"
@@ -948,3 +948,43 @@ def test_finalize_split_makes_one_branch_per_independent_change(project):
     assert "run 4 needs an earlier change" in out
     assert not git(project, "branch", "--list", "autoresearch/t1-run4")
     assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+
+
+# ------------------------------------------------------------------ seed 001 format
+
+def test_records_follow_seed_001_and_keep_the_full_hash(project):
+    config = records(project)[0]
+    assert (config["name"], config["metricName"], config["metricUnit"], config["bestDirection"]) \
+        == ("t1", "val_bpb", "bpb", "lower")
+    run_and_log(project, "keep", "baseline")
+    edit_target(project, VAL_BPB=0.9)
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "discard", "--description", "lower",
+              "--asi", json.dumps({"learned": "x"})))
+    r = records(project)[-1]
+    assert {"run", "commit", "metric", "metrics", "status", "description", "timestamp",
+            "segment", "confidence", "asi"} <= set(r)
+    assert len(r["commit"]) == 7 and r["commit_sha"].startswith(r["commit"]) and len(r["commit_sha"]) == 40
+    assert isinstance(r["timestamp"], int) and abs(r["timestamp"] - time.time()) < 120
+    assert r["segment"] == 0 and r["asi"] == {"learned": "x"} and "notes" not in r
+    assert git(project, "rev-parse", f"refs/autoresearch/t1/run-2") == r["commit_sha"]
+
+
+def test_a_run_that_fails_its_checks_is_never_kept(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--checks", "grep -q 'VAL_BPB = 1' train.py || "
+              "(echo 'test_model: expected the checked value' && exit 3)"))
+    run_and_log(p, "keep", "baseline")
+    edit_target(p, VAL_BPB=0.5)                          # better, but the checks fail
+    proc = script(p, "run-experiment")
+    assert proc.returncode == 1 and "status: checks_failed" in proc.stdout
+    assert "exited 3" in proc.stdout and "test_model: expected the checked value" in proc.stdout
+    refused = script(p, "log-experiment", "--status", "keep", "--description", "x")
+    assert refused.returncode == 2 and "--status checks_failed" in refused.stderr
+    ok(script(p, "log-experiment", "--status", "checks_failed", "--description", "half the loss"))
+    r = records(p)[-1]
+    assert r["status"] == "checks_failed" and r["metric"] == 0.5
+    assert "VAL_BPB = 1.0" in (p / "train.py").read_text()           # reverted
+    ok(script(p, "summarize", "--no-plot"))
+    assert "**failed its checks (never kept)**: 1" in (p / "autoresearch-summary.md").read_text()

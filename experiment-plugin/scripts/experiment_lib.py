@@ -116,6 +116,17 @@ def hash_file(path: str) -> str:
     return h.hexdigest()
 
 
+def code_hash(root: str, config: dict) -> str:
+    """What identifies the code a run measured: the target's sha256, or with --scope
+    files one hash over all of them (runs of identical code are repeats)."""
+    files = editable_files(config)
+    hashes = [hash_file(os.path.join(root, f)) if os.path.isfile(os.path.join(root, f)) else "-"
+              for f in files]
+    if len(files) == 1:
+        return hashes[0]
+    return hashlib.sha256(" ".join(f"{f}:{h}" for f, h in zip(files, hashes)).encode()).hexdigest()
+
+
 def hash_fixed_files(root: str, extra: list[str] | tuple = ()) -> dict:
     return {rel: hash_file(os.path.join(root, rel)) for rel in fixed_file_list(root, extra)}
 
@@ -1363,10 +1374,17 @@ def reset_to(root: str, commit: str) -> None:
     git(root, "reset", "--hard", "-q", commit)
 
 
+def commit_of(record: dict) -> str:
+    """The full hash of a run's commit. Seed 001's `commit` is the short hash; the
+    full one is kept beside it as `commit_sha` (logs of the first format held the full
+    hash in `commit`)."""
+    return record.get("commit_sha") or record["commit"]
+
+
 def last_kept_commit(config: dict, runs: list[dict]) -> str:
     for r in reversed(runs):
         if r["status"] == "keep":
-            return r["commit"]
+            return commit_of(r)
     return config["base_commit"]
 
 

@@ -35,9 +35,9 @@ def kept_changes(root, config, runs):
         gain = lib.improvement(r["metric"], best, config["direction"]) if best is not None else None
         if best is None or lib.better(r["metric"], best, config["direction"]):
             best = r["metric"]
-        if r["commit"] != previous:
-            out.append((r, r["commit"], previous, gain))
-        previous = r["commit"]
+        if lib.commit_of(r) != previous:
+            out.append((r, lib.commit_of(r), previous, gain))
+        previous = lib.commit_of(r)
     return out
 
 

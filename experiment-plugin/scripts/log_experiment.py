@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import experiment_lib as lib  # noqa: E402
@@ -28,7 +29,7 @@ import experiment_lib as lib  # noqa: E402
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="log-experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--status", required=True, choices=["keep", "discard", "crash"])
+    p.add_argument("--status", required=True, choices=["keep", "discard", "crash", "checks_failed"])
     p.add_argument("--description", required=True, help="what this run changed, one sentence")
     p.add_argument("--metric", type=float, help="the session metric, if not from the last run")
     p.add_argument("--metrics", help="JSON object of further metrics, e.g. '{\"peak_memory_mb\": 812}'")
@@ -87,13 +88,16 @@ def take_pending(root, config, a):
         raise lib.UserError("the last run was tampered (fixed files changed): restore them, "
                             "run again, then log; nothing was recorded")
     if a.metric is None:
-        if lib.hash_file(os.path.join(root, config["target"])) != pending["target_sha"]:
+        if lib.code_hash(root, config) != pending["target_sha"]:
             raise lib.UserError(f"{config['target']} changed since the last run: run "
                                 "run-experiment again before logging (nothing was recorded)")
+        if a.status == "keep" and run_status == "checks_failed":
+            raise lib.UserError("the last run failed its checks: log it with --status "
+                                "checks_failed (nothing was recorded)")
         if a.status == "keep" and run_status != "ok":
             raise lib.UserError(f"the last run ended with status {run_status}: log it with "
                                 "--status crash (nothing was recorded)")
-        if a.status == "crash" and run_status == "ok":
+        if a.status in ("crash", "checks_failed") and run_status == "ok":
             raise lib.UserError("the last run finished ok: log it as keep or discard "
                                 "(nothing was recorded)")
     return pending
@@ -133,6 +137,10 @@ def main(argv=None):
             metric = sum(values) / len(values)
         if a.status == "crash":
             metric = None
+        elif a.status == "checks_failed":
+            # Measured, but its checks failed: the value is kept for the record only.
+            value = metrics.get(config["metric"]) if metric is None else metric
+            metric = value if lib.finite(value) else None
         elif not lib.finite(metric):
             raise lib.UserError(f"no finite {config['metric']} for a {a.status}: pass --metric "
                                 "or log it as crash")
@@ -142,9 +150,13 @@ def main(argv=None):
         commit = lib.commit_target(root, lib.editable_files(config),
                                    f"experiment {number} ({a.status}): {first_line}\n\n{a.description}")
         commit = commit or lib.head(root)
-        record = {"type": "run", "run": number, "commit": commit, "status": a.status,
-                  "metric": metric, "metrics": lib.json_safe(metrics),
-                  "description": a.description, "timestamp": lib.now_iso()}
+        # Seed 001's record: run, commit (short), metric, metrics, status, description,
+        # timestamp (epoch seconds), segment, confidence, asi; the rest is ours.
+        ratio = lib.confidence(log.runs, config["direction"])["confidence"]
+        record = {"type": "run", "run": number, "commit": commit[:7], "commit_sha": commit,
+                  "status": a.status, "metric": metric, "metrics": lib.json_safe(metrics),
+                  "description": a.description, "timestamp": int(time.time()),
+                  "segment": 0, "confidence": ratio if lib.finite(ratio) else None}
         if pending:
             record.update(run_status=pending["run_status"], seconds=pending.get("seconds"),
                           target_sha=pending["target_sha"])
@@ -158,7 +170,7 @@ def main(argv=None):
             if pending.get("recommendation"):
                 record["recommendation"] = pending["recommendation"]
         if notes:
-            record["notes"] = notes
+            record["asi"] = notes
         lib.append_record(root, record)
         lib.write_results(root, config, log.runs + [record])
         if pending:

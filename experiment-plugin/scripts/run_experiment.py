@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import experiment_lib as lib  # noqa: E402
 
 SHOWN = ("peak_memory_mb", "avg_tok_sec", "mfu_percent", "num_steps", "training_seconds")
-NAN = re.compile(r"\bnan\b|exploding", re.IGNORECASE)
+NAN = re.compile(r"\bnan\b|explod", re.IGNORECASE)   # the harness: "loss is NaN", "loss exploded"
 
 
 def parse_args(argv):
@@ -119,6 +119,17 @@ def classify(code, text, metrics, name):
     return "ok", None
 
 
+def run_checks(root, command, timeout, status, detail, text):
+    """The session's --checks command (tests, a lint) after an ok run. A failure makes
+    the run `checks_failed`: never kept, however good its metric. Its output is what
+    the failure tail shows."""
+    proc = subprocess.run(command, shell=True, cwd=root, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode == 0:
+        return status, detail, text
+    return "checks_failed", f"`{command}` exited {proc.returncode}", proc.stdout + proc.stderr
+
+
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     root = lib.find_root()
@@ -136,7 +147,7 @@ def main(argv=None):
     if not os.path.isfile(target_path):
         raise lib.UserError(f"target {config['target']} is missing: restore it with "
                             f"git checkout -- {config['target']}")
-    target_sha = lib.hash_file(target_path)
+    target_sha = lib.code_hash(root, config)
     number = len(log.runs) + 1
     # Runs of this same code since the last log (baseline repeats, confirmations,
     # re-measures) add up; a run of different code starts afresh.
@@ -150,6 +161,8 @@ def main(argv=None):
         text = f.read()
     metrics = lib.parse_metrics(text)
     status, detail = classify(code, text, metrics, config["metric"])
+    if status == "ok" and config.get("checks"):
+        status, detail, text = run_checks(root, config["checks"], timeout, status, detail, text)
     if tampered(root, config):       # the run itself changed a fixed file
         status = "tampered"
 
@@ -191,7 +204,8 @@ def main(argv=None):
         print(f"--- last {len(tail)} lines of {lib.RUN_LOG} ---")
         print("\n".join(tail))
         print("---")
-        print("next: fix and run again, or record it: log-experiment --status crash "
+        kind = "checks_failed" if status == "checks_failed" else "crash"
+        print(f"next: fix and run again, or record it: log-experiment --status {kind} "
               "--description '...'")
     lib.write_atomic(pending_path, json.dumps(pending, indent=1) + "\n")
     return 0 if status == "ok" else (3 if status == "tampered" else 1)

@@ -85,6 +85,9 @@ def parse_args(argv):
                         "(committed and reverted with it)")
     p.add_argument("--read-only", action="append", default=[], metavar="FILES",
                    help="further fixed files, comma-separated: hashed and guarded like the harness")
+    p.add_argument("--checks", metavar="CMD",
+                   help="a shell command run after every ok run (tests, a lint); when it "
+                        "fails the run is checks_failed and never kept")
     p.add_argument("--target-value", type=float, metavar="V",
                    help="end the session once the best result reaches V")
     p.add_argument("--plateau", type=int, default=lib.PLATEAU_DEFAULT, metavar="N",
@@ -220,7 +223,10 @@ def main(argv=None):
         "fixed_files": lib.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
         "platform": lib.platform_info(python, target),
-        "created": lib.now_iso(),
+        "checks": a.checks, "created": lib.now_iso(),
+        # seed 001's names for the session's identity and metric, beside ours
+        "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
+        "bestDirection": a.direction,
     }
     lib.validate(config, where="config")
     with lib.Lock(root):

@@ -53,6 +53,9 @@ def outcomes(runs, direction):
             out[r["run"]] = {"nan": "NaN or exploding loss", "timeout": "timed out"}.get(
                 r.get("run_status"), "crashed")
             continue
+        if status == "checks_failed":
+            out[r["run"]] = "failed its checks (never kept)"
+            continue
         samples = [x for x in (r.get("samples") or [metric]) if lib.finite(x)]
         beat = [best is not None and lib.better(x, best, direction) for x in samples]
         advice = r.get("recommendation")
@@ -132,6 +135,7 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     noise = lib.noise_line(runs, digits=6)
     base, best = c["baseline"], c["best"]
     counts = {s: sum(r["status"] == s for r in runs) for s in ("keep", "discard", "crash")}
+    counts["discard"] += sum(r["status"] == "checks_failed" for r in runs)
     out = [f"# autoresearch summary: {config['tag']}", "",
            f"Branch `{config['branch']}`, {span(runs)}. {len(runs)} runs: {counts['keep']} kept, "
            f"{counts['discard']} discarded, {counts['crash']} crashed. {state}".rstrip(), "",
