@@ -988,3 +988,20 @@ def test_a_run_that_fails_its_checks_is_never_kept(tmp_path):
     assert "VAL_BPB = 1.0" in (p / "train.py").read_text()           # reverted
     ok(script(p, "summarize", "--no-plot"))
     assert "**failed its checks (never kept)**: 1" in (p / "autoresearch-summary.md").read_text()
+
+
+def test_a_progress_report_every_n_runs_in_autoresearch_md(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--progress-every", "3"))
+    notes = p / "autoresearch.md"
+    notes.write_text(notes.read_text().replace("## Ideas queue\n", "## Ideas queue\n\n- try RoPE base 50k\n- tie embeddings\n"))
+    outs = [run_and_log(p, "keep", "baseline")[1].stdout]
+    for i, value in enumerate((0.9, 0.95, 0.85, 0.99, 0.8)):
+        outs.append(run_and_log(p, "keep" if value < 0.9 else "discard", f"idea {i}", VAL_BPB=value)[1].stdout)
+    assert [("Progress after" in o) for o in outs] == [False, False, True, False, False, True]
+    text = notes.read_text()
+    assert text.count("## Progress after") == 1 and "## Progress after 6 runs" in text   # replaced, not piled up
+    assert "6 runs, 3 kept" in text and "best against the baseline: +0.200000 (+20.00%)" in text
+    assert "next: try RoPE base 50k; tie embeddings" in text and "- try RoPE base 50k" in text
+    assert "idea 4" in text.split("## Progress after 6 runs")[1]

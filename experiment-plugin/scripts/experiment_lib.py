@@ -464,6 +464,64 @@ def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:
     return "\n".join(lines)
 
 
+PROGRESS_EVERY = 10         # runs between progress reports (setup --progress-every)
+PROGRESS_BEGIN = "<!-- progress: rewritten by log-experiment; edit anything outside it -->"
+PROGRESS_END = "<!-- /progress -->"
+
+
+def progress_report(root: str, config: dict, runs: list[dict], every: int) -> str:
+    """Where the session stands, every few runs: runs and keeps, the best and its
+    distance from the baseline, the noise, the last runs' outcomes, and the next ideas
+    (the top of the Ideas queue in autoresearch.md)."""
+    base, best = baseline_run(runs), best_run(runs, config["direction"])
+    keeps = sum(r["status"] == "keep" for r in runs)
+    lines = [f"## Progress after {len(runs)} runs", "",
+             f"- {len(runs)} runs, {keeps} kept; {best_line(config, runs)}"]
+    if base and best:
+        delta = improvement(best["metric"], base["metric"], config["direction"])
+        pct = 100 * delta / abs(base["metric"]) if base["metric"] else 0.0
+        lines.append(f"- best against the baseline: {delta:+.6f} ({pct:+.2f}%)")
+    lines.append(f"- {noise_line(runs)}")
+    lines.append(f"- the last {min(every, len(runs))} runs:")
+    lines += [f"  - {run_line(config, r)}" for r in runs[-every:]]
+    queue = ideas_queue(root)
+    lines.append("- next: " + ("; ".join(queue[:3]) if queue else
+                               "(the Ideas queue in autoresearch.md is empty: fill it)"))
+    return "\n".join(lines)
+
+
+def ideas_queue(root: str) -> list[str]:
+    """The items under "## Ideas queue" in autoresearch.md, in order."""
+    try:
+        with open(os.path.join(root, NOTES), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    if "## Ideas queue" not in text:
+        return []
+    section = text.split("## Ideas queue", 1)[1].split("\n## ", 1)[0]
+    return [l.strip().lstrip("-*0123456789. ").strip() for l in section.splitlines()
+            if l.strip().startswith(("-", "*")) or l.strip()[:1].isdigit()]
+
+
+def write_progress(root: str, report: str) -> None:
+    """Put the report into autoresearch.md between its markers (replacing the last one),
+    or at the end the first time; the rest of the agent's document is left as it is."""
+    path = os.path.join(root, NOTES)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    block = f"{PROGRESS_BEGIN}\n{report}\n{PROGRESS_END}"
+    if PROGRESS_BEGIN in text and PROGRESS_END in text:
+        head, rest = text.split(PROGRESS_BEGIN, 1)
+        text = head + block + rest.split(PROGRESS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(path, text)
+
+
 def ended_message(config: dict, runs: list[dict], reason: str) -> str:
     """What the person reads when a session ends: what happened, and what next."""
     n = len(runs)

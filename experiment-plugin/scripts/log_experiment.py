@@ -195,6 +195,11 @@ def main(argv=None):
         print(f"next: re-measure the kept state: run-experiment with {config['target']} "
               f"unchanged (it has {len(kept['samples'])} sample(s), kept by a small margin), "
               "then log it with --status keep")
+    every = config.get("progress_every", lib.PROGRESS_EVERY)
+    if every and len(runs) % every == 0:
+        report = lib.progress_report(root, config, runs, every)
+        print(report)
+        lib.write_progress(root, report)
     cap = config.get("max_iterations")
     if cap and len(runs) >= cap:
         print(f"iteration cap reached ({len(runs)} of {cap} runs): write the summary "

@@ -88,6 +88,9 @@ def parse_args(argv):
     p.add_argument("--checks", metavar="CMD",
                    help="a shell command run after every ok run (tests, a lint); when it "
                         "fails the run is checks_failed and never kept")
+    p.add_argument("--progress-every", type=int, default=lib.PROGRESS_EVERY, metavar="N",
+                   help=f"a progress report every N runs, printed and kept in autoresearch.md "
+                        f"(default {lib.PROGRESS_EVERY}; 0: none)")
     p.add_argument("--target-value", type=float, metavar="V",
                    help="end the session once the best result reaches V")
     p.add_argument("--plateau", type=int, default=lib.PLATEAU_DEFAULT, metavar="N",
@@ -124,6 +127,8 @@ def check_args(a):
         raise lib.UserError("--baseline-runs must be 1 or more (3 measures the noise; 1 skips it)")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", a.metric):
         raise lib.UserError(f"invalid metric name {a.metric!r}: use a name like val_bpb")
+    if a.progress_every < 0:
+        raise lib.UserError("--progress-every must be 0 (none) or a number of runs")
     if a.plateau < 0:
         raise lib.UserError("--plateau must be 0 (never) or a number of runs")
 
@@ -223,7 +228,7 @@ def main(argv=None):
         "fixed_files": lib.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
         "platform": lib.platform_info(python, target),
-        "checks": a.checks, "created": lib.now_iso(),
+        "checks": a.checks, "progress_every": a.progress_every, "created": lib.now_iso(),
         # seed 001's names for the session's identity and metric, beside ours
         "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
         "bestDirection": a.direction,
