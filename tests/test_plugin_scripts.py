@@ -682,7 +682,8 @@ def test_summary_says_what_really_happened_to_a_better_but_discarded_run(project
 
 def test_progress_plot_has_whole_run_numbers_labelled_keeps_and_marked_near_misses(project, monkeypatch):
     from matplotlib.figure import Figure
-    append_runs(project, ("keep", 1.0, {}), ("keep", 0.98, {}),
+    append_runs(project, ("keep", 1.0, {"samples": [1.0, 1.01, 0.99], "target_sha": "a" * 64}),
+                ("keep", 0.98, {}),
                 ("discard", 0.97, {"samples": [0.97, 0.99], "recommendation": "discard"}),
                 ("discard", 1.05, {}), ("keep", 0.96, {}))
     shown = {}
@@ -699,6 +700,7 @@ def test_progress_plot_has_whole_run_numbers_labelled_keeps_and_marked_near_miss
     assert [t.get_text() for t in ax.texts] == ["change 2", "change 5"]    # kept, after the baseline
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "better, but not kept (see the summary)" in legend
+    assert "noise: one run's sigma (0.0115)" in legend     # pooled over the repeats: the band
 
 
 def test_setup_adds_nothing_to_the_exclude_file_when_gitignore_covers_it(tmp_path):

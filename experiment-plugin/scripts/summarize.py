@@ -218,6 +218,11 @@ def render_plot(root, config, runs, path):
     if xs:
         last = max(r["run"] for r in runs)
         ax.step(xs + [last], ys + [ys[-1]], where="post", c="tab:green", label="running best")
+        sigma, _ = lib.noise(runs)
+        if sigma:       # one run's noise around the frontier: what a single run cannot tell apart
+            lo, hi = [y - sigma for y in ys + [ys[-1]]], [y + sigma for y in ys + [ys[-1]]]
+            ax.fill_between(xs + [last], lo, hi, step="post", color="tab:green", alpha=0.12,
+                            label=f"noise: one run's sigma ({sigma:.4f})")
     for r in kept[1:]:      # what each kept change was, beside its point
         ax.annotate(one_line(r["description"], 40), (r["run"], r["metric"]), xytext=(4, 4),
                     textcoords="offset points", fontsize=7, rotation=25, color="0.2")
