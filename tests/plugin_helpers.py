@@ -170,11 +170,13 @@ def fill_log(project: Path, n: int) -> None:
         metric = None if status == "crash" else round(best + rng.gauss(0.002, 0.01), 6)
         if status == "keep" and metric is not None:
             best = min(best, metric)
-        runs.append({"type": "run", "run": i, "commit": commit, "status": status,
-                     "metric": metric, "metrics": {"peak_memory_mb": 2048.0, "avg_tok_sec": 1000000},
+        runs.append({"type": "run", "run": i, "commit": commit[:7], "commit_sha": commit,
+                     "status": status, "metric": metric,
+                     "metrics": {"peak_memory_mb": 2048.0, "avg_tok_sec": 1000000},
                      "description": f"experiment {i}: change something\twith a tab",
-                     "timestamp": lib.now_iso(), "run_status": "ok" if metric else "crash",
-                     "seconds": 300.0, "notes": {"hypothesis": "x" * 80}})
+                     "timestamp": 1772748000 + 300 * i, "segment": 0, "confidence": None,
+                     "run_status": "ok" if metric else "crash", "seconds": 300.0,
+                     "asi": {"hypothesis": "x" * 80, "category": rng.choice(["optimizer", "architecture"])}})
     with open(project / lib.LOG, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in runs)
     lib.write_results(str(project), config, runs)

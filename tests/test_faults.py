@@ -71,7 +71,7 @@ def test_log_experiment_killed_at_any_moment_loses_nothing(project):
         set_aside = "never logged" in resumed.stdout
         assert logged or set_aside, f"{description}: neither recorded nor set aside\n{resumed.stdout}"
         kept = [r for r in runs if r["status"] == "keep"]
-        assert git(project, "rev-parse", "HEAD") == kept[-1]["commit"], "git is on the last kept commit"
+        assert git(project, "rev-parse", "HEAD") == kept[-1]["commit_sha"], "git is on the last kept commit"
         assert git(project, "status", "--porcelain") == ""
 
     # One clean iteration afterwards: the log repairs itself and the table matches it.

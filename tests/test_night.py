@@ -155,7 +155,7 @@ def test_a_night_in_miniature(night):
     status, decision, out = n.experiment("baseline")
     assert (status, decision) == ("ok", "keep")
     (baseline,) = n.runs()
-    assert baseline["run"] == 1 and baseline["status"] == "keep" and baseline["commit"] == base == n.head()
+    assert baseline["run"] == 1 and baseline["status"] == "keep" and baseline["commit_sha"] == base == n.head()
     assert 1.0 < baseline["metric"] < 4.0
     assert f"METRIC val_bpb={baseline['metric']}" in out or "METRIC val_bpb=" in out
 
@@ -167,10 +167,10 @@ def test_a_night_in_miniature(night):
     assert (status, decision) == ("ok", "keep")
     improved = n.runs()[-1]
     assert improved["metric"] < baseline["metric"] - 0.05, (baseline["metric"], improved["metric"])
-    assert n.head() == improved["commit"] != base, "the branch advanced to the kept change"
+    assert n.head() == improved["commit_sha"] != base, "the branch advanced to the kept change"
     assert n.git("rev-parse", "HEAD~1") == base
     assert n.git("diff", "--name-only", base, "HEAD").split() == ["train.py"]
-    assert improved["notes"]["hypothesis"] == "LRs 20x too small"
+    assert improved["asi"]["hypothesis"] == "LRs 20x too small"
     kept_text = n.read("train.py")
 
     # 3. an edit that makes it worse -> discarded, train.py back to the kept version ------
@@ -180,15 +180,15 @@ def test_a_night_in_miniature(night):
     assert (status, decision) == ("ok", "discard")
     worse = n.runs()[-1]
     assert worse["run"] == 3 and worse["metric"] > improved["metric"]
-    assert n.head() == improved["commit"] and n.read("train.py") == kept_text
-    assert n.git("rev-parse", f"refs/autoresearch/{TAG}/run-3") == worse["commit"] != n.head()
+    assert n.head() == improved["commit_sha"] and n.read("train.py") == kept_text
+    assert n.git("rev-parse", f"refs/autoresearch/{TAG}/run-3") == worse["commit_sha"] != n.head()
 
     # 4. an edit that raises -> crash, reverted ----------------------------------------
     n.edit("def main():\n", "def main():\n    raise RuntimeError('shape mismatch in the new attention')\n")
     status, decision, out = n.experiment("new attention variant")
     assert status == "crash" and "shape mismatch in the new attention" in out, "the log tail is shown"
     assert n.runs()[-1]["status"] == "crash" and n.runs()[-1]["metric"] is None
-    assert n.head() == improved["commit"] and n.read("train.py") == kept_text
+    assert n.head() == improved["commit_sha"] and n.read("train.py") == kept_text
 
     # 5. an edit that produces NaN -> nan, recorded as a crash, reverted -----------------
     n.set_constant("LOGIT_SOFTCAP", "float('nan')")
@@ -235,7 +235,7 @@ def test_a_night_in_miniature(night):
     n.script("run-experiment", ok=False)
     n.edit("def main():\n", "def main():\n    pass  # half-written idea\n")
     code, out = n.script("resume-session")
-    assert n.git("status", "--porcelain") == "" and n.head() == improved["commit"]
+    assert n.git("status", "--porcelain") == "" and n.head() == improved["commit_sha"]
     assert n.read("train.py") == kept_text
     saved = n.git("for-each-ref", "--format=%(refname)", f"refs/autoresearch/{TAG}/")
     interrupted = [r for r in saved.split() if "/interrupted-" in r and r not in before_refs]
@@ -345,5 +345,5 @@ def test_two_iterations_through_the_real_cli_on_the_real_template(night, tmp_pat
     assert [r["run"] for r in runs] == [1, 2] and [r["status"] for r in runs] == said["decisions"]
     assert all(1.0 < r["metric"] < 4.0 for r in runs), runs
     kept = [r for r in runs if r["status"] == "keep"]
-    assert n.head() == kept[-1]["commit"] and n.git("status", "--porcelain") == ""
+    assert n.head() == kept[-1]["commit_sha"] and n.git("status", "--porcelain") == ""
     assert ("MATRIX_LR = 0.04" in n.read("train.py")) == (runs[1]["status"] == "keep")

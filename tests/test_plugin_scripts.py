@@ -53,7 +53,9 @@ def test_every_script_has_help_and_is_executable(name):
     path = SCRIPTS / name
     assert os.access(path, os.X_OK), f"{name} is not executable"
     proc = subprocess.run([str(path), "--help"], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0 and "usage:" in proc.stdout
+    assert proc.returncode == 0 and f"usage: {name}" in proc.stdout
+    # The command is a thin runner; its code is a module that tools can read.
+    assert (SCRIPTS / (name.replace("-", "_") + ".py")).is_file()
 
 
 def test_scripts_outside_a_session_say_how_to_start_one(tmp_path):
@@ -377,17 +379,17 @@ def test_parse_metrics_reports_nothing_found(tmp_path):
 def test_keep_commits_the_change_and_discard_resets_to_it(project):
     run_and_log(project, "keep", "baseline")
     base = git(project, "rev-parse", "HEAD")
-    assert records(project)[1]["commit"] == base          # baseline: nothing to commit
+    assert records(project)[1]["commit_sha"] == base          # baseline: nothing to commit
     run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
     kept = git(project, "rev-parse", "HEAD")
-    assert kept != base and records(project)[2]["commit"] == kept
+    assert kept != base and records(project)[2]["commit_sha"] == kept
     assert git(project, "show", "-s", "--format=%s", kept).startswith("experiment 2 (keep): lower lr")
     assert "VAL_BPB = 0.9" in (project / "train.py").read_text()
 
     run_and_log(project, "discard", "wider mlp", VAL_BPB=0.95)
     assert git(project, "rev-parse", "HEAD") == kept
     assert "VAL_BPB = 0.9\n" in (project / "train.py").read_text()     # back to the kept code
-    tried = records(project)[3]["commit"]
+    tried = records(project)[3]["commit_sha"]
     assert tried != kept
     assert "VAL_BPB = 0.95" in git(project, "show", f"refs/autoresearch/t1/run-3:train.py")
     assert git(project, "status", "--porcelain") == ""
@@ -439,7 +441,7 @@ def test_descriptions_with_tabs_newlines_and_shell_text_are_stored_exactly(proje
     ok(script(project, "log-experiment", "--status", "keep", "--description", nasty,
               "--asi", json.dumps({"hypothesis": "tabs\tand\nnewlines"})))
     rec = records(project)[1]
-    assert rec["description"] == nasty and rec["notes"]["hypothesis"] == "tabs\tand\nnewlines"
+    assert rec["description"] == nasty and rec["asi"]["hypothesis"] == "tabs\tand\nnewlines"
     rows = tsv_rows(project)
     assert len(rows) == 2 and len(rows[1]) == 6
     assert rows[1][5] == "lr 3e-4 then $(rm -rf ~) `id` 'quoted' \"double\" | ; && > x"
@@ -647,13 +649,9 @@ def test_summarize_writes_report_and_plot_and_keeps_next_steps(project):
 
 
 def load_script(name):
-    """A plugin script as a module (they are files without the .py suffix)."""
-    import importlib.util
-    from importlib.machinery import SourceFileLoader
-    loader = SourceFileLoader(name.replace("-", "_"), str(SCRIPTS / name))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
-    loader.exec_module(module)
-    return module
+    """The module behind a plugin command (`summarize` runs summarize.py)."""
+    import importlib
+    return importlib.import_module(name.replace("-", "_"))
 
 
 def append_runs(project, *runs):
@@ -684,7 +682,8 @@ def test_summary_says_what_really_happened_to_a_better_but_discarded_run(project
 
 def test_progress_plot_has_whole_run_numbers_labelled_keeps_and_marked_near_misses(project, monkeypatch):
     from matplotlib.figure import Figure
-    append_runs(project, ("keep", 1.0, {}), ("keep", 0.98, {}),
+    append_runs(project, ("keep", 1.0, {"samples": [1.0, 1.01, 0.99], "target_sha": "a" * 64}),
+                ("keep", 0.98, {}),
                 ("discard", 0.97, {"samples": [0.97, 0.99], "recommendation": "discard"}),
                 ("discard", 1.05, {}), ("keep", 0.96, {}))
     shown = {}
@@ -701,6 +700,7 @@ def test_progress_plot_has_whole_run_numbers_labelled_keeps_and_marked_near_miss
     assert [t.get_text() for t in ax.texts] == ["change 2", "change 5"]    # kept, after the baseline
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "better, but not kept (see the summary)" in legend
+    assert "noise: one run's sigma (0.0115)" in legend     # pooled over the repeats: the band
 
 
 def test_setup_adds_nothing_to_the_exclude_file_when_gitignore_covers_it(tmp_path):
@@ -950,3 +950,60 @@ def test_finalize_split_makes_one_branch_per_independent_change(project):
     assert "run 4 needs an earlier change" in out
     assert not git(project, "branch", "--list", "autoresearch/t1-run4")
     assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+
+
+# ------------------------------------------------------------------ seed 001 format
+
+def test_records_follow_seed_001_and_keep_the_full_hash(project):
+    config = records(project)[0]
+    assert (config["name"], config["metricName"], config["metricUnit"], config["bestDirection"]) \
+        == ("t1", "val_bpb", "bpb", "lower")
+    run_and_log(project, "keep", "baseline")
+    edit_target(project, VAL_BPB=0.9)
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "discard", "--description", "lower",
+              "--asi", json.dumps({"learned": "x"})))
+    r = records(project)[-1]
+    assert {"run", "commit", "metric", "metrics", "status", "description", "timestamp",
+            "segment", "confidence", "asi"} <= set(r)
+    assert len(r["commit"]) == 7 and r["commit_sha"].startswith(r["commit"]) and len(r["commit_sha"]) == 40
+    assert isinstance(r["timestamp"], int) and abs(r["timestamp"] - time.time()) < 120
+    assert r["segment"] == 0 and r["asi"] == {"learned": "x"} and "notes" not in r
+    assert git(project, "rev-parse", f"refs/autoresearch/t1/run-2") == r["commit_sha"]
+
+
+def test_a_run_that_fails_its_checks_is_never_kept(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--checks", "grep -q 'VAL_BPB = 1' train.py || "
+              "(echo 'test_model: expected the checked value' && exit 3)"))
+    run_and_log(p, "keep", "baseline")
+    edit_target(p, VAL_BPB=0.5)                          # better, but the checks fail
+    proc = script(p, "run-experiment")
+    assert proc.returncode == 1 and "status: checks_failed" in proc.stdout
+    assert "exited 3" in proc.stdout and "test_model: expected the checked value" in proc.stdout
+    refused = script(p, "log-experiment", "--status", "keep", "--description", "x")
+    assert refused.returncode == 2 and "--status checks_failed" in refused.stderr
+    ok(script(p, "log-experiment", "--status", "checks_failed", "--description", "half the loss"))
+    r = records(p)[-1]
+    assert r["status"] == "checks_failed" and r["metric"] == 0.5
+    assert "VAL_BPB = 1.0" in (p / "train.py").read_text()           # reverted
+    ok(script(p, "summarize", "--no-plot"))
+    assert "**failed its checks (never kept)**: 1" in (p / "autoresearch-summary.md").read_text()
+
+
+def test_a_progress_report_every_n_runs_in_autoresearch_md(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--progress-every", "3"))
+    notes = p / "autoresearch.md"
+    notes.write_text(notes.read_text().replace("## Ideas queue\n", "## Ideas queue\n\n- try RoPE base 50k\n- tie embeddings\n"))
+    outs = [run_and_log(p, "keep", "baseline")[1].stdout]
+    for i, value in enumerate((0.9, 0.95, 0.85, 0.99, 0.8)):
+        outs.append(run_and_log(p, "keep" if value < 0.9 else "discard", f"idea {i}", VAL_BPB=value)[1].stdout)
+    assert [("Progress after" in o) for o in outs] == [False, False, True, False, False, True]
+    text = notes.read_text()
+    assert text.count("## Progress after") == 1 and "## Progress after 6 runs" in text   # replaced, not piled up
+    assert "6 runs, 3 kept" in text and "best against the baseline: +0.200000 (+20.00%)" in text
+    assert "next: try RoPE base 50k; tie embeddings" in text and "- try RoPE base 50k" in text
+    assert "idea 4" in text.split("## Progress after 6 runs")[1]

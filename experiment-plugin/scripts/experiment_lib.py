@@ -1,7 +1,8 @@
 """The one module the plugin's scripts and hooks share.
 
-Every script in this folder is a thin command line over the functions here, so each
-rule lives in exactly one place:
+Each command in this folder (`log-experiment`, ...) is a small executable that runs
+its module (`log_experiment.py`), a thin command line over the functions here, so
+each rule lives in exactly one place:
 
   * where the project is and which files belong to a session   (paths)
   * the session log `autoresearch.jsonl`: read, validate, append (log)
@@ -113,6 +114,17 @@ def hash_file(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def code_hash(root: str, config: dict) -> str:
+    """What identifies the code a run measured: the target's sha256, or with --scope
+    files one hash over all of them (runs of identical code are repeats)."""
+    files = editable_files(config)
+    hashes = [hash_file(os.path.join(root, f)) if os.path.isfile(os.path.join(root, f)) else "-"
+              for f in files]
+    if len(files) == 1:
+        return hashes[0]
+    return hashlib.sha256(" ".join(f"{f}:{h}" for f, h in zip(files, hashes)).encode()).hexdigest()
 
 
 def hash_fixed_files(root: str, extra: list[str] | tuple = ()) -> dict:
@@ -450,6 +462,64 @@ def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:
         lines.append(f"Next: run {nxt}: pick the next idea (read autoresearch.md), edit "
                      f"{config['target']}, run-experiment, log-experiment. Do not stop or ask.")
     return "\n".join(lines)
+
+
+PROGRESS_EVERY = 10         # runs between progress reports (setup --progress-every)
+PROGRESS_BEGIN = "<!-- progress: rewritten by log-experiment; edit anything outside it -->"
+PROGRESS_END = "<!-- /progress -->"
+
+
+def progress_report(root: str, config: dict, runs: list[dict], every: int) -> str:
+    """Where the session stands, every few runs: runs and keeps, the best and its
+    distance from the baseline, the noise, the last runs' outcomes, and the next ideas
+    (the top of the Ideas queue in autoresearch.md)."""
+    base, best = baseline_run(runs), best_run(runs, config["direction"])
+    keeps = sum(r["status"] == "keep" for r in runs)
+    lines = [f"## Progress after {len(runs)} runs", "",
+             f"- {len(runs)} runs, {keeps} kept; {best_line(config, runs)}"]
+    if base and best:
+        delta = improvement(best["metric"], base["metric"], config["direction"])
+        pct = 100 * delta / abs(base["metric"]) if base["metric"] else 0.0
+        lines.append(f"- best against the baseline: {delta:+.6f} ({pct:+.2f}%)")
+    lines.append(f"- {noise_line(runs)}")
+    lines.append(f"- the last {min(every, len(runs))} runs:")
+    lines += [f"  - {run_line(config, r)}" for r in runs[-every:]]
+    queue = ideas_queue(root)
+    lines.append("- next: " + ("; ".join(queue[:3]) if queue else
+                               "(the Ideas queue in autoresearch.md is empty: fill it)"))
+    return "\n".join(lines)
+
+
+def ideas_queue(root: str) -> list[str]:
+    """The items under "## Ideas queue" in autoresearch.md, in order."""
+    try:
+        with open(os.path.join(root, NOTES), encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return []
+    if "## Ideas queue" not in text:
+        return []
+    section = text.split("## Ideas queue", 1)[1].split("\n## ", 1)[0]
+    return [l.strip().lstrip("-*0123456789. ").strip() for l in section.splitlines()
+            if l.strip().startswith(("-", "*")) or l.strip()[:1].isdigit()]
+
+
+def write_progress(root: str, report: str) -> None:
+    """Put the report into autoresearch.md between its markers (replacing the last one),
+    or at the end the first time; the rest of the agent's document is left as it is."""
+    path = os.path.join(root, NOTES)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    block = f"{PROGRESS_BEGIN}\n{report}\n{PROGRESS_END}"
+    if PROGRESS_BEGIN in text and PROGRESS_END in text:
+        head, rest = text.split(PROGRESS_BEGIN, 1)
+        text = head + block + rest.split(PROGRESS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(path, text)
 
 
 def ended_message(config: dict, runs: list[dict], reason: str) -> str:
@@ -1362,10 +1432,17 @@ def reset_to(root: str, commit: str) -> None:
     git(root, "reset", "--hard", "-q", commit)
 
 
+def commit_of(record: dict) -> str:
+    """The full hash of a run's commit. Seed 001's `commit` is the short hash; the
+    full one is kept beside it as `commit_sha` (logs of the first format held the full
+    hash in `commit`)."""
+    return record.get("commit_sha") or record["commit"]
+
+
 def last_kept_commit(config: dict, runs: list[dict]) -> str:
     for r in reversed(runs):
         if r["status"] == "keep":
-            return r["commit"]
+            return commit_of(r)
     return config["base_commit"]
 
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""End the session now: guard and loop off, the end recorded in the log.
+
+What the iteration cap and autoresearch.stop do at the loop's next stop, this does at
+once (it is what /experiment:end runs). The branch, log and results are untouched;
+resume-session switches guard and loop back on and continues.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import experiment_lib as lib  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="end-session", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.parse_args(sys.argv[1:] if argv is None else argv)
+    root = lib.find_root()
+    if not lib.read_state(root).get("active"):
+        print("no active session here; nothing to do")
+        return 0
+    root, log = lib.load_session(root)
+    reason = "it was ended by end-session"
+    lib.end_session(root, reason)
+    print(lib.ended_message(log.config, log.runs, reason))
+    return 0
+
+
+if __name__ == "__main__":
+    lib.run_main(main)

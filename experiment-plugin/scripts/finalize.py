@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Take an ended session's kept changes into the branch it started from, on your word.
+
+Without --yes it changes nothing: it prints the plan and the exact git commands.
+With --yes it runs exactly those commands. It never pushes and never rewrites an
+existing commit; the session branch and its refs stay as they are.
+
+  squash (default)  the kept changes as one reviewed commit on the starting branch:
+                    git checkout <start>; git merge --squash autoresearch/<tag>;
+                    git commit (the message lists every kept change with its gain)
+  --split           one branch per kept change, autoresearch/<tag>-run<N>, each the
+                    session's base commit plus that change alone, for every change
+                    that applies to the base by itself; a change that needs an
+                    earlier one is named, and stays in the squash.
+
+The session must have ended (the cap, autoresearch.stop, or end-session) and the
+work tree must be clean.
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import experiment_lib as lib  # noqa: E402
+
+
+def kept_changes(root, config, runs):
+    """(run, commit, parent, gain) for each kept run that changed the code, in order."""
+    out, best, previous = [], None, config["base_commit"]
+    for r in runs:
+        if r["status"] != "keep":
+            continue
+        gain = lib.improvement(r["metric"], best, config["direction"]) if best is not None else None
+        if best is None or lib.better(r["metric"], best, config["direction"]):
+            best = r["metric"]
+        if lib.commit_of(r) != previous:
+            out.append((r, lib.commit_of(r), previous, gain))
+        previous = lib.commit_of(r)
+    return out
+
+
+def applies(root, onto, parent, commit):
+    """Would the change parent..commit apply cleanly on top of `onto`? Checked in a
+    throwaway index, so neither the work tree nor any branch is touched."""
+    index = os.path.join(root, lib.STATE_DIR, "finalize.index")
+    env = {**os.environ, "GIT_INDEX_FILE": index}
+    try:
+        subprocess.run(["git", "read-tree", onto], cwd=root, env=env, check=True, capture_output=True)
+        diff = subprocess.run(["git", "diff", "--binary", parent, commit], cwd=root,
+                              capture_output=True, check=True).stdout
+        return subprocess.run(["git", "apply", "--cached", "--check"], cwd=root, env=env,
+                              input=diff, capture_output=True).returncode == 0
+    finally:
+        if os.path.exists(index):
+            os.unlink(index)
+
+
+def message(config, runs, changes):
+    base, best = lib.baseline_run(runs), lib.best_run(runs, config["direction"])
+    name = config["metric"]
+    pct = 100 * (best["metric"] - base["metric"]) / abs(base["metric"]) if base["metric"] else 0.0
+    lines = [f"autoresearch {config['tag']}: {name} {lib.fmt(base['metric'])} -> "
+             f"{lib.fmt(best['metric'])} ({pct:+.2f}%), {len(changes)} kept changes", ""]
+    for r, _, _, gain in changes:
+        shown = f"{gain:+.6f}" if gain is not None else "baseline"
+        lines.append(f"- run {r['run']} ({shown}): {' '.join(r['description'].split())}")
+    lines += ["", f"Measured on {config['dataset']}, {config['budget']:g} s per run, keep policy "
+                  f"{config['policy']}; every run is in autoresearch.jsonl of session "
+                  f"{config['tag']} (branch {config['branch']})."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="finalize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--split", action="store_true", help="one branch per kept change instead of one commit")
+    p.add_argument("--onto", help="the branch to squash onto (default: the one setup started from)")
+    p.add_argument("--yes", action="store_true", help="run the printed commands (default: only print them)")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    root = lib.find_root()
+    lib.use_project_python(root)
+    root, log = lib.load_session(root)
+    config, runs = log.config, log.runs
+    if lib.read_state(root).get("active"):
+        raise lib.UserError("the session is still active: end it first (/experiment:end, or "
+                            "end-session), then finalize")
+    branch, base = config["branch"], config["base_commit"]
+    if lib.git(root, "rev-parse", branch) != lib.last_kept_commit(config, runs):
+        raise lib.UserError(f"{branch} is not on its last kept commit: run resume-session, "
+                            "end-session, then finalize")
+    changes = kept_changes(root, config, runs)
+    if not changes:
+        raise lib.UserError("no kept change beyond the baseline: nothing to finalize")
+    if lib.tracked_changes(root):
+        raise lib.UserError("the work tree has uncommitted changes: commit or stash them first")
+    here = lib.current_branch(root)
+
+    if a.split:
+        commands, dependent = [], []
+        for r, commit, parent, _ in changes:
+            if not applies(root, base, parent, commit):
+                dependent.append(r)
+                continue
+            name = f"{branch}-run{r['run']}"
+            if lib.branch_exists(root, name):
+                raise lib.UserError(f"branch {name} already exists: delete it or finalize without --split")
+            commands += [["git", "branch", name, base], ["git", "checkout", "-q", name],
+                         ["git", "cherry-pick", commit]]
+        commands.append(["git", "checkout", "-q", here])
+        plan = [f"one branch per kept change, each from {base[:7]}:"]
+        plan += [f"  {branch}-run{r['run']}: {' '.join(r['description'].split())[:70]}"
+                 for r, *_ in changes if r not in dependent]
+        plan += [f"  (run {r['run']} needs an earlier change; it is only in the squash)"
+                 for r in dependent]
+    else:
+        onto = a.onto or config.get("start_branch")
+        if not onto:
+            raise lib.UserError("the session does not record the branch it started from: "
+                                "pass --onto BRANCH")
+        if not lib.branch_exists(root, onto):
+            raise lib.UserError(f"branch {onto} not found: pass --onto BRANCH")
+        if not applies(root, onto, base, branch):
+            raise lib.UserError(f"{onto} has changed since the session started and the kept "
+                                f"changes do not apply to it cleanly: merge {branch} by hand, "
+                                "or finalize --split")
+        note = os.path.join(root, lib.STATE_DIR, "finalize-message.txt")
+        lib.write_atomic(note, message(config, runs, changes))
+        commands = [["git", "checkout", "-q", onto], ["git", "merge", "--squash", branch],
+                    ["git", "commit", "-q", "-F", os.path.relpath(note, root)]]
+        plan = [f"the {len(changes)} kept changes as one commit on {onto}; its message "
+                f"({os.path.relpath(note, root)}):", ""]
+        plan += ["  " + line for line in message(config, runs, changes).splitlines()]
+
+    print("\n".join(plan))
+    print("\ncommands:" if a.yes else "\ncommands (run finalize again with --yes to run them):")
+    for c in commands:
+        print("  " + " ".join(shlex.quote(w) for w in c))
+    if not a.yes:
+        return 0
+    for c in commands:
+        lib.git(root, *c[1:], env=lib.git_identity_env(root))
+    print("done; nothing was pushed")
+    return 0
+
+
+if __name__ == "__main__":
+    lib.run_main(main)

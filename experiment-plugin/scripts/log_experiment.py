@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Record the latest run and move git accordingly; the only writer of the log.
+
+Appends one record to autoresearch.jsonl (validated against the plugin's JSON
+Schema) and rebuilds results.tsv from the log, under a file lock, so concurrent
+writers never lose or tear a record. Then, by status:
+
+  keep     the target's change is committed; the branch stays on it.
+  discard  the change is committed, kept reachable as refs/autoresearch/<tag>/run-<n>,
+  crash    and the branch is reset to the last kept commit (session files are
+           git-ignored, so the reset never touches them).
+
+The metrics come from the run that run-experiment just finished (waiting in
+.autoresearch/pending.json); --metric / --metrics override or supply them. A run
+whose fixed files changed (tampered) is refused: restore the files and run again.
+Descriptions may hold any text (tabs, newlines, quotes, $(...)): the jsonl keeps it
+exactly; results.tsv shows it on one line.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import experiment_lib as lib  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="log-experiment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--status", required=True, choices=["keep", "discard", "crash", "checks_failed"])
+    p.add_argument("--description", required=True, help="what this run changed, one sentence")
+    p.add_argument("--metric", type=float, help="the session metric, if not from the last run")
+    p.add_argument("--metrics", help="JSON object of further metrics, e.g. '{\"peak_memory_mb\": 812}'")
+    p.add_argument("--unlogged", metavar="FILE",
+                   help="record a run that finished but was never logged, as resume-session "
+                        "printed it: restores the change it measured, then logs it")
+    p.add_argument("--asi", help="JSON object of notes kept with the record: hypothesis, "
+                                 "what was learned, next ideas")
+    return p.parse_args(argv)
+
+
+def json_object(text, flag):
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise lib.UserError(f"{flag} is not valid JSON ({e}); pass an object like '{{\"key\": 1}}'")
+    if not isinstance(value, dict):
+        raise lib.UserError(f"{flag} must be a JSON object like '{{\"key\": 1}}'")
+    return value
+
+
+def restore_unlogged(root, config, runs, path):
+    """Put a set-aside result back as the waiting run, with the change it measured
+    checked out again from the ref resume-session saved it under."""
+    data = lib.read_json(os.path.join(root, path), default=None)
+    if data is None:
+        raise lib.UserError(f"{path} not found: pass the file resume-session printed")
+    ref, target = data.pop("ref", None), config["target"]
+    again = (f"measure it again instead: git checkout {ref} -- {target}, then run-experiment"
+             if ref else "its change was not saved; nothing to record")
+    if data.pop("after_runs", None) != len(runs):
+        raise lib.UserError(f"runs were logged after that one, so its recommendation is "
+                            f"stale: {again} (nothing was recorded)")
+    if not ref:
+        raise lib.UserError(f"{again} (nothing was recorded)")
+    if lib.tracked_changes(root):
+        raise lib.UserError(f"uncommitted changes in {', '.join(lib.tracked_changes(root)[:3])}: "
+                            "run resume-session first (nothing was recorded)")
+    lib.git(root, "checkout", ref, "--", target)
+    lib.write_atomic(os.path.join(root, lib.STATE_DIR, "pending.json"), json.dumps(data, indent=1) + "\n")
+    os.unlink(os.path.join(root, path))
+
+
+def take_pending(root, config, a):
+    """The result to record: the waiting run, checked against what is asked."""
+    pending = lib.read_json(os.path.join(root, lib.STATE_DIR, "pending.json"), default=None)
+    if pending is None:
+        if a.metric is None and a.status != "crash":
+            raise lib.UserError("no finished run to log: run run-experiment first "
+                                "(or pass --metric VALUE)")
+        return {}
+    run_status = pending["run_status"]
+    if run_status == "tampered":
+        raise lib.UserError("the last run was tampered (fixed files changed): restore them, "
+                            "run again, then log; nothing was recorded")
+    if a.metric is None:
+        if lib.code_hash(root, config) != pending["target_sha"]:
+            raise lib.UserError(f"{config['target']} changed since the last run: run "
+                                "run-experiment again before logging (nothing was recorded)")
+        if a.status == "keep" and run_status == "checks_failed":
+            raise lib.UserError("the last run failed its checks: log it with --status "
+                                "checks_failed (nothing was recorded)")
+        if a.status == "keep" and run_status != "ok":
+            raise lib.UserError(f"the last run ended with status {run_status}: log it with "
+                                "--status crash (nothing was recorded)")
+        if a.status in ("crash", "checks_failed") and run_status == "ok":
+            raise lib.UserError("the last run finished ok: log it as keep or discard "
+                                "(nothing was recorded)")
+    return pending
+
+
+def main(argv=None):
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    root = lib.find_root()
+    lib.use_project_python(root)
+    if not a.description.strip():
+        raise lib.UserError("--description must say what the run changed")
+    extra = json_object(a.metrics, "--metrics")
+    notes = json_object(a.asi, "--asi")
+
+    with lib.Lock(root):
+        root, log = lib.load_session(root)
+        config = log.config
+        changed = lib.changed_fixed_files(root, config["fixed_files"])
+        if changed:
+            raise lib.UserError(f"{', '.join(changed[:5])} changed since setup: "
+                                f"{lib.TAMPER_REPAIR}; nothing was recorded")
+        if lib.current_branch(root) != config["branch"]:
+            raise lib.UserError(f"not on the session branch {config['branch']}: run "
+                                "resume-session first (nothing was recorded)")
+        if a.unlogged:
+            restore_unlogged(root, config, log.runs, a.unlogged)
+        pending = take_pending(root, config, a)
+        number = max((r["run"] for r in log.runs), default=0) + 1
+        metrics = {**pending.get("metrics", {}), **extra}
+        metric = a.metric
+        if metric is None and pending.get("samples"):
+            metric = sum(pending["samples"]) / len(pending["samples"])
+        elif metric is None and pending.get("disturbed"):
+            # Only disturbed runs of this code: their mean stands as the metric, and
+            # no sample enters the noise estimate or the kept state's mean.
+            values = [d["metric"] for d in pending["disturbed"]]
+            metric = sum(values) / len(values)
+        if a.status == "crash":
+            metric = None
+        elif a.status == "checks_failed":
+            # Measured, but its checks failed: the value is kept for the record only.
+            value = metrics.get(config["metric"]) if metric is None else metric
+            metric = value if lib.finite(value) else None
+        elif not lib.finite(metric):
+            raise lib.UserError(f"no finite {config['metric']} for a {a.status}: pass --metric "
+                                "or log it as crash")
+
+        first_line = " ".join(a.description.split())[:72]
+        kept = lib.last_kept_commit(config, log.runs)
+        commit = lib.commit_target(root, lib.editable_files(config),
+                                   f"experiment {number} ({a.status}): {first_line}\n\n{a.description}")
+        commit = commit or lib.head(root)
+        # Seed 001's record: run, commit (short), metric, metrics, status, description,
+        # timestamp (epoch seconds), segment, confidence, asi; the rest is ours.
+        ratio = lib.confidence(log.runs, config["direction"])["confidence"]
+        record = {"type": "run", "run": number, "commit": commit[:7], "commit_sha": commit,
+                  "status": a.status, "metric": metric, "metrics": lib.json_safe(metrics),
+                  "description": a.description, "timestamp": int(time.time()),
+                  "segment": 0, "confidence": ratio if lib.finite(ratio) else None}
+        if pending:
+            record.update(run_status=pending["run_status"], seconds=pending.get("seconds"),
+                          target_sha=pending["target_sha"])
+            # Every undisturbed sample with its seed: repeats of identical code (same
+            # target hash) make the noise estimate and the kept state's mean.
+            if a.status != "crash" or pending.get("samples"):
+                record["samples"] = pending.get("samples", [])
+                record["seeds"] = pending.get("seeds", [])
+            if pending.get("disturbed"):
+                record["disturbed"] = pending["disturbed"]
+            if pending.get("recommendation"):
+                record["recommendation"] = pending["recommendation"]
+        if notes:
+            record["asi"] = notes
+        lib.append_record(root, record)
+        lib.write_results(root, config, log.runs + [record])
+        if pending:
+            os.unlink(os.path.join(root, lib.STATE_DIR, "pending.json"))
+        moved = ""
+        if a.status != "keep":
+            if commit != kept:
+                ref = lib.save_ref(root, config["tag"], f"run-{number}", commit)
+                moved = f"; the tried change is kept at {ref}"
+            lib.reset_to(root, kept)
+            moved = f"; {config['target']} reset to {kept[:7]}" + moved
+
+    runs = log.runs + [record]
+    best = lib.best_run(runs, config["direction"])
+    best_text = (f"best {config['metric']} {lib.fmt(best['metric'])} (run {best['run']})"
+                 if best else "no kept result yet")
+    shown = lib.fmt(metric) if metric is not None else "-"
+    print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
+          f"{moved}; {best_text}")
+    if a.status != "crash" and lib.remeasure_due(config, runs):
+        kept = lib.kept_state(config, runs)
+        print(f"next: re-measure the kept state: run-experiment with {config['target']} "
+              f"unchanged (it has {len(kept['samples'])} sample(s), kept by a small margin), "
+              "then log it with --status keep")
+    every = config.get("progress_every", lib.PROGRESS_EVERY)
+    if every and len(runs) % every == 0:
+        report = lib.progress_report(root, config, runs, every)
+        print(report)
+        lib.write_progress(root, report)
+    cap = config.get("max_iterations")
+    if cap and len(runs) >= cap:
+        print(f"iteration cap reached ({len(runs)} of {cap} runs): write the summary "
+              "(summarize), then stop; the session ends when you do")
+    return 0
+
+
+if __name__ == "__main__":
+    lib.run_main(main)

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Continue an interrupted or ended session exactly where its log says it stands.
+
+  * stops a training run left behind by a killed run-experiment;
+  * switches to the session branch;
+  * saves any uncommitted change, and a branch moved off the last kept commit, under
+    refs/autoresearch/<tag>/interrupted-<time> (nothing is lost), then resets the
+    work tree to the last kept commit;
+  * sets aside a run that finished but was never logged, with the ref that holds
+    the change it measured, and prints its result and the one command that records
+    it (log-experiment --unlogged FILE ...);
+  * checks the fixed files against the hashes recorded at setup;
+  * removes autoresearch.stop, records the resume in the log, and switches the guard
+    and the loop back on, owned by this conversation;
+  * prints where the loop stands: runs logged, the next run number, the best result.
+
+A session that ended at its iteration cap goes on with --max-iterations N (N larger
+than the runs already logged).
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import experiment_lib as lib  # noqa: E402
+
+
+def save_work(root, tag, label):
+    """Keep uncommitted changes as a commit object under a ref; return the ref or None."""
+    if not lib.tracked_changes(root):
+        return None
+    sha = lib.git(root, "stash", "create", f"autoresearch {tag}: interrupted work")
+    return lib.save_ref(root, tag, f"interrupted-{label}", sha) if sha else None
+
+
+def holds_target(root, ref, target, sha):
+    """Does `ref` hold exactly the target file that was measured (its sha256)?"""
+    import hashlib
+    import subprocess
+    proc = subprocess.run(["git", "show", f"{ref}:{target}"], cwd=root, capture_output=True)
+    return proc.returncode == 0 and hashlib.sha256(proc.stdout).hexdigest() == sha
+
+
+def where_head_was(root, kept):
+    """"past", "behind" or "off" the last kept commit, said as it is."""
+    ahead = lib.git(root, "rev-list", "--count", f"{kept}..HEAD") != "0"
+    behind = lib.git(root, "rev-list", "--count", f"HEAD..{kept}") != "0"
+    return "past" if ahead and not behind else ("behind" if behind and not ahead else "off")
+
+
+def set_aside(root, config, runs, label, refs, kept):
+    """Move a finished but unlogged result out of the way, with what is needed to record
+    it later: the ref holding the change it measured (one of `refs`, or the kept commit
+    itself). Returns the lines to print."""
+    pending_path = os.path.join(root, lib.STATE_DIR, "pending.json")
+    pending = lib.read_json(pending_path, default=None)
+    if pending is None:
+        return []
+    target = config["target"]
+    ref = next((r for r in refs + [kept] if holds_target(root, r, target, pending.get("target_sha"))),
+               None)
+    dest = os.path.join(root, lib.STATE_DIR, f"unlogged-run-{label}.json")
+    lib.write_atomic(dest, json.dumps({**pending, "ref": ref, "after_runs": len(runs)}, indent=1) + "\n")
+    os.unlink(pending_path)
+    rel = os.path.relpath(dest, root)
+    name, number = config["metric"], len(runs) + 1
+    if pending.get("run_status") == "ok":
+        value = pending["samples"][-1] if pending.get("samples") else pending["metrics"].get(name)
+        result = f"{name} {lib.fmt(value)}"
+        if pending.get("recommendation"):
+            result += f", recommend {pending['recommendation']}: {pending.get('reason', '')}"
+        status = pending.get("recommendation")      # keep, discard, or rerun: measure again
+    else:
+        result, status = f"status {pending.get('run_status')}", "crash"
+    lines = [f"run {number} finished but was never logged: {result}"]
+    if ref is None:
+        lines.append("  the change it measured was not found in the work tree or the branch; "
+                     f"its result stays in {rel}")
+        return lines
+    if ref != kept:
+        lines.append(f"  the change it measured is saved as {ref}")
+    if status in ("keep", "discard", "crash"):
+        lines.append(f"  record it:  {os.path.join(lib.PLUGIN_ROOT, 'scripts', 'log-experiment')} "
+                     f"--unlogged {rel} --status {status} --description '...'")
+    lines.append(f"  {'or ' if len(lines) > 2 else ''}measure it again:  git checkout {ref} -- "
+                 f"{target}, then run-experiment")
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="resume-session", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-iterations", type=int,
+                   help="a new iteration cap (more than the runs already logged)")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    root = lib.find_root()
+    lib.use_project_python(root)
+    notes = []
+    with lib.Lock(root):
+        root, log = lib.load_session(root)
+        config, runs = log.config, log.runs
+        tag, branch = config["tag"], config["branch"]
+        cap = a.max_iterations or config.get("max_iterations")
+        if a.max_iterations is not None and a.max_iterations <= len(runs):
+            raise lib.UserError(f"--max-iterations {a.max_iterations} is not above the "
+                                f"{len(runs)} runs already logged: give a larger number")
+        if cap and len(runs) >= cap:
+            raise lib.UserError(f"the iteration cap is reached ({len(runs)} of {cap} runs): "
+                                f"to go on, resume with --max-iterations {len(runs) + 20} "
+                                "(or any number above the runs logged)")
+        label = lib.now_iso().replace(":", "").replace("-", "")
+        if not lib.branch_exists(root, branch):
+            raise lib.UserError(f"branch {branch} is gone: nothing to resume; start a new "
+                                "session with setup-session")
+        leftover = lib.stop_leftover_run(root)
+        if leftover:
+            notes.append(leftover)
+        saved = save_work(root, tag, label)
+        refs = [saved] if saved else []
+        if saved:
+            notes.append(f"saved uncommitted changes as {saved}")
+            lib.reset_to(root, "HEAD")
+        if lib.current_branch(root) != branch:
+            lib.git(root, "checkout", "-q", branch)
+            notes.append(f"switched to {branch}")
+        kept = lib.last_kept_commit(config, runs)
+        if lib.head(root) != kept:
+            where = where_head_was(root, kept)
+            ref = lib.save_ref(root, tag, f"interrupted-{label}-head", lib.head(root))
+            refs.append(ref)
+            lib.reset_to(root, kept)
+            notes.append(f"the branch was {where} the last kept commit: saved it as {ref} "
+                         f"and restored {kept[:7]}")
+        notes += set_aside(root, config, runs, label, refs, kept)
+        if os.path.exists(lib.stop_file(root)):
+            os.unlink(lib.stop_file(root))
+            notes.append(f"removed {lib.STOP_FILE}")
+        changed = lib.changed_fixed_files(root, config["fixed_files"])
+        if changed:
+            raise lib.UserError(f"{', '.join(changed[:5])} still differ from setup at the last "
+                                f"kept commit: restore them with git checkout "
+                                f"{config['base_commit'][:7]} -- {' '.join(changed[:5])}, "
+                                "then resume again")
+        event = {"type": "event", "event": "resume", "runs": len(runs), "timestamp": lib.now_iso()}
+        if a.max_iterations:
+            event["max_iterations"] = a.max_iterations
+        lib.append_record(root, event)
+        lib.start_loop(root)
+
+    for n in notes:
+        print(n)
+    print(f"session {tag} on {branch} at {kept[:7]} (last kept); {len(runs)} runs logged; "
+          f"next is run {len(runs) + 1}")
+    print(lib.best_line(config, runs) if lib.best_run(runs, config["direction"])
+          else "no kept result yet: run the baseline first")
+    for r in runs[-5:]:
+        print("  " + lib.run_line(config, r))
+    if cap:
+        print(f"iteration cap: {cap} runs ({max(0, cap - len(runs))} left)")
+    print(f"guard and loop hooks on; continue the loop (stop it by creating {lib.stop_file(root)})")
+    print(f"scripts: {os.path.join(lib.PLUGIN_ROOT, 'scripts')}")
+    return 0
+
+
+if __name__ == "__main__":
+    lib.run_main(main)

@@ -1,0 +1,258 @@
+#!/usr/bin/env python3
+"""Start an experiment session: branch, config, fixed-file hashes, results files.
+
+Checks everything first and changes nothing until all checks pass:
+  the tag makes a valid branch name, autoresearch/<tag> does not exist yet (if it
+  does, continue it with resume-session), the work tree has no uncommitted changes
+  to tracked files, the target template exists, and the dataset's cache verifies
+  (`prepare.py --dataset D --verify`; on failure its fix command is printed).
+Then it creates the branch, writes the config as the first record of
+autoresearch.jsonl, the results.tsv header and autoresearch.md, and switches the
+guard and loop hooks on. A previous session's files are moved to
+.autoresearch/archive/ first, never overwritten.
+
+Running it again with the same tag right after setup (no runs logged) only reports
+that the session is ready.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import experiment_lib as lib  # noqa: E402
+
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+NOTES_TEMPLATE = """# autoresearch session {tag}
+
+Branch `{branch}`, target `{target}`, dataset `{dataset}`, {budget:g} s per run,
+metric `{metric}` ({direction} is better), keep policy `{policy}`.
+
+This is the living document of the session: keep it current so that anyone (or a
+resumed session) can pick up from here. The numbers live in autoresearch.jsonl and
+results.tsv, written only by the scripts.
+
+## Goal
+
+## What has been tried (and what it taught)
+
+## Ideas queue
+
+## Dead ends (do not retry)
+"""
+
+
+def default_target(root):
+    """MLX on Apple Silicon, PyTorch everywhere else."""
+    if sys.platform == "darwin" and platform.machine() == "arm64" \
+            and os.path.exists(os.path.join(root, "train_mlx.py")):
+        return "train_mlx.py"
+    return "train.py"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="setup-session", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tag", required=True, help="session name; the branch is autoresearch/<tag>")
+    p.add_argument("--dataset", default="climbmix",
+                   help="climbmix | tinystories | classics | local:<path> (default climbmix)")
+    p.add_argument("--target", help="the template to edit (default: train_mlx.py on Apple "
+                                    "Silicon, train.py elsewhere)")
+    p.add_argument("--budget", type=float, default=300, help="training seconds per run (default 300)")
+    p.add_argument("--timeout", type=float,
+                   help="kill a run after this many seconds (default 2 x budget + 120)")
+    p.add_argument("--metric", default="val_bpb", help="metric to optimise (default val_bpb)")
+    p.add_argument("--direction", choices=["lower", "higher"], default="lower",
+                   help="which way is better (default lower)")
+    p.add_argument("--max-iterations", type=int,
+                   help="stop the loop after this many logged runs, baseline included "
+                        "(default: no limit)")
+    p.add_argument("--policy", default=lib.DEFAULT_POLICY,
+                   help="keep policy: noise-aware (default: a change must beat the measured "
+                        "noise, marginal ones are confirmed on a new seed) | strict (keep any "
+                        "improvement) | quality-speed (val_bpb and throughput together)")
+    p.add_argument("--baseline-runs", type=int, default=None,
+                   help="runs of the unchanged baseline, on new seeds, that measure the noise "
+                        f"before the first change (default {lib.DEFAULT_BASELINE_RUNS} under "
+                        "noise-aware, else 1)")
+    p.add_argument("--scope", action="append", default=[], metavar="FILES",
+                   help="further files the agent may edit besides the target, comma-separated "
+                        "(committed and reverted with it)")
+    p.add_argument("--read-only", action="append", default=[], metavar="FILES",
+                   help="further fixed files, comma-separated: hashed and guarded like the harness")
+    p.add_argument("--checks", metavar="CMD",
+                   help="a shell command run after every ok run (tests, a lint); when it "
+                        "fails the run is checks_failed and never kept")
+    p.add_argument("--progress-every", type=int, default=lib.PROGRESS_EVERY, metavar="N",
+                   help=f"a progress report every N runs, printed and kept in autoresearch.md "
+                        f"(default {lib.PROGRESS_EVERY}; 0: none)")
+    p.add_argument("--target-value", type=float, metavar="V",
+                   help="end the session once the best result reaches V")
+    p.add_argument("--plateau", type=int, default=lib.PLATEAU_DEFAULT, metavar="N",
+                   help=f"end the session after N runs in a row without a keep (default "
+                        f"{lib.PLATEAU_DEFAULT}; at N/2 the agent is told to change category; "
+                        "0: never)")
+    p.add_argument("--python", help="interpreter for runs (default: the one running this script)")
+    a = p.parse_args(argv)
+    a.scope, a.read_only = file_list(a.scope), file_list(a.read_only)
+    return a
+
+
+def file_list(values):
+    """`--scope a.py,b.py --scope c.py` -> [a.py, b.py, c.py], normalised, no repeats."""
+    out = []
+    for v in values:
+        for name in v.split(","):
+            name = os.path.normpath(name.strip()) if name.strip() else ""
+            if name and name not in out:
+                out.append(name)
+    return out
+
+
+def check_args(a):
+    if not TAG.match(a.tag) or a.tag.endswith(".lock") or ".." in a.tag:
+        raise lib.UserError(f"invalid tag {a.tag!r}: use letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit (e.g. mar5)")
+    if a.budget <= 0 or (a.timeout is not None and a.timeout <= 0):
+        raise lib.UserError("--budget and --timeout must be positive numbers of seconds")
+    if a.max_iterations is not None and a.max_iterations < 1:
+        raise lib.UserError("--max-iterations must be 1 or more (leave it out for no limit)")
+    lib.policy_name({"policy": a.policy})      # an unknown policy: one line, what to use
+    if a.baseline_runs is not None and a.baseline_runs < 1:
+        raise lib.UserError("--baseline-runs must be 1 or more (3 measures the noise; 1 skips it)")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", a.metric):
+        raise lib.UserError(f"invalid metric name {a.metric!r}: use a name like val_bpb")
+    if a.progress_every < 0:
+        raise lib.UserError("--progress-every must be 0 (none) or a number of runs")
+    if a.plateau < 0:
+        raise lib.UserError("--plateau must be 0 (never) or a number of runs")
+
+
+def check_files(root, target, a):
+    """Scope files must be tracked and editable; read-only ones must exist; no file may
+    be both, and the target and the harness are neither."""
+    fixed = set(lib.fixed_file_list(root))
+    for name in a.scope:
+        if name == target or name in fixed or name in a.read_only:
+            raise lib.UserError(f"--scope {name}: it is the target, a fixed file or read-only; "
+                                "name only further files the agent may edit")
+        if lib.git(root, "ls-files", "--", name) == "":
+            raise lib.UserError(f"--scope {name} is not a file tracked by git: commit it first")
+    for name in a.read_only:
+        if not os.path.isfile(os.path.join(root, name)) or name == target:
+            raise lib.UserError(f"--read-only {name}: no such file (or it is the target): name "
+                                "files that exist, relative to the project root")
+
+
+def verify_data(root, python, dataset):
+    """Ask the fixed harness whether the dataset cache is complete."""
+    if not os.path.exists(os.path.join(root, "prepare.py")):
+        raise lib.UserError(f"prepare.py not found in {root}: run this inside the autoresearch project")
+    proc = subprocess.run([python, "prepare.py", "--dataset", dataset, "--verify"], cwd=root,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        # prepare.py prints one line holding the exact command; pass that command on.
+        lines = [l.strip() for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
+        found = re.search(r"python[\w.]* prepare\.py [^`'\"]*", lines[-1]) if lines else None
+        fix = found.group(0).strip() if found else f"python prepare.py --dataset {dataset}"
+        raise lib.UserError(f"dataset {dataset!r} is not ready; prepare it with: {fix}")
+
+
+def archive_previous(root):
+    """Move an earlier session's files aside (nothing is ever overwritten)."""
+    log = lib.read_log(root, required=False)
+    present = [n for n in lib.SESSION_FILES
+               if n != lib.STATE_DIR and os.path.exists(os.path.join(root, n))]
+    if not present:
+        return None
+    name = (log.config or {}).get("tag", "untitled") + "-" + lib.now_iso().replace(":", "")
+    dest = os.path.join(root, lib.STATE_DIR, "archive", name)
+    os.makedirs(dest, exist_ok=True)
+    for n in present:
+        shutil.move(os.path.join(root, n), os.path.join(dest, n))
+    for n in ("pending.json",):
+        if os.path.exists(os.path.join(root, lib.STATE_DIR, n)):
+            shutil.move(os.path.join(root, lib.STATE_DIR, n), os.path.join(dest, n))
+    return os.path.relpath(dest, root)
+
+
+def main(argv=None):
+    a = parse_args(sys.argv[1:] if argv is None else argv)
+    root = lib.find_root()
+    lib.use_project_python(root)
+    check_args(a)
+    branch = f"autoresearch/{a.tag}"
+    if lib.branch_exists(root, branch):
+        log = lib.read_log(root, required=False)
+        if (log.config and log.config["tag"] == a.tag and not log.runs
+                and lib.current_branch(root) == branch):
+            print(f"session {a.tag} is already set up on {branch} with no runs yet; "
+                  "next: run the baseline with run-experiment")
+            return 0
+        raise lib.UserError(f"branch {branch} already exists: continue that session with "
+                            f"/experiment:resume (scripts/resume-session), or pick a new tag")
+    target = a.target or default_target(root)
+    if not os.path.isfile(os.path.join(root, target)):
+        raise lib.UserError(f"target {target} not found in {root}: pass --target train.py or "
+                            "--target train_mlx.py")
+    if lib.git(root, "ls-files", "--", target) == "":
+        raise lib.UserError(f"target {target} is not tracked by git: commit it first")
+    check_files(root, target, a)
+    dirty = lib.tracked_changes(root)
+    if dirty:
+        raise lib.UserError(f"uncommitted changes in {', '.join(dirty[:5])}: commit or stash "
+                            "them first, so the baseline is a commit")
+    python = a.python or sys.executable
+    verify_data(root, python, a.dataset)
+
+    # All checks passed: from here on, change things.
+    policy = lib.policy_name({"policy": a.policy})
+    baseline_runs = a.baseline_runs or (lib.DEFAULT_BASELINE_RUNS if policy == "noise-aware" else 1)
+    archived = archive_previous(root)
+    base = lib.head(root)
+    start = lib.current_branch(root)
+    lib.git(root, "checkout", "-q", "-b", branch)
+    added = lib.ensure_ignored(root)
+    config = {
+        "type": "config", "version": 1, "tag": a.tag, "branch": branch,
+        "dataset": a.dataset, "target": target, "budget": a.budget,
+        "timeout": a.timeout or 2 * a.budget + 120, "metric": a.metric,
+        "direction": a.direction, "policy": policy, "baseline_runs": baseline_runs,
+        "max_iterations": a.max_iterations,
+        "python": python, "base_commit": base, "start_branch": start if start != "HEAD" else None,
+        "fixed_files": lib.hash_fixed_files(root, a.read_only), "scope": a.scope,
+        "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
+        "platform": lib.platform_info(python, target),
+        "checks": a.checks, "progress_every": a.progress_every, "created": lib.now_iso(),
+        # seed 001's names for the session's identity and metric, beside ours
+        "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
+        "bestDirection": a.direction,
+    }
+    lib.validate(config, where="config")
+    with lib.Lock(root):
+        lib.write_atomic(os.path.join(root, lib.LOG), json.dumps(config) + "\n")
+        lib.write_results(root, config, [])
+        lib.write_atomic(os.path.join(root, lib.NOTES), NOTES_TEMPLATE.format(**config))
+        lib.start_loop(root)
+
+    if archived:
+        print(f"moved the previous session's files to {archived}/")
+    if added:
+        print(f"added {', '.join(added)} to .git/info/exclude so git never touches them")
+    print(f"session {a.tag}: branch {branch} at {base[:7]}; guard and loop hooks on")
+    print(lib.research_config(config))
+    repeats = (f" ({baseline_runs} runs on new seeds to measure the noise: run-experiment "
+               "again while it recommends rerun)" if baseline_runs > 1 else "")
+    print(f"next: run the baseline (run-experiment){repeats}, then log it: "
+          "log-experiment --status keep --description baseline")
+    print(f"scripts: {os.path.join(lib.PLUGIN_ROOT, 'scripts')}")
+    return 0
+
+
+if __name__ == "__main__":
+    lib.run_main(main)

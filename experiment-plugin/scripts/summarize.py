@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Write autoresearch-summary.md and progress.png from the session log.
+
+The summary: baseline, best, improvement, best commit and confidence; the kept
+changes ranked by what each added; what failed, by category (worse, crash, NaN,
+timeout); the crash list; and a "Recommended next steps" section for the agent to
+fill. That section is carried over when the summary is written again.
+
+progress.png: the metric of every run, kept runs green and labelled with their
+change, better-but-not-kept runs ringed in orange, the running best as a step line,
+crashes marked along the bottom. It is redrawn only when the log changed.
+"""
+import argparse
+import hashlib
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+import experiment_lib as lib  # noqa: E402
+
+NEXT_STEPS = "## Recommended next steps"
+PLACEHOLDER = ("<!-- To be written by the agent: the 3-5 most promising directions, "
+               "given what worked and what did not. -->")
+
+
+def kept_gains(runs, direction):
+    """Each kept run with what it added over the best kept before it."""
+    out, best = [], None
+    for r in runs:
+        if r["status"] != "keep" or not lib.finite(r.get("metric")):
+            continue
+        gain = lib.improvement(r["metric"], best, direction) if best is not None else 0.0
+        out.append((gain, r))
+        if best is None or lib.better(r["metric"], best, direction):
+            best = r["metric"]
+    return out
+
+
+NOT_CONFIRMED = "better at first, not confirmed on a rerun (discarded)"
+
+
+def outcomes(runs, direction):
+    """What really happened to each run that was not kept, by run number. A discarded
+    run that beat the best kept before it is not "worse": say why it went."""
+    out, best = {}, None
+    for r in runs:
+        status, metric = r["status"], r.get("metric")
+        if status == "keep":
+            if lib.finite(metric) and (best is None or lib.better(metric, best, direction)):
+                best = metric
+            continue
+        if status == "crash":
+            out[r["run"]] = {"nan": "NaN or exploding loss", "timeout": "timed out"}.get(
+                r.get("run_status"), "crashed")
+            continue
+        if status == "checks_failed":
+            out[r["run"]] = "failed its checks (never kept)"
+            continue
+        samples = [x for x in (r.get("samples") or [metric]) if lib.finite(x)]
+        beat = [best is not None and lib.better(x, best, direction) for x in samples]
+        advice = r.get("recommendation")
+        if not any(beat):
+            out[r["run"]] = "worse or no better (discarded)"
+        elif advice == "rerun":
+            out[r["run"]] = "better once, discarded before the recommended rerun"
+        elif not beat[-1] or not lib.better(metric, best, direction):
+            out[r["run"]] = NOT_CONFIRMED
+        elif advice == "keep":
+            out[r["run"]] = "better, discarded against the keep recommendation"
+        else:
+            out[r["run"]] = "better, but not by enough for the keep policy (discarded)"
+    return out
+
+
+def previous_next_steps(path):
+    """The filled-in next-steps section of an earlier summary, if any."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    if NEXT_STEPS not in text:
+        return None
+    body = text.split(NEXT_STEPS, 1)[1].strip()
+    return body if body and body != PLACEHOLDER else None
+
+
+def span(runs):
+    """'2026-03-05 22:01 to 2026-03-06 06:14 UTC (8.2 h)', from the runs' timestamps."""
+    times = [t for t in (lib.when(r) for r in runs) if t]
+    if not times:
+        return "no runs yet"
+    first, last = min(times), max(times)
+    hours = (last - first).total_seconds() / 3600
+    return (f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC ({hours:.1f} h)"
+            if last > first else f"{first:%Y-%m-%d %H:%M} UTC")
+
+
+def by_category(runs):
+    """How each kind of idea fared (the category the agent gave in --asi)."""
+    groups = {}
+    for r in runs[1:]:                       # the baseline tried no idea
+        groups.setdefault(str(lib.asi(r).get("category") or "uncategorised"), []).append(r)
+    if not groups:
+        return ["No ideas tried yet."]
+    rows = ["| category | tried | kept | crashed | runs |", "|---|---|---|---|---|"]
+    for c, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        rows.append(f"| {cell(c)} | {len(group)} | {sum(r['status'] == 'keep' for r in group)} | "
+                    f"{sum(r['status'] == 'crash' for r in group)} | "
+                    f"{', '.join(str(r['run']) for r in group)} |")
+    return rows
+
+
+def cell(text):
+    return one_line(text).replace("|", "/")
+
+
+def one_line(text, n=90):
+    s = " ".join(text.split())
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def session_state(root, events):
+    """One sentence: how the session ended, or that it is still open."""
+    ends = [e for e in events if e["event"] == "end"]
+    if lib.read_state(root).get("active") or not ends:
+        return ("The session is still open: /experiment:resume continues it, /experiment:end "
+                "closes it.")
+    return f"The session ended {ends[-1]['timestamp']}: {ends[-1].get('reason', 'ended')}."
+
+
+def render_markdown(config, runs, warnings, next_steps, state=""):
+    name, direction = config["metric"], config["direction"]
+    c = lib.confidence(runs, direction)
+    noise = lib.noise_line(runs, digits=6)
+    base, best = c["baseline"], c["best"]
+    counts = {s: sum(r["status"] == s for r in runs) for s in ("keep", "discard", "crash")}
+    counts["discard"] += sum(r["status"] == "checks_failed" for r in runs)
+    out = [f"# autoresearch summary: {config['tag']}", "",
+           f"Branch `{config['branch']}`, {span(runs)}. {len(runs)} runs: {counts['keep']} kept, "
+           f"{counts['discard']} discarded, {counts['crash']} crashed. {state}".rstrip(), "",
+           "```", lib.research_config(config), "```", "", "## Result", ""]
+    if base and best:
+        gain = c["improvement"]
+        pct = 100 * gain / abs(base["metric"]) if base["metric"] else 0.0
+        ratio = c["confidence"]
+        shown = "n/a" if ratio is None else ("inf" if ratio == float("inf") else f"{ratio:.1f}x")
+        out += [f"| | {name} | run | commit |", "|---|---|---|---|",
+                f"| baseline | {lib.fmt(base['metric'])} | {base['run']} | `{base['commit'][:7]}` |",
+                f"| best | {lib.fmt(best['metric'])} | {best['run']} | `{best['commit'][:7]}` |", "",
+                f"Improvement: {lib.fmt(gain)} ({pct:.2f}%), {direction} is better. Noise floor "
+                f"(MAD): {lib.fmt(c['noise_floor']) if c['noise_floor'] is not None else 'n/a'}; "
+                f"confidence {shown}: {c['verdict']}. {noise[0].upper() + noise[1:]}.", "",
+                f"Best code: `git show {best['commit'][:7]}` (on branch `{config['branch']}`).", ""]
+    else:
+        out += ["No measured run yet.", ""]
+    gains = sorted(kept_gains(runs, direction)[1:], key=lambda g: -g[0])
+    out += ["## Kept changes, ranked by gain", ""]
+    if gains:
+        out += [f"| rank | run | gain | {name} | commit | change | lesson |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {i} | {r['run']} | {g:+.6f} | {lib.fmt(r['metric'])} | `{r['commit'][:7]}` | "
+                f"{cell(r['description'])} | {cell(lib.lesson(r))} |"
+                for i, (g, r) in enumerate(gains, 1)]
+    else:
+        out.append("None beyond the baseline.")
+    out += ["", "## Ideas by category", ""] + by_category(runs)
+    out += ["", "## What did not work, and why", ""]
+    failed = [r for r in runs if r["status"] != "keep"]
+    category = outcomes(runs, direction)
+    if not failed:
+        out.append("Nothing failed.")
+    for label in sorted(set(category.values())):
+        group = [r for r in failed if category[r["run"]] == label]
+        out.append(f"- **{label}**: {len(group)}")
+        out += [f"  - run {r['run']}: {one_line(r['description'])}"
+                + (f" ({name} {lib.fmt(r['metric'])})" if lib.finite(r.get("metric")) else "")
+                for r in group]
+    crashes = [r for r in runs if r["status"] == "crash"]
+    out += ["", "## Crashes", ""]
+    out += ([f"- run {r['run']} `{r['commit'][:7]}` {r.get('run_status', 'crash')}: "
+             f"{one_line(r['description'])}" for r in crashes] or ["None."])
+    if warnings:
+        out += ["", "## Log warnings", ""] + [f"- {w}" for w in warnings]
+    out += ["", NEXT_STEPS, "", next_steps or PLACEHOLDER, ""]
+    return "\n".join(out)
+
+
+def render_plot(root, config, runs, path):
+    # Only this script needs matplotlib; the Agg canvas avoids pyplot's GUI machinery.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    direction = config["direction"]
+    fig = Figure(figsize=(11, 5.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    done = [r for r in runs if lib.finite(r.get("metric"))]
+    category = outcomes(runs, direction)
+    worse = [r for r in done if r["status"] != "keep" and category[r["run"]].startswith("worse")]
+    better = [r for r in done if r["status"] != "keep" and r not in worse]
+    kept = [r for r in done if r["status"] == "keep"]
+    ax.scatter([r["run"] for r in worse], [r["metric"] for r in worse], s=14, c="0.65",
+               label="discarded")
+    if better:   # below the running best but not kept: an unconfirmed or traded-off gain
+        ax.scatter([r["run"] for r in better], [r["metric"] for r in better], s=30,
+                   facecolors="none", edgecolors="tab:orange", zorder=3,
+                   label="better, but not kept (see the summary)")
+    ax.scatter([r["run"] for r in kept], [r["metric"] for r in kept], s=36, c="tab:green",
+               edgecolors="black", zorder=4, label="kept")
+    xs, ys, best = [], [], None
+    for r in kept:
+        if best is None or lib.better(r["metric"], best, direction):
+            best = r["metric"]
+        xs.append(r["run"])
+        ys.append(best)
+    if xs:
+        last = max(r["run"] for r in runs)
+        ax.step(xs + [last], ys + [ys[-1]], where="post", c="tab:green", label="running best")
+        sigma, _ = lib.noise(runs)
+        if sigma:       # one run's noise around the frontier: what a single run cannot tell apart
+            lo, hi = [y - sigma for y in ys + [ys[-1]]], [y + sigma for y in ys + [ys[-1]]]
+            ax.fill_between(xs + [last], lo, hi, step="post", color="tab:green", alpha=0.12,
+                            label=f"noise: one run's sigma ({sigma:.4f})")
+    for r in kept[1:]:      # what each kept change was, beside its point
+        ax.annotate(one_line(r["description"], 40), (r["run"], r["metric"]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=7, rotation=25, color="0.2")
+    crashed = [r["run"] for r in runs if r["status"] == "crash"]
+    if crashed:
+        ax.plot(crashed, [0] * len(crashed), "x", c="tab:red", transform=ax.get_xaxis_transform(),
+                clip_on=False, label="crash")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("run")
+    ax.set_ylabel(f"{config['metric']} ({direction} is better)")
+    ax.set_title(f"autoresearch {config['tag']}: {len(runs)} runs, {len(kept)} kept")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="summarize", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-plot", action="store_true", help="write only the markdown")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    root = lib.find_root()
+    lib.use_project_python(root)
+    root, log = lib.load_session(root)
+    config, runs = log.config, log.runs
+    summary_path = os.path.join(root, lib.SUMMARY)
+    text = render_markdown(config, runs, log.warnings, previous_next_steps(summary_path),
+                           session_state(root, log.events))
+    lib.write_atomic(summary_path, text)
+    print(f"wrote {lib.SUMMARY} ({len(runs)} runs)")
+    if not a.no_plot:
+        with open(os.path.join(root, lib.LOG), "rb") as f:
+            key = hashlib.sha256(f.read()).hexdigest()
+        plot_path = os.path.join(root, lib.PLOT)
+        key_path = os.path.join(root, lib.STATE_DIR, "plot.key")
+        if os.path.exists(plot_path) and lib.read_json(key_path, default=None) == key:
+            print(f"{lib.PLOT} is up to date")
+        else:
+            render_plot(root, config, runs, plot_path)
+            lib.write_atomic(key_path, f'"{key}"\n')
+            print(f"wrote {lib.PLOT}")
+    return 0
+
+
+if __name__ == "__main__":
+    lib.run_main(main)
