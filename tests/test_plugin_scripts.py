@@ -707,7 +707,7 @@ def test_setup_adds_nothing_to_the_exclude_file_when_gitignore_covers_it(tmp_pat
     p = make_project(tmp_path / "p")
     (p / ".gitignore").write_text("hang_child.pid\nresults.tsv\nautoresearch.jsonl\n"
                                   "autoresearch.md\nautoresearch-summary.md\nprogress.png\n"
-                                  "run.log\n/autoresearch.stop\n.autoresearch/\n")
+                                  "run.log\n/autoresearch.stop\n.autoresearch/\n.*.tmp-*\n")
     git(p, "commit", "-qam", "ignore the session files")
     out = ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics")).stdout
     assert "exclude" not in out
@@ -800,6 +800,16 @@ def test_two_quick_resumes_keep_both_saved_changes(project):
     assert saved[0] != saved[1]
     assert [f"VAL_BPB = {v}" in git(project, "show", f"{ref}:train.py")
             for v, ref in zip((0.5, 0.6), saved)] == [True, True]
+
+
+def test_a_write_cut_short_leaves_nothing_git_sees_and_resume_sweeps_it(project):
+    run_and_log(project, "keep", "baseline")
+    stale = project / ".results.tsv.tmp-4242"            # a writer killed before its rename
+    stale.write_text("commit\tval_bpb\n")
+    assert git(project, "status", "--porcelain", "-uall") == ""
+    out = ok(script(project, "resume-session")).stdout
+    assert "removed 1 half-written temporary file(s)" in out and not stale.exists()
+    assert (project / "results.tsv").read_text().count("\n") == 2      # the real one is intact
 
 
 def test_resume_after_a_hand_reset_says_the_branch_was_behind(project):

@@ -158,11 +158,32 @@ def when(record: dict) -> "_dt.datetime | None":
         return None
 
 
+# A write in progress: a hidden file beside its destination (a rename is atomic only
+# within one file system). Git ignores the pattern (ensure_ignored) and resume-session
+# removes any a killed writer left behind.
+TEMP_PATTERN = ".*.tmp-*"
+
+
+def temp_path(path: str, suffix: str = "") -> str:
+    head, name = os.path.split(path)
+    return os.path.join(head, f".{name}.tmp-{os.getpid()}{suffix}")
+
+
+def remove_stale_temps(root: str) -> list[str]:
+    """Delete the half-written temporary files of writers that were killed."""
+    import glob
+    found = glob.glob(os.path.join(root, TEMP_PATTERN)) + \
+        glob.glob(os.path.join(root, STATE_DIR, TEMP_PATTERN))
+    for path in found:
+        os.unlink(path)
+    return found
+
+
 def write_atomic(path: str, data: str | bytes) -> None:
     """Write to a temporary file next to `path`, flush it to disk, then rename: a reader
     sees the old file or the new one, never half of one."""
     raw = data if isinstance(data, bytes) else data.encode("utf-8")
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -1458,12 +1479,17 @@ def ensure_ignored(root: str) -> list[str]:
                           capture_output=True, text=True)
     ignored = {n.rstrip("/") for n in proc.stdout.split()}
     missing = [n.rstrip("/") for n in names if n.rstrip("/") not in ignored]
+    probe = temp_path(os.path.join(root, LOG))         # a name the pattern must cover
+    if subprocess.run(["git", "check-ignore", "--no-index", "-q", os.path.basename(probe)],
+                      cwd=root).returncode != 0:
+        missing.append(TEMP_PATTERN)
     if missing:
         info = git(root, "rev-parse", "--git-path", "info/exclude")
         path = info if os.path.isabs(info) else os.path.join(root, info)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a", encoding="utf-8") as f:
-            f.write("\n# autoresearch session files\n" + "".join(f"/{n}\n" for n in missing))
+            f.write("\n# autoresearch session files\n" +
+                    "".join(f"/{n}\n" if n != TEMP_PATTERN else f"{n}\n" for n in missing))
     return missing
 
 

@@ -116,6 +116,9 @@ def main(argv=None):
         leftover = lib.stop_leftover_run(root)
         if leftover:
             notes.append(leftover)
+        stale = lib.remove_stale_temps(root)
+        if stale:
+            notes.append(f"removed {len(stale)} half-written temporary file(s) of an interrupted write")
         saved = save_work(root, tag, label)
         refs = [saved] if saved else []
         if saved:

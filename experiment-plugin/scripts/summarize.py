@@ -237,7 +237,7 @@ def render_plot(root, config, runs, path):
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
+    tmp = lib.temp_path(path, ".png")
     fig.savefig(tmp)
     os.replace(tmp, path)
 
