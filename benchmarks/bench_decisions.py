@@ -71,6 +71,17 @@ class Stats:
         self.bad = self.bad_kept = self.real = self.real_kept = self.keeps = 0
         self.gains, self.curses, self.runs = [], [], 0
 
+    def decided(self, d, decision):
+        """Count one decided proposal of true effect d (None: the baseline or a re-measure)."""
+        if d is None:
+            return
+        self.bad += d >= 0
+        self.real += d <= -2
+        if decision == "keep":
+            self.keeps += 1
+            self.bad_kept += d >= 0
+            self.real_kept += d <= -2
+
     def add(self, other):
         for k in ("bad", "bad_kept", "real", "real_kept", "keeps", "runs"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
@@ -108,14 +119,8 @@ def session(policy, g, seed):
         if decision == "rerun":
             continue
         d = candidate["d"]
-        if d is not None:
-            stats.bad += d >= 0
-            stats.real += d <= -2
+        stats.decided(d, decision)
         if decision == "keep":
-            if d is not None:
-                stats.keeps += 1
-                stats.bad_kept += d >= 0
-                stats.real_kept += d <= -2
             kept_true, kept_sha = candidate["true"], candidate["sha"]
         runs.append({"type": "run", "run": len(runs) + 1, "status": decision,
                      "metric": sum(candidate["samples"]) / len(candidate["samples"]),
@@ -251,14 +256,8 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
         if proc.returncode:
             raise SystemExit(f"log-experiment failed: {proc.stderr}")
         d = candidate["d"]
-        if d is not None:
-            stats.bad += d >= 0
-            stats.real += d <= -2
+        stats.decided(d, decision)
         if decision == "keep":
-            if d is not None:
-                stats.keeps += 1
-                stats.bad_kept += d >= 0
-                stats.real_kept += d <= -2
             kept_true = candidate["true"]
         text = (root / "target.py").read_text()
         if f"TRUE = {kept_true * sigma!r}" not in text:
