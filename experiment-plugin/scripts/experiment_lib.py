@@ -451,9 +451,9 @@ def run_line(config: dict, r: dict, width: int = 70) -> str:
     """`run 12 discard 0.990100  wider MLP (learned: ...)`, for recaps."""
     shown = fmt(r["metric"]) if finite(r.get("metric")) else "-"
     text = " ".join(r["description"].split())[:width]
-    learned = lesson(r)
+    learned, label = lesson(r), "learned" if asi(r).get("learned") or asi(r).get("lesson") else "hypothesis"
     return (f"run {r['run']:>3} {r['status']:<7} {shown:>10}  {text}"
-            + (f" (learned: {learned[:120]})" if learned else ""))
+            + (f" ({label}: {learned[:120]})" if learned else ""))
 
 
 def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:

@@ -91,8 +91,9 @@ def span(runs):
     if not times:
         return "no runs yet"
     first, last = min(times), max(times)
-    hours = (last - first).total_seconds() / 3600
-    return (f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC ({hours:.1f} h)"
+    seconds = (last - first).total_seconds()
+    took = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+    return (f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC ({took})"
             if last > first else f"{first:%Y-%m-%d %H:%M} UTC")
 
 
