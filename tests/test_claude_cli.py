@@ -312,3 +312,40 @@ def test_the_session_comes_back_after_compaction(tmp_path):
         return [text("Stopping.")]
 
     drive(claude, project, home, "go on", [next_request, person_stops], "--resume", night)
+
+
+def test_a_plateau_asks_for_another_category_then_ends_the_session(tmp_path):
+    """Through the CLI: runs without a keep first bring a hint to change category (with
+    the categories tried), then, at the plateau limit, the end of the session."""
+    claude = require_claude()
+    owner = "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f"
+    project = make_project(tmp_path / "proj")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"CLAUDE_CODE_SESSION_ID": owner}
+    ok(script(project, "setup-session", "--tag", "p1", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--plateau", "2", env=env))
+    ok(script(project, "log-experiment", "--status", "keep", "--metric", "1.0",
+              "--description", "baseline", env=env))
+    ok(script(project, "log-experiment", "--status", "discard", "--metric", "1.1",
+              "--description", "higher lr", "--asi", json.dumps({"category": "optimizer"}), env=env))
+    log_experiment = PLUGIN / "scripts" / "log-experiment"
+
+    def pause(body):
+        return [text("Thinking about the next idea.")]
+
+    def another(body):
+        feedback = user_text(body)
+        assert "No keep in the last 1 runs (the session ends at 2): change category" in feedback
+        assert "Tried so far: optimizer (1)." in feedback
+        return [tool("Bash", command=f'"{log_experiment}" --status discard --metric 1.2 '
+                                     "--description 'deeper model' --asi '{\"category\": \"architecture\"}'")]
+
+    def done(body):
+        assert "logged run 3: discard" in tool_results(body)[0]["text"]
+        return [text("Logged.")]
+
+    proc, _ = drive(claude, project, home, "go on", [pause, another, done], "--session-id", owner,
+                    "--allowedTools", "Bash")
+    assert "no run was kept in the last 2 (the plateau limit)" in proc.stdout
+    assert records(project)[-1]["event"] == "end"
