@@ -2,7 +2,8 @@
 
 Builds a throwaway project (git repo, stand-in target, 1,000 logged runs), then times
 each command as the agent calls it: a fresh process, wall clock, median of several
-calls. The goal is under 150 ms each. Two figures are reported apart because they are
+calls. The goals: hooks (they run on every tool call) under 150 ms; scripts (one per
+5-minute run) under 500 ms. Two figures are reported apart because they are
 dominated by something other than the log: `run-experiment` (the training run itself;
 here a stand-in that exits at once) and the first `progress.png` render (importing
 matplotlib); later summaries reuse the plot while the log is unchanged.
@@ -85,7 +86,8 @@ def main():
         for name, fn in cases:
             ms = timed(fn, a.repeat)
             worst = max(worst, ms)
-            print(f"{name:<34}{ms:>8.1f}{'' if ms < 150 else '   over 150 ms'}")
+            goal = 150 if "hook" in name else 500
+            print(f"{name:<34}{ms:>8.1f}{'' if ms < goal else f'   over {goal} ms'}")
         print(f"{'python -c pass (interpreter start)':<34}"
               f"{timed(lambda: subprocess.run([sys.executable, '-c', 'pass']), a.repeat):>8.1f}")
         print("reported apart:")
