@@ -45,14 +45,34 @@ SEPARATORS = {";", "&&", "||", "|", "&", "\n", "(", ")"}
 PREFIXES = {"sudo", "command", "env", "nohup", "time", "exec", "xargs"}
 
 
+def relative(root, cwd, path):
+    """`path` as the tool call means it (from its cwd, ~ expanded), relative to the root."""
+    return os.path.relpath(os.path.normpath(os.path.join(cwd, os.path.expanduser(path))), root)
+
+
+def session_config(root):
+    """The session's config line, read once per hook call."""
+    if root not in _CONFIG:
+        _CONFIG[root] = lib.read_config(root) or {}
+    return _CONFIG[root]
+
+
+_CONFIG = {}
+
+
+def is_fixed(root, rel):
+    """The harness, or one of the session's --read-only files."""
+    return (rel in lib.FIXED_FILES or rel.split(os.sep)[0] in lib.FIXED_DIRS
+            or rel in (session_config(root).get("read_only") or []))
+
+
 def protected(root, cwd, path):
     """Why `path` may not be written, or None if it may."""
-    full = os.path.normpath(os.path.join(cwd, os.path.expanduser(path)))
-    rel = os.path.relpath(full, root)
+    rel = relative(root, cwd, path)
     if rel.startswith(".."):
         return None
     top = rel.split(os.sep)[0]
-    if rel in lib.FIXED_FILES or top in lib.FIXED_DIRS or rel in read_only(root):
+    if is_fixed(root, rel):
         return (f"{rel} is part of the fixed harness (data, tokenizer, evaluation): every run "
                 "must be measured the same way, so it cannot change during a session. Edit only "
                 "the session's target template; to undo a change, "
@@ -67,23 +87,8 @@ def protected(root, cwd, path):
     return None
 
 
-def fixed_path(root, cwd, path):
-    rel = os.path.relpath(os.path.normpath(os.path.join(cwd, os.path.expanduser(path))), root)
-    return rel in lib.FIXED_FILES or rel.split(os.sep)[0] in lib.FIXED_DIRS
-
-
 def dry_run(flags):
     return any(f in ("-n", "--dry-run") for f in flags)
-
-
-def read_only(root):
-    """The session's --read-only files (read once per hook call)."""
-    if root not in _CONFIG:
-        _CONFIG[root] = lib.read_config(root) or {}
-    return _CONFIG[root].get("read_only") or []
-
-
-_CONFIG = {}
 
 
 def out_of_scope(root, cwd, path):
@@ -91,8 +96,8 @@ def out_of_scope(root, cwd, path):
     log-experiment would neither commit nor keep it, so the run would measure code the
     log does not record."""
     import subprocess
-    rel = os.path.relpath(os.path.normpath(os.path.join(cwd, os.path.expanduser(path))), root)
-    config = _CONFIG.get(root) or lib.read_config(root) or {}
+    rel = relative(root, cwd, path)
+    config = session_config(root)
     if rel.startswith("..") or not config or rel in lib.editable_files(config) \
             or rel in lib.SESSION_FILES:
         return None
@@ -186,7 +191,8 @@ def check_words(root, cwd, words):
                     "an edit of the target, `git checkout -- <target>`.")
         if sub in ("checkout", "restore") and "--" in flags:
             revs = [f for f in flags[:flags.index("--")] if not f.startswith("-")]
-            fixed = [w for w in flags[flags.index("--") + 1:] if fixed_path(root, cwd, w)]
+            fixed = [w for w in flags[flags.index("--") + 1:]
+                     if is_fixed(root, relative(root, cwd, w))]
             if (revs or any(f.startswith("--source") for f in flags)) and fixed:
                 return (f"checking out {fixed[0]} from another commit leaves the branch where "
                         "it is: run resume-session, which restores the last kept commit and "
@@ -221,7 +227,7 @@ def decide(payload):
         reason = check_bash(root, cwd, tool_input["command"])
     if reason and not lib.owns_loop(root, payload):
         # Someone working on something else while a session is open: say how to close it.
-        reason += " " + lib.open_elsewhere_note(lib.read_log(root).config)
+        reason += " " + lib.open_elsewhere_note(session_config(root))
     return reason
 
 
