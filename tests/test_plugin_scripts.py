@@ -1017,3 +1017,22 @@ def test_a_progress_report_every_n_runs_in_autoresearch_md(tmp_path):
     assert "6 runs, 3 kept" in text and "best against the baseline: +0.200000 (+20.00%)" in text
     assert "next: try RoPE base 50k; tie embeddings" in text and "- try RoPE base 50k" in text
     assert "idea 4" in text.split("## Progress after 6 runs")[1]
+
+
+def test_an_unlogged_run_of_a_scope_file_is_found_and_recorded(tmp_path):
+    p = make_project(tmp_path / "p")
+    (p / "helpers.py").write_text("FACTOR = 1\n")
+    git(p, "add", "-A")
+    git(p, "commit", "-qm", "helpers")
+    ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--scope", "helpers.py"))
+    run_and_log(p, "keep", "baseline")
+    (p / "helpers.py").write_text("FACTOR = 2\n")
+    edit_target(p, VAL_BPB=0.8)
+    ok(script(p, "run-experiment"))                     # finished; never logged
+    out = ok(script(p, "resume-session")).stdout
+    assert (p / "helpers.py").read_text() == "FACTOR = 1\n"
+    assert "git checkout refs/autoresearch/t/interrupted-" in out and "-- train.py helpers.py" in out
+    args = re.search(r"record it:  \S+ (--unlogged \S+ --status keep)", out).group(1).split()
+    ok(script(p, "log-experiment", *args, "--description", "both files"))
+    assert git(p, "show", "HEAD:helpers.py") == "FACTOR = 2" and "VAL_BPB = 0.8" in git(p, "show", "HEAD:train.py")

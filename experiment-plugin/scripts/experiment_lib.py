@@ -116,12 +116,19 @@ def hash_file(path: str) -> str:
     return h.hexdigest()
 
 
-def code_hash(root: str, config: dict) -> str:
+def code_hash(root: str, config: dict, ref: str | None = None) -> str:
     """What identifies the code a run measured: the target's sha256, or with --scope
-    files one hash over all of them (runs of identical code are repeats)."""
-    files = editable_files(config)
-    hashes = [hash_file(os.path.join(root, f)) if os.path.isfile(os.path.join(root, f)) else "-"
-              for f in files]
+    files one hash over all of them (runs of identical code are repeats). From the work
+    tree, or as committed at `ref` (a file missing there hashes as "-")."""
+    import subprocess
+    files, hashes = editable_files(config), []
+    for f in files:
+        if ref is None:
+            path = os.path.join(root, f)
+            hashes.append(hash_file(path) if os.path.isfile(path) else "-")
+            continue
+        proc = subprocess.run(["git", "show", f"{ref}:{f}"], cwd=root, capture_output=True)
+        hashes.append(hashlib.sha256(proc.stdout).hexdigest() if proc.returncode == 0 else "-")
     if len(files) == 1:
         return hashes[0]
     return hashlib.sha256(" ".join(f"{f}:{h}" for f, h in zip(files, hashes)).encode()).hexdigest()

@@ -59,8 +59,8 @@ def restore_unlogged(root, config, runs, path):
     data = lib.read_json(os.path.join(root, path), default=None)
     if data is None:
         raise lib.UserError(f"{path} not found: pass the file resume-session printed")
-    ref, target = data.pop("ref", None), config["target"]
-    again = (f"measure it again instead: git checkout {ref} -- {target}, then run-experiment"
+    ref, files = data.pop("ref", None), lib.editable_files(config)
+    again = (f"measure it again instead: git checkout {ref} -- {' '.join(files)}, then run-experiment"
              if ref else "its change was not saved; nothing to record")
     if data.pop("after_runs", None) != len(runs):
         raise lib.UserError(f"runs were logged after that one, so its recommendation is "
@@ -70,7 +70,7 @@ def restore_unlogged(root, config, runs, path):
     if lib.tracked_changes(root):
         raise lib.UserError(f"uncommitted changes in {', '.join(lib.tracked_changes(root)[:3])}: "
                             "run resume-session first (nothing was recorded)")
-    lib.git(root, "checkout", ref, "--", target)
+    lib.git(root, "checkout", ref, "--", *files)
     lib.write_atomic(os.path.join(root, lib.STATE_DIR, "pending.json"), json.dumps(data, indent=1) + "\n")
     os.unlink(os.path.join(root, path))
 

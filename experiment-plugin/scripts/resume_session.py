@@ -34,14 +34,6 @@ def save_work(root, tag, label):
     return lib.save_ref(root, tag, f"interrupted-{label}", sha) if sha else None
 
 
-def holds_target(root, ref, target, sha):
-    """Does `ref` hold exactly the target file that was measured (its sha256)?"""
-    import hashlib
-    import subprocess
-    proc = subprocess.run(["git", "show", f"{ref}:{target}"], cwd=root, capture_output=True)
-    return proc.returncode == 0 and hashlib.sha256(proc.stdout).hexdigest() == sha
-
-
 def where_head_was(root, kept):
     """"past", "behind" or "off" the last kept commit, said as it is."""
     ahead = lib.git(root, "rev-list", "--count", f"{kept}..HEAD") != "0"
@@ -57,9 +49,9 @@ def set_aside(root, config, runs, label, refs, kept):
     pending = lib.read_json(pending_path, default=None)
     if pending is None:
         return []
-    target = config["target"]
-    ref = next((r for r in refs + [kept] if holds_target(root, r, target, pending.get("target_sha"))),
-               None)
+    files = " ".join(lib.editable_files(config))
+    ref = next((r for r in refs + [kept]
+                if lib.code_hash(root, config, r) == pending.get("target_sha")), None)
     dest = os.path.join(root, lib.STATE_DIR, f"unlogged-run-{label}.json")
     lib.write_atomic(dest, json.dumps({**pending, "ref": ref, "after_runs": len(runs)}, indent=1) + "\n")
     os.unlink(pending_path)
@@ -84,7 +76,7 @@ def set_aside(root, config, runs, label, refs, kept):
         lines.append(f"  record it:  {os.path.join(lib.PLUGIN_ROOT, 'scripts', 'log-experiment')} "
                      f"--unlogged {rel} --status {status} --description '...'")
     lines.append(f"  {'or ' if len(lines) > 2 else ''}measure it again:  git checkout {ref} -- "
-                 f"{target}, then run-experiment")
+                 f"{files}, then run-experiment")
     return lines
 
 
