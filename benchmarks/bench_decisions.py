@@ -6,13 +6,13 @@ THE MODEL OF PROPOSALS (everything in units of sigma, one run's noise):
       30% harmful    d = +|N(0, 3)|
       20% helpful    d = -Exp(mean G),  G in {0.5, 1, 2, 4} (the typical real gain)
   * one run of some code observes its true value + N(0, 1), fresh each run;
-  * a session has 100 runs; every run costs one, baseline repeats, confirmation
-    reruns and re-measures of the kept state included;
+  * a session has 100 runs; every run costs one, baseline repeats and
+    confirmation reruns included;
   * the agent follows the recommendation: `rerun` runs the same code again (a new
-    seed), a due re-measure runs the kept state unchanged.
+    seed).
 
 Each run goes through the real decision code in experiment_lib (recommend,
-kept_state, remeasure_due) on records shaped as log-experiment writes them.
+kept_state, kept_estimate) on records shaped as log-experiment writes them.
 Printed per policy and G:
   bad kept   null or harmful proposals kept, share of those decided
   real kept  proposals with d <= -2 kept, share of those decided
@@ -20,7 +20,7 @@ Printed per policy and G:
   x strict   that median over strict's
   curse      median winner's curse: true value of the final state minus the value
              the session reports for it (strict: the best single run kept; the
-             noise-aware rule: the mean of the kept state's samples)
+             noise-aware rule: the kept state's estimated value)
   runs/keep  runs per kept proposal
 
 Goals for the default policy (issue 8), at every G at once: gain >= 0.9x strict at
@@ -72,7 +72,7 @@ class Stats:
         self.gains, self.curses, self.runs = [], [], 0
 
     def decided(self, d, decision):
-        """Count one decided proposal of true effect d (None: the baseline or a re-measure)."""
+        """Count one decided proposal of true effect d (None: the baseline)."""
         if d is None:
             return
         self.bad += d >= 0
@@ -104,13 +104,10 @@ def session(policy, g, seed):
     candidate, used, number = None, 0, 0
     while used < RUNS:
         if candidate is None:
-            if kept_sha is not None and lib.remeasure_due(config, runs):
-                candidate = {"sha": kept_sha, "true": kept_true, "d": None, "samples": []}
-            else:
-                number += 1
-                d = proposal(ideas, g) if kept_sha is not None else None
-                candidate = {"sha": f"{number:064x}", "true": kept_true + (d or 0.0), "d": d,
-                             "samples": []}
+            number += 1
+            d = proposal(ideas, g) if kept_sha is not None else None
+            candidate = {"sha": f"{number:064x}", "true": kept_true + (d or 0.0), "d": d,
+                         "samples": []}
         x = candidate["true"] + noise.gauss(0, 1)
         used += 1
         candidate["samples"].append(x)
@@ -130,7 +127,7 @@ def session(policy, g, seed):
     if policy == "strict":
         reported = lib.best_run(runs, "lower")["metric"]
     else:
-        reported = lib.kept_state(config, runs)["mean"]
+        reported = lib.kept_estimate(config, runs)["mean"]
     stats.gains.append(START - kept_true)
     stats.curses.append(kept_true - reported)
     stats.runs = used
@@ -236,13 +233,10 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
     while used < runs:
         if candidate is None:
             log = lib.read_log(str(root))
-            if log.runs and lib.remeasure_due(log.config, log.runs):
-                candidate = {"true": kept_true, "d": None}
-            else:
-                number += 1
-                d = proposal(ideas, g) if log.runs else None
-                candidate = {"true": kept_true + (d or 0.0), "d": d}
-                write_target(candidate["true"] * sigma, number)
+            number += 1
+            d = proposal(ideas, g) if log.runs else None
+            candidate = {"true": kept_true + (d or 0.0), "d": d}
+            write_target(candidate["true"] * sigma, number)
         used += 1
         proc = script("run-experiment", root, env)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("recommend: ")), None)
@@ -268,7 +262,7 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
     if policy == "strict":
         reported = lib.best_run(log.runs, "lower")["metric"] / sigma
     else:
-        reported = lib.kept_state(log.config, log.runs)["mean"] / sigma
+        reported = lib.kept_estimate(log.config, log.runs)["mean"] / sigma
     stats.gains.append(START - kept_true)
     stats.curses.append(kept_true - reported)
     stats.runs = used

@@ -567,10 +567,11 @@ def decide(policy, value, tok=1000, samples=None):
 
 
 @pytest.mark.parametrize("policy,value,expected", [
-    # standard error 0.01 * sqrt(1 + 1/5); the first keep bar 1.6 widens to 2.04 at 4 dof
-    ("noise-aware", 0.97, "keep"),       # 2.7 standard errors
-    ("noise-aware", 0.985, "rerun"),     # 1.4: marginal, confirm on a new seed
-    ("noise-aware", 0.995, "discard"),   # 0.5: within the noise
+    # kept state estimated near 1.00 (5 samples, sigma 0.01 over 4 dof): one run's
+    # P(real gain) is 0.72 at 0.97, 0.35 at 0.985, 0.19 at 0.995
+    ("noise-aware", 0.97, "keep"),       # 3 sigma better: kept on one run
+    ("noise-aware", 0.985, "rerun"),     # 1.5 sigma: marginal, confirm on a new seed
+    ("noise-aware", 0.995, "discard"),   # half a sigma: within the noise
     ("noise-aware", 1.01, "discard"),
     ("strict", 0.995, "keep"),
     ("strict", 1.001, "discard"),

@@ -50,6 +50,7 @@ def main(argv=None):
     c = lib.confidence(runs, config["direction"])
     hint = latest_keep_hint(config, runs, c["noise_floor"])
     kept = lib.kept_state(config, runs)
+    est = lib.kept_estimate(config, runs)
     name = config["metric"]
     if a.json:
         out = {"metric": name, "runs": len(runs), "measured": len(lib.measured(runs)),
@@ -60,7 +61,8 @@ def main(argv=None):
                "improvement": c["improvement"], "noise_floor": c["noise_floor"],
                "confidence": c["confidence"] if c["confidence"] != float("inf") else "inf",
                "verdict": c["verdict"], "rerun": hint, "sigma": c["sigma"], "sigma_dof": c["dof"],
-               "kept_mean": kept and kept["mean"], "kept_samples": kept and len(kept["samples"])}
+               "kept_mean": kept and kept["mean"], "kept_samples": kept and len(kept["samples"]),
+               "kept_estimate": est and est["mean"], "kept_sd": est and est["sd"]}
         print(json.dumps(out))
         return 0
     if not c["baseline"]:
@@ -77,10 +79,9 @@ def main(argv=None):
     shown = "n/a" if ratio is None else ("inf" if ratio == float("inf") else f"{ratio:.1f}x")
     print(f"confidence: {shown} -> {c['verdict']}")
     print(lib.noise_line(runs, digits=6))
-    if c["sigma"] and kept:
-        gain = lib.improvement(kept["mean"], base["metric"], config["direction"])
-        print(f"kept state: mean {lib.fmt(kept['mean'])} of {len(kept['samples'])} sample(s), "
-              f"{gain / c['sigma']:+.1f} sigma from the baseline")
+    line = lib.estimate_line(config, runs)
+    if line:
+        print(line)
     if hint:
         print(hint)
     return 0

@@ -1223,66 +1223,199 @@ def policy_name(config: dict) -> str:
     return name
 
 
-# The noise-aware rule, a sequential test on the difference of two means.
-#   z = (kept mean - candidate mean) / (sigma * sqrt(1/n_candidate + 1/n_kept))
-# First sample: keep when z >= 1.6 (a clear gain is never run twice), discard when
-# z < 0.9 (most edits are null or harmful: one run settles them), otherwise run it
-# again on a new seed. Second sample: keep when the mean of both is >= 0.8 standard
-# errors better, else discard. The keep bars are normal quantiles widened to
-# Student-t ones for the degrees of freedom sigma has: with only the baseline's 3
-# runs (2 dof) the first bar is 3.4, so a badly known sigma asks for more, never less.
-# Every 6 runs without a decisive keep the kept state is measured again (until it
-# has 8 samples): its mean sharpens, and the luck it was kept on is diluted.
+# The noise-aware rule judges a candidate by how likely it is to be a real gain,
+# given everything measured so far, under a stated model of proposals. In units of
+# sigma (one run's noise), the true effect d of an edit on the kept state is
+#     null     d = 0                     half of all edits
+#     harmful  d > 0, half-normal(3)     30%
+#     helpful  d < 0, exponential        20%, an equal mixture of means 0.5, 1, 2, 4, 8
+# (most ideas do nothing or hurt; a few help, at every scale; no one size is assumed).
+# The model gives two things a threshold on a difference cannot:
+#   * P(helpful) for the candidate, judged against the kept state's *estimated* value
+#     with its uncertainty (not a lucky draw);
+#   * the kept state's value after a keep: the posterior mean of (old value + d),
+#     which shrinks the luck a marginal keep was kept on (the winner's curse) instead
+#     of carrying it into every later comparison;
+#   * more of that value from runs already made: a discarded edit that was probably
+#     null is nearly a re-measure of the kept state, at no extra cost.
+# Everything is closed form (a point mass, a half-normal and exponentials against a
+# normal likelihood), so a 1,000-run log is replayed in milliseconds.
+PRIOR_NULL, PRIOR_HARMFUL, PRIOR_HELPFUL = 0.5, 0.3, 0.2
+HARMFUL_SCALE = 3.0
+HELPFUL_MEANS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+# The decision, from P = P(helpful) and the expected gain it carries:
+#   * first run: keep at P >= keep[0]; discard under `drop`; in between the result is
+#     marginal, and it gets one confirming run on a new seed, unless its expected
+#     gain is worth less than a new idea has been worth in this session (at G = 4
+#     sigma a confirming run costs more than most marginal results return);
+#   * after the confirming run: keep at P >= keep[1]. That bar looks low, but what
+#     reaches it is mostly small real gains, few null or harmful edits get this far,
+#     and a kept null edit costs nothing in the metric.
 # Chosen on benchmarks/bench_decisions.py (research log 2026-11-24).
-NOISE_AWARE = {"keep": (1.6, 0.8), "drop": (0.9, 0.8), "max_samples": 2,
-               "remeasure_below": 8, "remeasure_every": 6, "remeasure_margin": 3.0}
+NOISE_AWARE = {"keep": (0.55, 0.3), "drop": 0.2, "max_samples": 2,
+               "rerun_worth": 1.0, "worth_floor": 0.05}
+
+_SQRT2 = math.sqrt(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def t_bar(z: float, dof: int) -> float:
-    """The Student-t quantile with the same tail as the normal quantile z
-    (Cornish-Fisher, two terms; close from 3 dof, conservative enough below)."""
-    if dof <= 0:
-        return math.inf
-    return z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
+def _log_phi(x: float) -> float:
+    return -0.5 * x * x - _LOG_SQRT_2PI
 
 
-def keep_margin(config: dict, runs: list[dict]) -> float | None:
-    """How decisively the kept state was kept: the standard errors by which its own
-    samples beat the state kept before it (noise as measured now). The mean of a
-    marginal keep is flattered by the luck that got it kept (the winner's curse);
-    a decisive keep's mean barely is. None for the baseline or without a noise."""
-    last = next((i for i in range(len(runs) - 1, -1, -1) if runs[i]["status"] == "keep"
-                 and finite(runs[i].get("metric"))), None)
-    if last is None:
-        return None
-    before = kept_state(config, runs[:last])
-    sigma, _ = noise(runs)
-    own = run_samples(runs[last])
-    if before is None or not sigma or not own:
-        return None
-    se = sigma * math.sqrt(1 / len(own) + 1 / len(before["samples"]))
-    return improvement(sum(own) / len(own), before["mean"], config["direction"]) / se
+def _log_cdf(x: float) -> float:
+    """log of the standard normal CDF, accurate far into the lower tail."""
+    if x > -8:
+        return math.log(0.5 * math.erfc(-x / _SQRT2))
+    x2 = x * x
+    return _log_phi(x) - math.log(-x) + math.log1p(-1 / x2 + 3 / x2 ** 2 - 15 / x2 ** 3)
 
 
-def remeasure_due(config: dict, runs: list[dict]) -> bool:
-    """Should the next run measure the kept state again (the target unchanged)?
-    Only under noise-aware, while the kept state has few samples and was kept by a
-    small margin: then its mean is both loose and flattered, and every later
-    comparison would be judged against it."""
-    if policy_name(config) != "noise-aware":
-        return False
+def _mills(b: float) -> float:
+    """phi(b) / Phi(b)."""
+    return math.exp(_log_phi(b) - _log_cdf(b))
+
+
+def effect_posterior(diff: float, spread: float) -> dict:
+    """The posterior of a candidate's true effect d (sigma units, negative is better)
+    given diff = observed minus kept estimate and spread = the sd of that difference,
+    both in sigma units. Returns {p_helpful, p_null, p_harmful, mean, var}."""
+    weights = [PRIOR_NULL, PRIOR_HARMFUL] + [PRIOR_HELPFUL / len(HELPFUL_MEANS)] * len(HELPFUL_MEANS)
+    s2 = spread * spread
+    parts = []   # (log weight, mean of d, variance of d, kind)
+    parts.append((math.log(weights[0]) + _log_phi(diff / spread) - math.log(spread),
+                  0.0, 0.0, "null"))
+    h2 = HARMFUL_SCALE ** 2
+    v = h2 * s2 / (h2 + s2)
+    m, sd = diff * h2 / (h2 + s2), math.sqrt(v)
+    b = m / sd
+    r = _mills(b)
+    lw = (math.log(2 * weights[1]) + _log_phi(diff / math.sqrt(h2 + s2))
+          - 0.5 * math.log(h2 + s2) + _log_cdf(b))
+    parts.append((lw, m + sd * r, max(v * (1 - r * (r + b)), 0.0), "harmful"))
+    for mean, w in zip(HELPFUL_MEANS, weights[2:]):
+        lam = 1 / mean
+        a = diff + lam * s2
+        b = -a / spread
+        r = _mills(b)
+        lw = (math.log(w) + math.log(lam) + lam * diff
+              + lam * lam * s2 / 2 + _log_cdf(b))
+        parts.append((lw, a - spread * r, max(s2 * (1 - b * r - r * r), 0.0), "helpful"))
+    top = max(p[0] for p in parts)
+    ws = [math.exp(p[0] - top) for p in parts]
+    total = sum(ws)
+    ws = [w / total for w in ws]
+    mean = sum(w * p[1] for w, p in zip(ws, parts))
+    var = sum(w * (p[2] + p[1] ** 2) for w, p in zip(ws, parts)) - mean ** 2
+    out = {"p_null": 0.0, "p_harmful": 0.0, "p_helpful": 0.0, "mean": mean, "var": max(var, 0.0),
+           "gain_helpful": 0.0}
+    for w, p in zip(ws, parts):
+        out["p_" + p[3]] += w
+        if p[3] == "helpful":
+            out["gain_helpful"] -= w * p[1]
+    return out
+
+
+def _oriented(x: float, direction: str) -> float:
+    """Metric values turned so that lower is better."""
+    return x if direction == "lower" else -x
+
+
+def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) -> dict | None:
+    """The kept state's estimated value: {mean, sd, samples} in metric units, by
+    replaying the log's keeps under the model above. The baseline and re-measures
+    add their samples (a normal update); each keep of new code moves the estimate
+    to the posterior of (old value + d) given the candidate's samples. Without a
+    noise estimate it is the plain mean of the kept code's samples, sd None."""
+    direction = config["direction"]
+    if sigma is None:
+        sigma, _ = noise(runs)
     kept = kept_state(config, runs)
-    if kept is None or len(kept["samples"]) >= NOISE_AWARE["remeasure_below"]:
-        return False
-    margin = keep_margin(config, runs)
-    if margin is not None and margin >= NOISE_AWARE["remeasure_margin"]:
-        return False
-    since = 0
-    for r in reversed(runs):
-        if r.get("target_sha") == kept["target_sha"]:
-            break
-        since += len(run_samples(r)) or 1
-    return since >= NOISE_AWARE["remeasure_every"] - 1
+    if kept is None:
+        return None
+    if not sigma:
+        return {"mean": kept["mean"], "sd": None, "samples": len(kept["samples"])}
+    mu = var = None
+    sha = None
+    for r in runs:
+        if r["status"] not in ("keep", "discard") or not finite(r.get("metric")):
+            continue
+        xs = [_oriented(x, direction) for x in run_samples(r)]
+        if not xs:
+            if r["status"] != "keep":
+                continue
+            xs = [_oriented(r["metric"], direction)]
+        n, xbar = len(xs), sum(xs) / len(xs)
+        if mu is None or (r.get("target_sha") and r.get("target_sha") == sha):
+            # The baseline, or the kept code measured again: a plain normal update.
+            if mu is None:
+                mu, var = xbar, sigma ** 2 / n
+            else:
+                prec = 1 / var + n / sigma ** 2
+                mu, var = (mu / var + n * xbar / sigma ** 2) / prec, 1 / prec
+            sha = sha or r.get("target_sha")
+            continue
+        # Other code: xbar = V_kept + d + noise. The posterior of d, given how far
+        # xbar is from the estimate, says how much these samples tell about the kept
+        # value (a likely null edit is nearly a re-measure; a clear change, nothing)
+        # and, after a keep, where the new state stands.
+        s2 = sigma ** 2 / n
+        post = effect_posterior((xbar - mu) / sigma, math.sqrt(var + s2) / sigma)
+        v = var * s2 / (var + s2)
+        a = (mu * s2 + xbar * var) / (var + s2)
+        if r["status"] == "keep":           # the new state: V_kept + d
+            b = s2 / (var + s2)
+            mu, var = a + b * sigma * post["mean"], v + b * b * sigma ** 2 * post["var"]
+            sha = r.get("target_sha")
+        else:                               # still the old state: V_kept
+            c = var / (var + s2)
+            mu, var = a - c * sigma * post["mean"], v + c * c * sigma ** 2 * post["var"]
+    return {"mean": _oriented(mu, direction), "sd": math.sqrt(var), "samples": len(kept["samples"])}
+
+
+def estimate_line(config: dict, runs: list[dict]) -> str | None:
+    """One line for people: where the kept state stands, as estimated (the value the
+    noise-aware rule judges against), beside the plain mean of its samples."""
+    est, kept, base = kept_estimate(config, runs), kept_state(config, runs), baseline_run(runs)
+    if not est or est["sd"] is None or not base:
+        return None
+    sigma, _ = noise(runs)
+    raw = sum(kept["samples"]) / len(kept["samples"])
+    gain = improvement(est["mean"], base["metric"], config["direction"])
+    return (f"kept state (run {kept['run']['run']}): estimated {config['metric']} "
+            f"{est['mean']:.6f} +- {est['sd']:.6f}, {gain / sigma:+.1f} sigma from the baseline "
+            f"(its own {len(kept['samples'])} sample(s) average {raw:.6f}; the estimate takes "
+            "out the luck it was kept on)")
+
+
+# sigma itself is estimated, from few degrees of freedom early in a session (the
+# baseline's 3 runs give 2). A sigma that happens to come out small would make noise
+# look like gains, so the decision averages P(helpful) over the values of sigma the
+# repeats allow: five equally likely ones, at the 10/30/50/70/90% points of the
+# scaled chi-square the pooled variance follows.
+_QUANTILES_Z = (-1.2816, -0.5244, 0.0, 0.5244, 1.2816)
+
+
+def sigma_draws(sigma: float, dof: int) -> list[float]:
+    """Five equally weighted values of the true sigma given the pooled estimate and
+    its degrees of freedom (Wilson-Hilferty quantiles of chi-square)."""
+    out = []
+    for z in _QUANTILES_Z:
+        q = dof * max(1 - 2 / (9 * dof) + z * math.sqrt(2 / (9 * dof)), 0.05) ** 3
+        out.append(sigma * math.sqrt(dof / q))
+    return out
+
+
+def idea_worth(config: dict, runs: list[dict], est: dict, sigma: float) -> float:
+    """What a new idea has been worth in this session so far, in sigma: the estimated
+    gain of the kept state over the baseline per run since the baseline (at least
+    NOISE_AWARE["worth_floor"]). A confirming run is one idea not tried: it is run
+    only when the marginal candidate's expected gain is worth more than that."""
+    base = baseline_run(runs)
+    xs = run_samples(base) or [base["metric"]]
+    gain = improvement(est["mean"], sum(xs) / len(xs), config["direction"]) / sigma
+    return max(gain / max(1, len(runs) - 1), NOISE_AWARE["worth_floor"])
 
 
 def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str]:
@@ -1331,17 +1464,31 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
             return "rerun", f"{shown}: better, but the noise is not measured yet: confirm it on a new seed"
         return ("keep", f"{shown}: better on {n_c} seeds") if gain > 0 else \
             ("discard", f"{shown}: not better")
-    se = sigma * math.sqrt(1 / n_c + 1 / len(kept["samples"]))
-    z = gain / se
+    est = kept_estimate(config, runs, sigma)
+    diff = improvement(est["mean"], value, direction)      # negative when better
+    draws = sigma_draws(sigma, dof)
+    p = worth = 0.0     # P(real gain); expected gain from it, in sigma
+    for s in draws:
+        # The kept estimate's own sd scales with sigma too.
+        k = s / sigma
+        spread = math.sqrt((k * est["sd"]) ** 2 + s ** 2 / n_c)
+        post = effect_posterior(diff / s, spread / s)
+        p += post["p_helpful"] / len(draws)
+        worth += post["gain_helpful"] / len(draws)
     stage = min(n_c, NOISE_AWARE["max_samples"]) - 1
-    keep_bar = t_bar(NOISE_AWARE["keep"][stage], dof)
-    drop_bar = NOISE_AWARE["drop"][stage]
-    detail = f"{shown}: {z:+.1f} standard errors (noise sigma {sigma:.6f}, {dof} dof)"
-    if z >= keep_bar:
+    keep_bar = NOISE_AWARE["keep"][stage]
+    shown = (f"{name} {value:.6f}" + (f" (mean of {n_c})" if n_c > 1 else "")
+             + f" vs kept {est['mean']:.6f} (estimated, run {kept['run']['run']})")
+    detail = (f"{shown}: P(real gain) {p:.2f} (noise sigma {sigma:.6f}, {dof} dof)")
+    if p >= keep_bar:
         return "keep", detail
-    if z < drop_bar or n_c >= NOISE_AWARE["max_samples"]:
+    if n_c == 1 and NOISE_AWARE["rerun_worth"] and \
+            worth < NOISE_AWARE["rerun_worth"] * idea_worth(config, runs, est, sigma):
+        return "discard", detail + (f" (marginal, and its expected gain {worth:.2f} sigma is "
+                                    "worth less than trying a new idea)")
+    if (n_c == 1 and p < NOISE_AWARE["drop"]) or n_c >= NOISE_AWARE["max_samples"]:
         return "discard", detail + (" (within noise)" if gain > 0 else "")
-    return "rerun", detail + (f" (marginal, needs {keep_bar:.1f}: run-experiment again "
+    return "rerun", detail + (f" (marginal, needs {keep_bar:.2f}: run-experiment again "
                               "unchanged to confirm on a new seed)")
 
 

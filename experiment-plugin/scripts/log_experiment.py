@@ -190,11 +190,6 @@ def main(argv=None):
     shown = lib.fmt(metric) if metric is not None else "-"
     print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
           f"{moved}; {best_text}")
-    if a.status != "crash" and lib.remeasure_due(config, runs):
-        kept = lib.kept_state(config, runs)
-        print(f"next: re-measure the kept state: run-experiment with {config['target']} "
-              f"unchanged (it has {len(kept['samples'])} sample(s), kept by a small margin), "
-              "then log it with --status keep")
     every = config.get("progress_every", lib.PROGRESS_EVERY)
     if every and len(runs) % every == 0:
         report = lib.progress_report(root, config, runs, every)

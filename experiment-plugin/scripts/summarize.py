@@ -134,6 +134,7 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     name, direction = config["metric"], config["direction"]
     c = lib.confidence(runs, direction)
     noise = lib.noise_line(runs, digits=6)
+    estimate = lib.estimate_line(config, runs)
     base, best = c["baseline"], c["best"]
     counts = {s: sum(r["status"] == s for r in runs) for s in ("keep", "discard", "crash")}
     counts["discard"] += sum(r["status"] == "checks_failed" for r in runs)
@@ -152,6 +153,7 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
                 f"Improvement: {lib.fmt(gain)} ({pct:.2f}%), {direction} is better. Noise floor "
                 f"(MAD): {lib.fmt(c['noise_floor']) if c['noise_floor'] is not None else 'n/a'}; "
                 f"confidence {shown}: {c['verdict']}. {noise[0].upper() + noise[1:]}.", "",
+                *([estimate[0].upper() + estimate[1:] + ".", ""] if estimate else []),
                 f"Best code: `git show {best['commit'][:7]}` (on branch `{config['branch']}`).", ""]
     else:
         out += ["No measured run yet.", ""]
