@@ -219,3 +219,15 @@ def test_kept_estimate_shrinks_the_luck_of_a_marginal_keep():
     flipped = [{**r, "metric": -r["metric"], "samples": [-x for x in r["samples"]]}
                for r in (base, keep(0.982))]
     assert lib.kept_estimate(higher, flipped, sigma=0.01)["mean"] == pytest.approx(-marginal["mean"])
+
+
+def test_a_run_disturbed_again_and_again_says_the_machine_is_busy():
+    config = {"metric": "val_bpb", "direction": "lower", "policy": "noise-aware"}
+    base = [{"run": 1, "status": "keep", "metric": 1.0, "commit": "a" * 40, "target_sha": "a" * 64,
+             "samples": [0.99, 1.0, 1.01]}]
+    for times, busy in ((1, False), (lib.DISTURBED_BUSY, True)):
+        decision, why = lib.recommend(config, base, {
+            "target_sha": "b" * 64, "samples": [], "metrics": {},
+            "disturbed_now": "other processes 55% of 2 CPUs", "disturbed_runs": times})
+        assert decision == "rerun" and why.startswith("disturbed: other processes")
+        assert ("the machine is busy" in why) is busy and ("AUTORESEARCH_LOAD_CHECK=0" in why) is busy

@@ -871,6 +871,7 @@ DISTURBED_STEAL = 0.15      # time the hypervisor gave to other machines (VM ste
 # passing daemon than about the run (and a stand-in target that prints a number
 # has nothing to disturb).
 DISTURBED_MIN_SECONDS = 5.0
+DISTURBED_BUSY = 3          # disturbed runs of one code before the advice changes
 GPU_POLL_SECONDS = 5.0
 
 
@@ -1427,8 +1428,13 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
     """
     name, direction = config["metric"], config["direction"]
     if candidate.get("disturbed_now"):
+        busy = candidate.get("disturbed_runs", 1) >= DISTURBED_BUSY
         return "rerun", (f"disturbed: {candidate['disturbed_now']}; run-experiment again "
-                         "unchanged (this run is not counted)")
+                         "unchanged (this run is not counted)"
+                         + (f". {candidate['disturbed_runs']} runs of this code were disturbed: "
+                            "the machine is busy. Find the other load (top) and stop it, or "
+                            "`sleep 300` before the next run; AUTORESEARCH_LOAD_CHECK=0 judges "
+                            "disturbed runs anyway" if busy else ""))
     samples = candidate["samples"]
     value = sum(samples) / len(samples)
     n_c = len(samples)

@@ -189,7 +189,7 @@ def main(argv=None):
             samples.append(value)
             seeds.append(seed)
         candidate = {"target_sha": target_sha, "samples": samples, "metrics": metrics,
-                     "disturbed_now": why}
+                     "disturbed_now": why, "disturbed_runs": len(disturbed)}
         decision, reason = lib.recommend(config, log.runs, candidate)
         pending.update(recommendation=decision, reason=reason)
         shown = f", {len(samples)} samples of this code" if len(samples) > 1 else ""
