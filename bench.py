@@ -55,13 +55,13 @@ def bench_torch(t, steps, warmup, compile_mode):
     import torch
     prepare = sys.modules["prepare"]
 
-    def sync():
-        if t.DEVICE_TYPE == "cuda":
+    def sync():   # DEVICE is where the tensors are (DEVICE_TYPE, the code, may differ)
+        if t.DEVICE.type == "cuda":
             torch.cuda.synchronize()
-        elif t.DEVICE_TYPE == "mps":
+        elif t.DEVICE.type == "mps":
             torch.mps.synchronize()
 
-    if t.DEVICE_TYPE == "cuda":
+    if t.DEVICE.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if getattr(t, "HAND_FUSED", False) and hasattr(t, "fused_twins_agree"):
         t.fused_twins_agree()  # as main() does: time the code a run would use

@@ -22,6 +22,7 @@ START_TIME = time.time()  # total_seconds counts from here, imports included
 import contextlib  # noqa: E402
 import ctypes
 import math
+import os
 import platform
 import re
 import sys
@@ -41,15 +42,18 @@ import prepare  # noqa: E402
 from prepare import MAX_SEQ_LEN, SEED, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (tokens per row, the run's seed, seconds, vocab)
 
 # ---------------------------------------------------------------------------
-# Device: CUDA, then Apple's MPS, then the CPU.
+# Device: CUDA, then Apple's MPS, then the CPU. DEVICE_TYPE picks the code below
+# (sizes, precision, compile, attention kernels); DEVICE is where the tensors live.
+# They differ only when AUTORESEARCH_DEVICE names a device this machine lacks: then
+# that device's code runs on the CPU. The tests use this to run the CUDA and MPS
+# code on a CPU (at toy size: bf16 on a CPU is slow); a real run never needs it.
 
-if torch.cuda.is_available():
-    DEVICE_TYPE = "cuda"
-elif torch.backends.mps.is_available():
-    DEVICE_TYPE = "mps"
-else:
-    DEVICE_TYPE = "cpu"
-DEVICE = torch.device(DEVICE_TYPE)
+AVAILABLE = [d for d, ok in (("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available()),
+                             ("cpu", True)) if ok]
+DEVICE_TYPE = os.environ.get("AUTORESEARCH_DEVICE") or AVAILABLE[0]
+if DEVICE_TYPE not in ("cuda", "mps", "cpu"):
+    sys.exit(f"AUTORESEARCH_DEVICE={DEVICE_TYPE}: use cuda, mps or cpu (or leave it unset)")
+DEVICE = torch.device(DEVICE_TYPE if DEVICE_TYPE in AVAILABLE else "cpu")
 
 # ---------------------------------------------------------------------------
 # Hyperparameters. Model size and batch depend on the device: a GPU wants a
@@ -112,7 +116,7 @@ torch.manual_seed(SEED)
 if DEVICE_TYPE == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-if DEVICE_TYPE == "cpu" and sys.platform.startswith("linux"):
+if DEVICE.type == "cpu" and sys.platform.startswith("linux"):
     # glibc serves big blocks with mmap and unmaps them when freed, so every
     # step would page-fault its large activations in afresh (measured: a third
     # of the time of the loss). Keeping freed memory in the heap avoids that.
@@ -126,7 +130,7 @@ if DEVICE_TYPE == "cpu" and sys.platform.startswith("linux"):
 def autocast():
     """bf16 autocast on CUDA; plain fp32 elsewhere (bf16 matmuls are slow on CPUs)."""
     if DEVICE_TYPE == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return torch.autocast(device_type=DEVICE.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 def to_device(x, y):
@@ -140,7 +144,10 @@ def to_device(x, y):
 # CUDA and CPU). Sliding windows need a mask: on CUDA, FlexAttention compiles
 # the mask into block-sparse kernels that skip the masked blocks; elsewhere
 # SDPA takes a boolean mask. If the flash-attn package is already installed it
-# is used on CUDA (nothing is ever downloaded at run time).
+# is used on CUDA (nothing is ever downloaded at run time). Both need a real GPU:
+# flash-attn is CUDA kernels, and FlexAttention has no backward pass on a CPU, so
+# the CUDA code run on a CPU (AUTORESEARCH_DEVICE) trains with the mask. main()
+# prints one line naming the kernels in use, and why when it is not the fastest.
 
 try:
     from flash_attn import flash_attn_func  # optional, only if already installed
@@ -153,8 +160,8 @@ try:
 except Exception:
     flex_attention = None
 
-USE_FLASH = DEVICE_TYPE == "cuda" and flash_attn_func is not None
-USE_FLEX = DEVICE_TYPE == "cuda" and flex_attention is not None and not USE_FLASH
+USE_FLASH = DEVICE.type == "cuda" and flash_attn_func is not None
+USE_FLEX = DEVICE.type == "cuda" and flex_attention is not None and not USE_FLASH
 _masks = {}
 
 def window_mask(window, T):
@@ -165,7 +172,7 @@ def window_mask(window, T):
         if USE_FLEX:
             def sliding(b, h, qi, ki):
                 return (qi >= ki) & (qi - ki < window)
-            _masks[key] = create_block_mask(sliding, None, None, T, T, device=DEVICE_TYPE)
+            _masks[key] = create_block_mask(sliding, None, None, T, T, device=DEVICE)
         else:
             i = torch.arange(T, device=DEVICE)
             _masks[key] = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
@@ -185,6 +192,20 @@ def attention(q, k, v, window):
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(window, T))
     return y.transpose(1, 2)
+
+def attention_kernels(windows, T):
+    """The line main() prints: the kernels attention() runs for these layer windows."""
+    short = ", ".join(str(w) for w in sorted({w for w in windows if w < T}))
+    if USE_FLASH:
+        return "attention: flash-attn" + (f" (sliding window {short})" if short else "")
+    if not short:
+        return "attention: sdpa (causal)"
+    if USE_FLEX:
+        return f"attention: flex (sliding window {short}), sdpa (full context)"
+    line = f"attention: sdpa with a mask (sliding window {short}), sdpa (full context)"
+    if DEVICE_TYPE == "cuda":   # the CUDA code wants flex: say why it is not used
+        line += " | not flex: " + ("it has no backward on a CPU" if DEVICE.type == "cpu" else "not in this torch")
+    return line
 
 # ---------------------------------------------------------------------------
 # The model: a small modern GPT.
@@ -459,7 +480,7 @@ def orthogonalize(G, steps=5):
     The quintic iteration pushes every singular value towards 1 (to roughly
     0.7..1.2, which is all Muon needs) in a handful of matmuls."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda else G.float()  # bf16 on GPUs; CPUs are fast only in fp32
+    X = G.bfloat16() if DEVICE_TYPE == "cuda" else G.float()  # bf16 on GPUs; CPUs are fast only in fp32
     wide = X.size(-2) <= X.size(-1)
     if not wide:
         X = X.mT
@@ -558,24 +579,27 @@ GPU_PEAK_FLOPS = [
     ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12),
 ]
 
+def gpu_peak_flops(name):
+    """The datasheet peak of the GPU called `name`, or None if it is not in the table."""
+    return next((f for key, f in GPU_PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)), None)
+
 def device_info():
-    if DEVICE_TYPE == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        name = props.name
-        peak = next((f for key, f in GPU_PEAK_FLOPS if re.search(rf"\b{re.escape(key)}\b", name)), None)
-        return dict(device_type="cuda", device_name=name, memory_gb=round(props.total_memory / 1e9, 1),
-                    peak_flops=peak, peak_flops_note="datasheet dense bf16" if peak else "device not in table")
-    info = dict(device_type=DEVICE_TYPE, **prepare.host_info(), peak_flops=None,
-                peak_flops_note="peak unknown for this device: MFU not reported",
-                cpu_threads=torch.get_num_threads())
-    if DEVICE_TYPE == "mps":
-        info["device_name"] = f"Apple {platform.machine()} (MPS)"
-    return info
+    """The machine the tensors are on (DEVICE), for the run's record."""
+    if DEVICE.type == "cuda":
+        props = torch.cuda.get_device_properties(DEVICE)
+        info = dict(device_name=props.name, memory_gb=round(props.total_memory / 1e9, 1))
+    else:
+        info = dict(**prepare.host_info(), cpu_threads=torch.get_num_threads())
+        if DEVICE.type == "mps":
+            info["device_name"] = f"Apple {platform.machine()} (MPS)"
+    peak = gpu_peak_flops(info["device_name"]) if DEVICE_TYPE == "cuda" else None
+    note = "datasheet dense bf16" if peak else "peak unknown for this device: MFU not reported"
+    return dict(device_type=DEVICE.type, **info, peak_flops=peak, peak_flops_note=note)
 
 def peak_memory_mb():
-    if DEVICE_TYPE == "cuda":
+    if DEVICE.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    if DEVICE_TYPE == "mps":
+    if DEVICE.type == "mps":
         return torch.mps.driver_allocated_memory() / 2**20  # MPS keeps no peak: the allocation at the end
     return prepare.peak_rss_mb()
 
@@ -587,6 +611,10 @@ def main():
         fused_twins_agree()   # the twins stand in for norm(), relu_squared() and the loss only while they agree
     tokenizer = prepare.Tokenizer.load()
     model = build_model()
+    if DEVICE.type != DEVICE_TYPE:
+        print(f"code: {DEVICE_TYPE} (AUTORESEARCH_DEVICE), tensors on the {DEVICE.type}: "
+              f"no {DEVICE_TYPE} device here", flush=True)
+    print(attention_kernels(model.windows, MAX_SEQ_LEN), flush=True)
     optimizers = build_optimizers(model)
     step_model = torch.compile(model, dynamic=False) if COMPILE else model
     tokens_per_step = DEVICE_BATCH_SIZE * MAX_SEQ_LEN * GRAD_ACCUM_STEPS

@@ -55,8 +55,16 @@ from prepare import MAX_SEQ_LEN, SEED, TIME_BUDGET, VOCAB_SIZE  # noqa: E402  (t
 # ---------------------------------------------------------------------------
 # Hyperparameters. On Apple Silicon MLX runs on the GPU; elsewhere on the CPU,
 # where the model must be small to take enough steps in a few minutes.
+# AUTORESEARCH_DEVICE=metal|cpu picks the code by hand. Picked on a machine
+# without Metal, the GPU code (its sizes, mx.compile) runs on the CPU: the tests
+# use this to run it (at toy size); a real run never needs it.
 
-GPU = mx.metal.is_available()
+DEVICE = os.environ.get("AUTORESEARCH_DEVICE") or ("metal" if mx.metal.is_available() else "cpu")
+if DEVICE not in ("metal", "cpu"):
+    sys.exit(f"AUTORESEARCH_DEVICE={DEVICE}: train_mlx.py runs on metal or cpu (or leave it unset)")
+GPU = DEVICE == "metal"                      # the code below: sizes, mx.compile
+if not (GPU and mx.metal.is_available()):
+    mx.set_default_device(mx.cpu)            # where the arrays live
 if GPU:
     DEPTH, WIDTH, HEAD_DIM = 6, 384, 64
     DEVICE_BATCH_TOKENS = 2**15   # tokens per optimizer step
@@ -111,6 +119,12 @@ def window_mask(T, window):
         return None
     i = mx.arange(T)
     return (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < window)
+
+def attention_kernels(windows, T):
+    """The one line main() prints about attention: which kernel, which windows."""
+    short = ", ".join(str(w) for w in sorted({w for w in windows if w < T}))
+    return "attention: mx.fast sdpa" + (f" with a mask (sliding window {short}), causal (full context)"
+                                        if short else " (causal)")
 
 class Attention(nn.Module):
     def __init__(self, width, head_dim, window):
@@ -307,7 +321,7 @@ def make_train_step(model, opt):
 # What the report needs from MLX: the device, and its peak memory.
 
 def device_info():
-    return dict(device_type="metal" if GPU else "cpu", **prepare.host_info(),
+    return dict(device_type="metal" if mx.default_device().type == mx.gpu else "cpu", **prepare.host_info(),
                 peak_flops=None, peak_flops_note="peak unknown for this device: MFU not reported",
                 blas=BLAS or ("Accelerate" if sys.platform == "darwin" else "bundled reference BLAS"))
 
@@ -320,6 +334,9 @@ def peak_memory_mb():
 def main():
     tokenizer = prepare.Tokenizer.load()
     model = build_model()
+    if GPU and mx.default_device().type != mx.gpu:
+        print("code: metal (AUTORESEARCH_DEVICE), arrays on the cpu: no Metal here", flush=True)
+    print(attention_kernels(model.windows, MAX_SEQ_LEN), flush=True)
     opt = build_optimizer(model)
     train_step = make_train_step(model, opt)
     # The harness prints and records the run (progress, summary block,

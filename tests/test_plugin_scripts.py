@@ -257,6 +257,37 @@ def test_run_timeout_kills_the_whole_process_group(project):
     assert gone(child), "the target's child process survived the timeout"
 
 
+COMPILE_PROBE = """
+if os.environ.get("PROBE_COMPILE"):
+    import torch
+    torch.compile(lambda x: x * 2 + 1)(torch.ones(8))   # a real compile: it fills the cache
+print("compile cache:", os.environ.get("TORCHINDUCTOR_CACHE_DIR"), flush=True)
+"""
+
+
+def test_runs_compile_into_the_session_cache_unless_the_user_chose_one(project, tmp_path):
+    """torch.compile's cache is the session's (.autoresearch/compile-cache/<tag>/), so it
+    lasts between runs wherever /tmp does not; a TORCHINDUCTOR_CACHE_DIR the user set
+    wins; the next session starts without the old cache."""
+    pytest.importorskip("torch")
+    with open(project / "train.py", "a") as f:
+        f.write(COMPILE_PROBE)
+    cache = project / ".autoresearch" / "compile-cache" / "t1"
+    ok(script(project, "run-experiment", env={"PROBE_COMPILE": "1"}, timeout=300))
+    assert f"compile cache: {cache}" in (project / "run.log").read_text()
+    assert list(cache.glob("fxgraph/**/*")), "the run's compiled graph is in the session's cache"
+    mine = tmp_path / "my-cache"
+    ok(script(project, "run-experiment", env={"TORCHINDUCTOR_CACHE_DIR": str(mine)}))
+    assert f"compile cache: {mine}" in (project / "run.log").read_text()
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline"))
+    proc = ok(script(project, "setup-session", "--tag", "t2", "--dataset", "classics", "--budget", "1"))
+    assert "deleted the earlier sessions' compile cache" in proc.stdout
+    assert not (project / ".autoresearch" / "compile-cache").exists()
+    ok(script(project, "run-experiment"))
+    assert f"compile cache: {project / '.autoresearch' / 'compile-cache' / 't2'}" in \
+        (project / "run.log").read_text()
+
+
 def test_run_refuses_when_a_fixed_file_changed(project):
     with open(project / "prepare.py", "a") as f:
         f.write("# tweak the evaluation\n")

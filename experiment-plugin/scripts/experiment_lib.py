@@ -41,6 +41,7 @@ SUMMARY = "autoresearch-summary.md"
 NOTES = "autoresearch.md"           # the living session document (the agent edits it)
 STOP_FILE = "autoresearch.stop"     # create it to end the loop at the next stop
 STATE_DIR = ".autoresearch"         # lock, pending run, guard/loop switch, archives
+COMPILE_CACHE = os.path.join(STATE_DIR, "compile-cache")   # <tag>/: one session's torch.compile cache
 
 # Every session file, with who writes it. "scripts" files are written by nothing else
 # (the guard hook enforces it); the summary and notes are the agent's to finish, the
@@ -148,6 +149,22 @@ def changed_fixed_files(root: str, recorded: dict) -> list[str]:
 
 
 # --------------------------------------------------------------------- small io
+
+def compile_cache_env(root: str, config: dict) -> dict:
+    """The environment that gives a run the session's own torch.compile cache.
+
+    torch keeps compiled graphs and kernels in TORCHINDUCTOR_CACHE_DIR (and Triton's
+    under it, in triton/, unless TRITON_CACHE_DIR is set); by default that is
+    /tmp/torchinductor_<user>, which a container, a batch job's private /tmp or a tmp
+    cleaner does not keep between runs, so each run would compile from scratch. In
+    the session's folder every run finds what earlier runs compiled: a repeat of the
+    same code, or a change the compiled model does not see (the optimizer, the
+    schedule), compiles nothing; another change recompiles only what changed. A
+    folder the user chose is kept."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return {}
+    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(root, COMPILE_CACHE, config["tag"])}
+
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -2,7 +2,9 @@
 """Run the session's target once and report in a few lines.
 
 Runs `<python> <target>` from the project root with AUTORESEARCH_DATASET and
-AUTORESEARCH_TIME_BUDGET set from the session config, all output to run.log. The run
+AUTORESEARCH_TIME_BUDGET set from the session config, all output to run.log, and
+torch.compile's cache in .autoresearch/compile-cache/<tag>/ (unless
+TORCHINDUCTOR_CACHE_DIR is set), so runs reuse what earlier ones compiled. The run
 is started in its own process group; past the timeout (default 2 x budget + 120 s)
 the whole group is killed, children included. The fixed files' hashes are checked
 before and after.
@@ -64,7 +66,7 @@ def run_target(root, config, timeout, seed):
     if not os.path.exists(python):
         raise lib.UserError(f"interpreter {python} from the session config is gone: recreate "
                             "it, or set up a new session with --python")
-    env = {**os.environ, "AUTORESEARCH_DATASET": config["dataset"],
+    env = {**os.environ, **lib.compile_cache_env(root, config), "AUTORESEARCH_DATASET": config["dataset"],
            "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
            "PYTHONUNBUFFERED": "1"}
     start = time.monotonic()

@@ -9,7 +9,8 @@ Checks everything first and changes nothing until all checks pass:
 Then it creates the branch, writes the config as the first record of
 autoresearch.jsonl, the results.tsv header and autoresearch.md, and switches the
 guard and loop hooks on. A previous session's files are moved to
-.autoresearch/archive/ first, never overwritten.
+.autoresearch/archive/ first, never overwritten; its torch.compile cache
+(.autoresearch/compile-cache/, which only ever holds compiled kernels) is deleted.
 
 Running it again with the same tag right after setup (no runs logged) only reports
 that the session is ready.
@@ -181,6 +182,24 @@ def archive_previous(root):
     return os.path.relpath(dest, root)
 
 
+def drop_compile_caches(root):
+    """Delete earlier sessions' torch.compile caches (see lib.compile_cache_env): a
+    cache records nothing, and each grows with every run. Returns the MB freed, or
+    None if there was none."""
+    path = os.path.join(root, lib.COMPILE_CACHE)
+    if not os.path.isdir(path):
+        return None
+    size = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                size += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    shutil.rmtree(path, ignore_errors=True)
+    return size / 1e6
+
+
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     root = lib.find_root()
@@ -214,6 +233,7 @@ def main(argv=None):
     policy = lib.policy_name({"policy": a.policy})
     baseline_runs = a.baseline_runs or (lib.DEFAULT_BASELINE_RUNS if policy == "noise-aware" else 1)
     archived = archive_previous(root)
+    freed = drop_compile_caches(root)
     base = lib.head(root)
     start = lib.current_branch(root)
     lib.git(root, "checkout", "-q", "-b", branch)
@@ -242,6 +262,8 @@ def main(argv=None):
 
     if archived:
         print(f"moved the previous session's files to {archived}/")
+    if freed is not None:
+        print(f"deleted the earlier sessions' compile cache ({freed:.1f} MB)")
     if added:
         print(f"added {', '.join(added)} to .git/info/exclude so git never touches them")
     print(f"session {a.tag}: branch {branch} at {base[:7]}; guard and loop hooks on")
