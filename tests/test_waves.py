@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import REPO, SCRIPTS, edit_target, git, hook, make_project, ok, records, script
+from plugin_helpers import edit_target, git, hook, make_project, ok, records, script
+from test_night import night  # noqa: F401  (the fixture: a clone of the repository, small CPU model)
 
 WAVE_TARGET = '''\
 """Stand-in for train.py in a wave: the gains of two ideas add up."""
@@ -316,3 +317,34 @@ def test_stop_hook_and_progress_count_candidates_in_flight(project):
     log_as_told(p, wait(p))
     answer = json.loads(hook("stop.py", {"session_id": "conv", "cwd": str(p)}).stdout)
     assert "in flight" not in answer["reason"]
+
+
+def test_two_workers_on_the_real_template(night):
+    """The real train.py on the embedded data, two workers of one core each, a short
+    budget: both candidates run at the same time, each on its own core."""
+    n = night
+    n.script("setup-session", "--tag", "two", "--dataset", "classics", "--target", "train.py",
+             "--budget", "3", "--policy", "strict", "--workers", "2")
+    _, out = n.script("run-experiment")
+    n.script("log-experiment", "--status", "keep", "--description", "baseline")
+    wts = []
+    for desc, old, new in (("deeper", "DEPTH, WIDTH, HEAD_DIM = 2, 128, 64", "DEPTH, WIDTH, HEAD_DIM = 3, 128, 64"),
+                           ("narrower", "DEPTH, WIDTH, HEAD_DIM = 2, 128, 64", "DEPTH, WIDTH, HEAD_DIM = 2, 64, 32")):
+        _, out = n.script("new-candidate", "--description", desc)
+        wt = re.search(r"worktree (\S+)", out).group(1)
+        n.edit(old, new, path=os.path.join(wt, "train.py"))
+        wts.append(wt)
+    started = time.monotonic()
+    n.script("submit-wave")
+    results = [n.script("wait-wave", "--timeout", "300")[1] for _ in range(2)]
+    wall = time.monotonic() - started
+    for out in results:
+        assert "status: ok candidate" in out, out
+        line = re.search(r"^next: (log-experiment .*)$", out, re.M).group(1)
+        n.script(*shlex.split(line))
+    recs = [r for r in n.runs() if r.get("candidate")]
+    assert {r["worker"] for r in recs} == {"cpu0", "cpu1"}
+    assert all(1.0 < r["metric"] < 4.0 for r in recs)
+    seconds = sum(r["seconds"] for r in recs)
+    assert wall < 0.85 * seconds, f"the two ran one after the other ({wall:.1f}s for {seconds:.1f}s of runs)"
+    assert n.git("status", "--porcelain") == ""
