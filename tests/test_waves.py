@@ -191,6 +191,12 @@ def test_a_later_candidate_that_beats_the_new_kept_state_replaces_it(project):
     assert f"(re-based from {small})" in last and "recommend: keep" in last
     log_as_told(p, last)
     assert runs(p)[-1]["metric"] == pytest.approx(0.78)
+    # finalize --split: the replacing change stands on its own (its parent is its base,
+    # not the change it replaced), so it gets its own branch.
+    ok(script(p, "end-session"))
+    plan = ok(script(p, "finalize", "--split")).stdout
+    assert f"autoresearch/w-run{big_rec['run']}: big gain" in plan, plan
+    assert "needs an earlier change" not in plan, plan
 
 
 def test_crash_and_hang_in_one_wave_the_hang_killed_with_its_group(project):
