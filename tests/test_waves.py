@@ -354,3 +354,17 @@ def test_two_workers_on_the_real_template(night):
     seconds = sum(r["seconds"] for r in recs)
     assert wall < 0.85 * seconds, f"the two ran one after the other ({wall:.1f}s for {seconds:.1f}s of runs)"
     assert n.git("status", "--porcelain") == ""
+
+
+def test_the_simulation_of_many_workers_scales_runs_with_workers():
+    """benchmarks/sim_waves.py through the real decision code: with an agent that takes
+    no time, four workers stay busy and finish about four times the runs of one."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "benchmarks" /
+                                                "sim_waves.py"), "--sessions", "2", "--hours", "2",
+                           "--workers", "1", "4", "--agent", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {int(l.split()[0]): l.split() for l in proc.stdout.splitlines() if re.match(r"^\s+\d+\s", l)}
+    util, runs_h = {w: float(r[2].rstrip("%")) for w, r in rows.items()}, {w: float(r[3]) for w, r in rows.items()}
+    assert util[4] >= 90 and util[1] >= 95, proc.stdout
+    assert 3.3 < runs_h[4] / runs_h[1] < 4.2, proc.stdout
