@@ -368,3 +368,22 @@ def test_the_simulation_of_many_workers_scales_runs_with_workers():
     util, runs_h = {w: float(r[2].rstrip("%")) for w, r in rows.items()}, {w: float(r[3]) for w, r in rows.items()}
     assert util[4] >= 90 and util[1] >= 95, proc.stdout
     assert 3.3 < runs_h[4] / runs_h[1] < 4.2, proc.stdout
+
+
+def test_a_new_session_archives_the_last_ones_open_candidates(project):
+    p = project
+    setup(p)
+    name = candidate(p, "never logged", GAIN_A=0.1)
+    ok(script(p, "submit-wave"))
+    assert "recommend: keep" in wait(p)
+    ok(script(p, "end-session"))
+    git(p, "checkout", "-q", "main")
+    ok(script(p, "setup-session", "--tag", "w2", "--dataset", "classics", "--budget", "1", "--workers", "2"))
+    assert "no open candidates" in ok(script(p, "wait-wave", "--list")).stdout
+    assert not (p / ".autoresearch" / "worktrees" / name).exists()
+    archived = list((p / ".autoresearch" / "archive").glob(f"w-*/wave/{name}.json"))
+    assert len(archived) == 1 and json.loads(archived[0].read_text())["state"] == "decided"
+    assert "GAIN_A = 0.1" in git(p, "show", f"refs/autoresearch/w/cand-{name}:train.py")
+    fresh = re.search(r"candidate (c\d+)", ok(script(p, "new-candidate", "--unchanged",
+                                                     "--description", "x")).stdout).group(1)
+    assert (p / ".autoresearch" / "worktrees" / fresh).is_dir()

@@ -194,9 +194,14 @@ def archive_previous(root):
     os.makedirs(dest, exist_ok=True)
     for n in present:
         shutil.move(os.path.join(root, n), os.path.join(dest, n))
-    for n in ("pending.json",):
+    for n in ("pending.json", "wave"):
         if os.path.exists(os.path.join(root, lib.STATE_DIR, n)):
             shutil.move(os.path.join(root, lib.STATE_DIR, n), os.path.join(dest, n))
+    # The earlier session's candidate worktrees (their commits stay under
+    # refs/autoresearch/<tag>/cand-*).
+    folder = os.path.join(root, lib.WORKTREES)
+    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+        lib.remove_worktree(root, os.path.join(folder, name))
     return os.path.relpath(dest, root)
 
 
