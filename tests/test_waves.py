@@ -28,7 +28,7 @@ WAVE_TARGET = '''\
 import os, subprocess, sys, time
 
 GAIN_A = 0.0         # the first idea's line
-MODE = "ok"          # ok | crash | hang
+MODE = "ok"          # ok | crash | hang | nan | tamper
 
 print("cores", sorted(os.sched_getaffinity(0)), "threads", os.environ.get("OMP_NUM_THREADS"),
       "cuda", os.environ.get("CUDA_VISIBLE_DEVICES"), "seed", os.environ["AUTORESEARCH_SEED"], flush=True)
@@ -43,6 +43,12 @@ while os.path.exists("slow.flag"):
     time.sleep(0.2)
 if MODE == "crash":
     raise RuntimeError("shape mismatch in attention")
+if MODE == "tamper":
+    with open("prepare.py", "a") as f:
+        f.write("EVAL_TOKENS = 1024  # a smaller eval looks better\\n")
+if MODE == "nan":
+    print("FAIL: loss is NaN at step 12", flush=True)
+    sys.exit(1)
 if MODE == "hang":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open("hang_child.pid", "w") as f:
@@ -199,16 +205,18 @@ def test_a_later_candidate_that_beats_the_new_kept_state_replaces_it(project):
     assert "needs an earlier change" not in plan, plan
 
 
-def test_crash_and_hang_in_one_wave_the_hang_killed_with_its_group(project):
+def test_crash_nan_hang_and_tampering_in_one_wave_the_hang_killed_with_its_group(project):
     p = project
     setup(p)
     crash = candidate(p, "broken attention", MODE="crash")
     hang = candidate(p, "loader rewrite", MODE="hang")
+    nan = candidate(p, "softcap typo", MODE="nan")
     ok(script(p, "submit-wave"))
     started = time.time()
-    outs = [wait(p), wait(p)]
-    by = {n: next(o for o in outs if f"candidate {n} " in o) for n in (crash, hang)}
+    outs = [wait(p), wait(p), wait(p)]
+    by = {n: next(o for o in outs if f"candidate {n} " in o) for n in (crash, hang, nan)}
     assert "status: crash" in by[crash] and "shape mismatch in attention" in by[crash]
+    assert "status: nan" in by[nan] and "loss is NaN" in by[nan]
     assert re.search(r"^status: timeout .*\(limit 6s, process group killed\)", by[hang], re.M), by[hang]
     assert time.time() - started < 40
     child = int((p / ".autoresearch" / "worktrees" / hang / "hang_child.pid").read_text())
@@ -218,9 +226,29 @@ def test_crash_and_hang_in_one_wave_the_hang_killed_with_its_group(project):
         assert "--status crash" in o
         log_as_told(p, o)
     statuses = {r["candidate"]: r["run_status"] for r in runs(p) if r.get("candidate")}
-    assert statuses == {crash: "crash", hang: "timeout"}
+    assert statuses == {crash: "crash", hang: "timeout", nan: "nan"}
     assert all(r["status"] == "crash" for r in runs(p)[1:])
     assert (p / "train.py").read_text() == WAVE_TARGET
+    # A candidate that edits its worktree's harness is not submitted; one whose run
+    # changes it is tampered, and never logged.
+    sneaky = candidate(p, "smaller eval", GAIN_A=0.3)
+    wt = p / ".autoresearch" / "worktrees" / sneaky
+    with open(wt / "prepare.py", "a") as f:
+        f.write("EVAL_TOKENS = 1024\n")
+    r = script(p, "submit-wave")
+    assert r.returncode == 2 and "changed prepare.py, outside the session's files" in r.stderr
+    git(wt, "checkout", "--", "prepare.py")
+    edit_target(wt, MODE="tamper")
+    ok(script(p, "submit-wave"))
+    out = wait(p)
+    assert f"status: tampered candidate {sneaky}" in out, out
+    before = (p / "autoresearch.jsonl").read_text()
+    r = script(p, "log-experiment", "--candidate", sneaky, "--status", "crash")
+    assert r.returncode == 2 and "changed fixed files" in r.stderr
+    assert (p / "autoresearch.jsonl").read_text() == before
+    assert f"next: new-candidate --drop {sneaky}" in out
+    ok(script(p, "new-candidate", "--drop", sneaky))
+    assert not (p / ".autoresearch" / "worktrees" / sneaky).exists()
 
 
 def test_a_kill_mid_wave_then_resume_lists_finished_and_lost_and_requeues(project):

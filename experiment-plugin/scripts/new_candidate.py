@@ -8,7 +8,7 @@ it. Prepare one candidate per free worker, each a different idea.
 
   --unchanged   no edit: the kept code itself (a baseline sample or a re-measure,
                 run on a worker like any candidate)
-  --drop NAME   abandon a prepared (or lost) candidate: its worktree is removed
+  --drop NAME   abandon a prepared, lost or tampered candidate: its worktree is removed
 """
 import argparse
 import os
@@ -33,9 +33,9 @@ def main(argv=None):
         config = log.config
         if a.drop:
             cand = waves.load(root, a.drop)
-            if cand.get("state") not in ("prepared", "lost"):
-                raise lib.UserError(f"{a.drop} is {cand.get('state')}: only a prepared or lost "
-                                    "candidate can be dropped (a finished one is logged)")
+            if cand.get("state") not in ("prepared", "lost") and cand.get("run_status") != "tampered":
+                raise lib.UserError(f"{a.drop} is {cand.get('state')}: only a prepared, lost or "
+                                    "tampered candidate can be dropped (a finished one is logged)")
             waves.forget(root, a.drop)
             print(f"dropped {a.drop}")
             return 0

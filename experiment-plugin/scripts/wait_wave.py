@@ -51,7 +51,10 @@ def show(root, config, cand, tail):
         print("\n".join(lines))
         print("---")
     print(f"recommend: {cand['recommendation']}: {cand['reason']}")
-    as_status = {"rebase": "discard", "tampered": "crash"}.get(cand["recommendation"], cand["recommendation"])
+    if cand["recommendation"] == "tampered":
+        print(f"next: new-candidate --drop {name}, then the idea again in a new candidate")
+        return
+    as_status = {"rebase": "discard"}.get(cand["recommendation"], cand["recommendation"])
     print(f"next: log-experiment --candidate {name} --status {as_status} "
           f"--description '{cand['description']}'")
 

@@ -335,7 +335,8 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     name, path = cand["name"], worktree(root, cand["name"])
     timeout, seed = config["timeout"], cand["seed"]
     if lib.changed_fixed_files(path, config["fixed_files"]):
-        return {"run_status": "tampered", "detail": "fixed files differ in its worktree"}
+        return {"run_status": "tampered", "detail": "fixed files differ in its worktree",
+                "finished": lib.now_iso()}
     if config.get("backend") == "skypilot":
         try:
             code, seconds, reading = sky_run(root, config, cand, worker, timeout)
@@ -521,6 +522,9 @@ def decide(config: dict, runs: list[dict], cand: dict) -> tuple[str, str]:
     """keep / discard / rerun / rebase / crash / checks_failed for a finished candidate,
     by the session's keep policy against the kept state as it is now."""
     status = cand.get("run_status")
+    if status == "tampered":
+        return "tampered", (f"{cand.get('detail')}: never recorded; drop it (new-candidate --drop "
+                            f"{cand['name']}) and make the idea again without touching the harness")
     if status != "ok":
         return ("checks_failed" if status == "checks_failed" else "crash"), \
             f"status {status}" + (f" ({cand['detail']})" if cand.get("detail") else "")
