@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import edit_target, git, hook, make_project, ok, records, script
+from plugin_helpers import SCRIPTS, edit_target, git, hook, make_project, ok, records, script
 from test_night import night  # noqa: F401  (the fixture: a clone of the repository, small CPU model)
 
 WAVE_TARGET = '''\
@@ -415,3 +415,31 @@ def test_a_new_session_archives_the_last_ones_open_candidates(project):
     fresh = re.search(r"candidate (c\d+)", ok(script(p, "new-candidate", "--unchanged",
                                                      "--description", "x")).stdout).group(1)
     assert (p / ".autoresearch" / "worktrees" / fresh).is_dir()
+
+
+def test_decisions_for_a_candidate_whose_base_moved():
+    """waves.decide against a kept state that moved while the candidate ran: better than
+    the new one replaces it, better only than its own base is re-based, a re-measure of
+    the old state is not needed any more."""
+    sys.path.insert(0, str(SCRIPTS))
+    import waves
+    a, b = "a" * 40, "b" * 40
+    config = {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
+              "base_commit": a}
+
+    def rec(n, commit, sha, value):
+        return {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": "keep",
+                "metric": value, "samples": [value], "seeds": [42], "target_sha": sha * 64}
+
+    runs = [rec(1, a, "1", 1.0), rec(2, b, "2", 0.9)]
+
+    def cand(value, **extra):
+        return {"name": "c9", "base": a, "run_status": "ok", "target_sha": "3" * 64,
+                "samples": [value], "metrics": {}, **extra}
+
+    assert waves.decide(config, runs, cand(0.8))[0] == "keep"
+    assert "replaces that change" in waves.decide(config, runs, cand(0.8))[1]
+    assert waves.decide(config, runs, cand(0.95))[0] == "rebase"
+    assert waves.decide(config, runs, cand(1.05))[0] == "discard"
+    assert waves.decide(config, runs, cand(0.5, unchanged=True, target_sha="1" * 64))[0] == "discard"
+    assert waves.decide(config, runs[:1], cand(0.95))[0] == "keep", "base still kept: a plain keep"

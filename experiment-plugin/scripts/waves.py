@@ -532,9 +532,12 @@ def decide(config: dict, runs: list[dict], cand: dict) -> tuple[str, str]:
                  "metrics": cand.get("metrics") or {}, "disturbed_now": cand.get("disturbed_now")}
     if not candidate["samples"] and not candidate["disturbed_now"]:
         candidate["disturbed_now"] = "every run of it was disturbed"
-    decision, reason = lib.recommend(config, runs, candidate)
     kept = lib.last_kept_commit(config, runs)
-    if cand["base"] == kept or decision == "rerun" or cand.get("unchanged"):
+    if cand.get("unchanged") and cand["base"] != kept:
+        return "discard", ("a re-measure of a kept state that has moved on since: its samples "
+                           "stay in the log, nothing else to do")
+    decision, reason = lib.recommend(config, runs, candidate)
+    if cand["base"] == kept or decision == "rerun":
         return decision, reason
     if decision == "keep":
         return "keep", (f"{reason}; the kept state moved while it ran and it beats the new one "
