@@ -6,8 +6,8 @@ THE MODEL
     effects add up, so a change re-based onto a newer kept state keeps its effect;
   * one run observes its code's true value + N(0, 1);
   * run time: the budget times a factor drawn from a normal of the measured mean and
-    spread (--run-mean, --run-sd: start-up, evaluation and jitter around the budget;
-    the defaults are bench_waves.py's one-core runs, see the research log);
+    spread (--run-mean, --run-sd: start-up and evaluation around the budget, and
+    their jitter; measured values, see the defaults and the research log);
   * the agent is one conversation: every result it handles (read it, log it, think of
     and edit the next idea, submit) costs it --agent seconds, one after another;
     results that arrive while it is busy wait. A worker is refilled as soon as the
@@ -198,8 +198,9 @@ def main(argv=None):
     p.add_argument("--run-mean", type=float, default=1.035,
                    help="run time / budget, mean (default 1.035: 10.5 s of start-up and "
                         "evaluation around a 300 s budget, research log 2026-11-23)")
-    p.add_argument("--run-sd", type=float, default=0.02,
-                   help="run time / budget, spread (default 0.02: bench_waves.py's runs, see the log)")
+    p.add_argument("--run-sd", type=float, default=0.012,
+                   help="run time / budget, spread (default 0.012: the 3.5 s spread of "
+                        "bench_waves.py's pinned runs, research log 2026-11-24, over 300 s)")
     p.add_argument("--policy", default="noise-aware")
     a = p.parse_args(argv)
     print(f"{a.sessions} sessions of {a.hours:g} h, G={a.g:g}, budget {BUDGET:g} s, run time "
