@@ -71,6 +71,9 @@ def protected(root, cwd, path):
     rel = relative(root, cwd, path)
     if rel.startswith(".."):
         return None
+    inside = lib.candidate_root(root, rel)
+    if inside:                  # a candidate's worktree: judged like the project itself
+        rel = inside[1]
     top = rel.split(os.sep)[0]
     if is_fixed(root, rel):
         return (f"{rel} is part of the fixed harness (data, tokenizer, evaluation): every run "
@@ -98,6 +101,9 @@ def out_of_scope(root, cwd, path):
     import subprocess
     rel = relative(root, cwd, path)
     config = session_config(root)
+    inside = lib.candidate_root(root, rel)
+    if inside:
+        root, rel = inside
     if rel.startswith("..") or not config or rel in lib.editable_files(config) \
             or rel in lib.SESSION_FILES:
         return None

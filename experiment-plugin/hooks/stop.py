@@ -40,6 +40,10 @@ def decide(payload):
     cap = config.get("max_iterations")
     pending = os.path.exists(os.path.join(root, lib.STATE_DIR, "pending.json"))
     first = "log the finished run with log-experiment, then " if pending else ""
+    flying = lib.wave_line(root)
+    if flying:
+        first = (f"{flying}: wait-wave for the next result, log it (log-experiment --candidate), "
+                 "refill free workers (new-candidate, submit-wave), and ")
     left = f" of {cap}" if cap else ""
     learned = next((f" Latest lesson (run {r['run']}): {lib.lesson(r)[:200]}."
                     for r in reversed(runs) if lib.lesson(r)), "")

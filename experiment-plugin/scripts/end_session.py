@@ -24,6 +24,9 @@ def main(argv=None):
     root, log = lib.load_session(root)
     reason = "it was ended by end-session"
     lib.end_session(root, reason)
+    import waves
+    for line in waves.shutdown(root, log.config):
+        print(line)
     print(lib.ended_message(log.config, log.runs, reason))
     return 0
 

@@ -42,6 +42,9 @@ NOTES = "autoresearch.md"           # the living session document (the agent edi
 STOP_FILE = "autoresearch.stop"     # create it to end the loop at the next stop
 STATE_DIR = ".autoresearch"         # lock, pending run, guard/loop switch, archives
 COMPILE_CACHE = os.path.join(STATE_DIR, "compile-cache")   # <tag>/: one session's torch.compile cache
+# Parallel runs (waves): each candidate's state file, and its own git worktree.
+WAVE_DIR = os.path.join(STATE_DIR, "wave")
+WORKTREES = os.path.join(STATE_DIR, "worktrees")
 
 # Every session file, with who writes it. "scripts" files are written by nothing else
 # (the guard hook enforces it); the summary and notes are the agent's to finish, the
@@ -501,6 +504,10 @@ def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:
     if not owned:
         lines.append("The loop is not running in this conversation: /experiment:resume "
                      "continues it here, /experiment:end closes the session.")
+    elif wave_line(root):
+        lines.append(f"Waves: {wave_line(root)}. Next: wait-wave for the next result, log it "
+                     "(log-experiment --candidate NAME), refill free workers (new-candidate, "
+                     "submit-wave).")
     elif pending:
         lines.append(f"Next: a finished run waits: log it with log-experiment, then run {nxt + 1}.")
     else:
@@ -527,6 +534,9 @@ def progress_report(root: str, config: dict, runs: list[dict], every: int) -> st
         pct = 100 * delta / abs(base["metric"]) if base["metric"] else 0.0
         lines.append(f"- best against the baseline: {delta:+.6f} ({pct:+.2f}%)")
     lines.append(f"- {noise_line(runs)}")
+    flying = wave_line(root)
+    if flying:
+        lines.append(f"- {flying}")
     lines.append(f"- the last {min(every, len(runs))} runs:")
     lines += [f"  - {run_line(config, r)}" for r in runs[-every:]]
     queue = ideas_queue(root)
@@ -592,12 +602,13 @@ TAMPER_REPAIR = ("run resume-session (it saves the work tree under refs/autorese
                  "restores the last kept commit and checks the fixed files again)")
 
 
-def stop_leftover_run(root: str) -> str | None:
+def stop_leftover_run(root: str, path: str | None = None) -> str | None:
     """Kill a training run left behind by a run-experiment that was itself killed
     outright (SIGKILL cannot be caught, and the run lives in its own process group).
-    run-experiment records the group in .autoresearch/running.json while it runs."""
+    run-experiment records the group in .autoresearch/running.json while it runs (a
+    wave's worker, in the candidate's own `path`)."""
     import signal
-    path = os.path.join(root, STATE_DIR, "running.json")
+    path = path or os.path.join(root, STATE_DIR, "running.json")
     info = read_json(path, default=None)
     if not info:
         return None
@@ -616,6 +627,62 @@ def stop_leftover_run(root: str) -> str | None:
     except (OSError, KeyError, ValueError, TypeError):
         return None
     return f"stopped a leftover run (process group {info['pgid']}) from an interrupted run-experiment"
+
+
+# -------------------------------------------------------------------------- waves
+# With --workers W, up to W candidates run at once (scripts/waves.py has the
+# machinery). A candidate is one commit on the kept state in its own git worktree
+# under .autoresearch/worktrees/<name>/; its state lives in .autoresearch/wave/<name>.json:
+#   prepared  worktree made, waiting for the edit      queued   committed, waiting for a worker
+#   running   on a worker                              done     finished, not yet shown
+#   decided   shown by wait-wave with a recommendation lost     its run was killed (resume)
+# Logging a candidate removes both. What the hooks and reports need is read here.
+
+IN_FLIGHT = ("queued", "running")
+
+
+def candidates(root: str) -> list[dict]:
+    """Every candidate not yet logged, oldest first."""
+    folder = os.path.join(root, WAVE_DIR)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and n[0] == "c")
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        data = read_json(os.path.join(folder, n), default=None)
+        if isinstance(data, dict) and data.get("name"):
+            out.append(data)
+    return sorted(out, key=lambda c: int(c["name"][1:]) if c["name"][1:].isdigit() else 0)
+
+
+def wave_line(root: str) -> str:
+    """'2 candidates in flight (c3 running on cpu0, c4 queued), 1 finished waiting for
+    wait-wave' or "" when no candidate is open."""
+    cands = candidates(root)
+    if not cands:
+        return ""
+    flying = [c for c in cands if c.get("state") in IN_FLIGHT]
+    parts = [f"{c['name']} {c['state']}" + (f" on {c['worker']}" if c.get("state") == "running"
+                                            and c.get("worker") else "") for c in flying]
+    text = f"{len(flying)} candidate(s) in flight" + (f" ({', '.join(parts)})" if parts else "")
+    waiting = [c["name"] for c in cands if c.get("state") in ("done", "decided")]
+    if waiting:
+        text += f", {len(waiting)} finished waiting to be logged ({', '.join(waiting)})"
+    other = [c["name"] for c in cands if c.get("state") in ("prepared", "lost")]
+    if other:
+        text += f", {len(other)} prepared or lost, not submitted ({', '.join(other)})"
+    return text
+
+
+def candidate_root(root: str, rel: str) -> tuple[str, str] | None:
+    """For a path (relative to the project root) inside a candidate's worktree: that
+    worktree's root and the path inside it, so the guard judges it like the project."""
+    parts = rel.split(os.sep)
+    base = WORKTREES.split(os.sep)
+    if len(parts) > len(base) + 1 and parts[:len(base)] == base:
+        return os.path.join(root, *parts[:len(base) + 1]), os.path.join(*parts[len(base) + 1:])
+    return None
 
 
 # ------------------------------------------------------------------------- schema
@@ -892,15 +959,26 @@ DISTURBED_BUSY = 3          # disturbed runs of one code before the advice chang
 GPU_POLL_SECONDS = 5.0
 
 
-def read_proc_stat(path: str = "/proc/stat") -> dict | None:
+def read_proc_stat(path: str = "/proc/stat", cpus: list[int] | None = None) -> dict | None:
     """The first line of /proc/stat in seconds: busy (user, nice, system, irq,
-    softirq; guest time is already inside user), idle (idle, iowait) and steal."""
+    softirq; guest time is already inside user), idle (idle, iowait) and steal.
+    With `cpus`, the sum of those cores' own lines instead: a wave's worker pinned to
+    some cores is disturbed by what runs there, not by its siblings on the others."""
     try:
         with open(path, encoding="ascii") as f:
-            parts = f.readline().split()
-        if not parts or parts[0] != "cpu":
-            return None
-        v = [int(x) for x in parts[1:9]] + [0] * (8 - len(parts[1:9]))
+            if cpus is None:
+                rows = [f.readline().split()]
+                if not rows[0] or rows[0][0] != "cpu":
+                    return None
+            else:
+                names = {f"cpu{c}" for c in cpus}
+                rows = [p for p in (line.split() for line in f) if p and p[0] in names]
+                if len(rows) != len(names):
+                    return None
+        v = [0] * 8
+        for parts in rows:
+            for i, x in enumerate(parts[1:9]):
+                v[i] += int(x)
     except (OSError, ValueError):
         return None
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -961,8 +1039,11 @@ class LoadMonitor:
     failure leaves a field out, never stops or slows the run.
     """
 
-    def __init__(self, pgid: int):
-        self.pgid = pgid
+    def __init__(self, pgid: int, cpus: list[int] | None = None, siblings=None):
+        # A wave's worker: `cpus` are the cores it is pinned to (only they are read);
+        # `siblings()` gives the process groups of the other candidates running now,
+        # which are not "other load" on a GPU.
+        self.pgid, self.cpus, self.siblings = pgid, cpus, siblings
         self.gpu_others: set[int] = set()
         self.gpu_polls = 0
         self._thread = None
@@ -988,7 +1069,7 @@ class LoadMonitor:
         import time
         try:
             self.t0 = time.monotonic()
-            self.stat0 = read_proc_stat()
+            self.stat0 = read_proc_stat(cpus=self.cpus)
             self.self0, self.child0 = self._own_cpu()
             self.ps0 = None if self.stat0 else self._ps()
             import shutil
@@ -1011,9 +1092,10 @@ class LoadMonitor:
             except (OSError, subprocess.SubprocessError):
                 return
             self.gpu_polls += 1
+            mine = {self.pgid} | (set(self.siblings()) if self.siblings else set())
             for pid in parse_gpu_pids(out):
                 try:
-                    if os.getpgid(pid) != self.pgid:
+                    if os.getpgid(pid) not in mine:
                         self.gpu_others.add(pid)
                 except OSError:
                     # Not visible here (another PID namespace, or gone): it cannot be
@@ -1030,14 +1112,14 @@ class LoadMonitor:
             return {}
         try:
             wall = time.monotonic() - self.t0
-            cpus = os.cpu_count() or 1
+            cpus = len(self.cpus) if self.cpus else (os.cpu_count() or 1)
             capacity = cpus * wall
             reading = {"seconds": round(wall, 1), "cpus": cpus}
             if capacity <= 0:
                 return reading
             self1, child1 = self._own_cpu()
             ours = (self1 - self.self0) + (child1 - self.child0)
-            stat1 = read_proc_stat() if self.stat0 else None
+            stat1 = read_proc_stat(cpus=self.cpus) if self.stat0 else None
             if stat1:
                 others = (stat1["busy"] - self.stat0["busy"]) - ours
                 reading["others"] = round(max(0.0, others) / capacity, 3)
@@ -1628,6 +1710,36 @@ def save_ref(root: str, tag: str, name: str, commit: str) -> str:
 
 def reset_to(root: str, commit: str) -> None:
     git(root, "reset", "--hard", "-q", commit)
+
+
+def add_worktree(root: str, path: str, commit: str) -> None:
+    """A candidate's own work tree at `commit` (detached: the session branch moves only
+    through log-experiment)."""
+    git(root, "worktree", "add", "--detach", "-q", path, commit)
+
+
+def remove_worktree(root: str, path: str) -> None:
+    if os.path.isdir(path):
+        git(root, "worktree", "remove", "--force", path, check=False)
+    git(root, "worktree", "prune", check=False)
+
+
+def apply_change(worktree: str, old: str, new: str, paths: list[str]) -> bool:
+    """Apply the change from commit `old` to `new` (the session's files only) to the
+    work tree at `worktree`, merging where they overlap; False (tree untouched) on a
+    conflict. How a winner is re-based onto a kept state that moved."""
+    import subprocess
+    diff = subprocess.run(["git", "diff", "--binary", old, new, "--", *paths], cwd=worktree,
+                          capture_output=True).stdout
+    if not diff:
+        return True
+    proc = subprocess.run(["git", "apply", "--3way", "--index"], cwd=worktree, input=diff,
+                          capture_output=True)
+    if proc.returncode != 0:
+        git(worktree, "reset", "--hard", "-q", check=False)
+        return False
+    git(worktree, "reset", "-q", check=False)        # keep it as a work-tree edit
+    return True
 
 
 def commit_of(record: dict) -> str:

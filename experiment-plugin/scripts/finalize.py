@@ -36,7 +36,10 @@ def kept_changes(root, config, runs):
         if best is None or lib.better(r["metric"], best, config["direction"]):
             best = r["metric"]
         if lib.commit_of(r) != previous:
-            out.append((r, lib.commit_of(r), previous, gain))
+            # A wave's candidate was made on the kept state it started from, which a
+            # sibling kept meanwhile may have replaced: its own parent is its base.
+            parent = lib.git(root, "rev-parse", f"{lib.commit_of(r)}^") if r.get("candidate") else previous
+            out.append((r, lib.commit_of(r), parent, gain))
         previous = lib.commit_of(r)
     return out
 

@@ -15,6 +15,11 @@ The metrics come from the run that run-experiment just finished (waiting in
 whose fixed files changed (tampered) is refused: restore the files and run again.
 Descriptions may hold any text (tabs, newlines, quotes, $(...)): the jsonl keeps it
 exactly; results.tsv shows it on one line.
+
+--candidate NAME records a finished candidate of a wave instead (see wait-wave): keep
+moves the branch to its commit, anything else keeps its commit as a ref; the record
+names the candidate, its worker and backend (and what it was re-based from), and its
+worktree is removed. The description defaults to the candidate's.
 """
 import argparse
 import json
@@ -24,18 +29,22 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import experiment_lib as lib  # noqa: E402
+import waves  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="log-experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--status", required=True, choices=["keep", "discard", "crash", "checks_failed"])
-    p.add_argument("--description", required=True, help="what this run changed, one sentence")
+    p.add_argument("--description", help="what this run changed, one sentence (required but "
+                                          "with --candidate)")
     p.add_argument("--metric", type=float, help="the session metric, if not from the last run")
     p.add_argument("--metrics", help="JSON object of further metrics, e.g. '{\"peak_memory_mb\": 812}'")
     p.add_argument("--unlogged", metavar="FILE",
                    help="record a run that finished but was never logged, as resume-session "
                         "printed it: restores the change it measured, then logs it")
+    p.add_argument("--candidate", metavar="NAME",
+                   help="record a finished candidate of a wave (as wait-wave printed it)")
     p.add_argument("--asi", help="JSON object of notes kept with the record: hypothesis, "
                                  "what was learned, next ideas")
     return p.parse_args(argv)
@@ -107,8 +116,10 @@ def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     root = lib.find_root()
     lib.use_project_python(root)
-    if not a.description.strip():
+    if not a.candidate and not (a.description or "").strip():
         raise lib.UserError("--description must say what the run changed")
+    if a.candidate and a.unlogged:
+        raise lib.UserError("--candidate and --unlogged record different things: pass one")
     extra = json_object(a.metrics, "--metrics")
     notes = json_object(a.asi, "--asi")
 
@@ -124,7 +135,9 @@ def main(argv=None):
                                 "resume-session first (nothing was recorded)")
         if a.unlogged:
             restore_unlogged(root, config, log.runs, a.unlogged)
-        pending = take_pending(root, config, a)
+        cand = waves.take_result(root, config, a.candidate, a.status) if a.candidate else None
+        pending = waves.pending_of(cand) if cand else take_pending(root, config, a)
+        a.description = a.description if (a.description or "").strip() else cand["description"]
         number = max((r["run"] for r in log.runs), default=0) + 1
         metrics = {**pending.get("metrics", {}), **extra}
         metric = a.metric
@@ -147,9 +160,12 @@ def main(argv=None):
 
         first_line = " ".join(a.description.split())[:72]
         kept = lib.last_kept_commit(config, log.runs)
-        commit = lib.commit_target(root, lib.editable_files(config),
-                                   f"experiment {number} ({a.status}): {first_line}\n\n{a.description}")
-        commit = commit or lib.head(root)
+        if cand:
+            commit, moved, wave_lines = waves.move_git(root, config, log.runs, cand, a.status, number)
+        else:
+            commit = lib.commit_target(root, lib.editable_files(config),
+                                       f"experiment {number} ({a.status}): {first_line}\n\n{a.description}")
+            commit = commit or lib.head(root)
         # Seed 001's record: run, commit (short), metric, metrics, status, description,
         # timestamp (epoch seconds), segment, confidence, asi; the rest is ours.
         ratio = lib.confidence(log.runs, config["direction"])["confidence"]
@@ -169,14 +185,23 @@ def main(argv=None):
                 record["disturbed"] = pending["disturbed"]
             if pending.get("recommendation"):
                 record["recommendation"] = pending["recommendation"]
+        if cand:
+            record.update(candidate=cand["name"], worker=cand.get("worker"),
+                          backend=cand.get("backend", "local"), seed=cand.get("seed"))
+            if cand.get("rebased_from"):
+                record["rebased_from"] = cand["rebased_from"]
+            record = {k: v for k, v in record.items() if v is not None or k in ("metric", "confidence")}
         if notes:
             record["asi"] = notes
         lib.append_record(root, record)
         lib.write_results(root, config, log.runs + [record])
-        if pending:
+        if cand:
+            waves.forget(root, cand["name"])
+        elif pending:
             os.unlink(os.path.join(root, lib.STATE_DIR, "pending.json"))
-        moved = ""
-        if a.status != "keep":
+        if not cand:
+            moved = ""
+        if a.status != "keep" and not cand:
             if commit != kept:
                 ref = lib.save_ref(root, config["tag"], f"run-{number}", commit)
                 moved = f"; the tried change is kept at {ref}"
@@ -190,6 +215,12 @@ def main(argv=None):
     shown = lib.fmt(metric) if metric is not None else "-"
     print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
           f"{moved}; {best_text}")
+    for line in (wave_lines if cand else []):
+        print(line)
+    if cand:
+        flying = lib.wave_line(root)
+        print(f"wave: {flying}; " if flying else "wave: no candidate open; ", end="")
+        print("refill free workers now (new-candidate, submit-wave), then wait-wave")
     every = config.get("progress_every", lib.PROGRESS_EVERY)
     if every and len(runs) % every == 0:
         report = lib.progress_report(root, config, runs, every)

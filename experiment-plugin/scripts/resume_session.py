@@ -24,6 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import experiment_lib as lib  # noqa: E402
+import waves  # noqa: E402
 
 
 def save_work(root, tag, label):
@@ -128,6 +129,7 @@ def main(argv=None):
             notes.append(f"the branch was {where} the last kept commit: saved it as {ref} "
                          f"and restored {kept[:7]}")
         notes += set_aside(root, config, runs, label, refs, kept)
+        notes += waves.recover(root, config)
         if os.path.exists(lib.stop_file(root)):
             os.unlink(lib.stop_file(root))
             notes.append(f"removed {lib.STOP_FILE}")

@@ -59,23 +59,31 @@ def tampered(root, config):
     return bool(changed)
 
 
-def run_target(root, config, timeout, seed):
+def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None,
+               running=None, siblings=None):
     """Start the target in its own session (so its process group is ours to kill);
-    returns (exit code or None on timeout, seconds, the machine's load reading)."""
+    returns (exit code or None on timeout, seconds, the machine's load reading).
+
+    A wave's candidate runs the same way from its own worktree (`cwd`), with its own
+    log and running file, on one `worker` of the local backend: that worker's
+    environment (CUDA_VISIBLE_DEVICES, thread counts) and, on a CPU, its own cores."""
     python = config["python"]
     if not os.path.exists(python):
         raise lib.UserError(f"interpreter {python} from the session config is gone: recreate "
                             "it, or set up a new session with --python")
+    worker = worker or {}
     env = {**os.environ, **lib.compile_cache_env(root, config), "AUTORESEARCH_DATASET": config["dataset"],
            "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
+    cpus = worker.get("cpus")
     start = time.monotonic()
-    running = os.path.join(root, lib.STATE_DIR, "running.json")
-    with open(os.path.join(root, lib.RUN_LOG), "wb") as out:
-        proc = subprocess.Popen([python, config["target"]], cwd=root, env=env, stdout=out,
+    running = running or os.path.join(root, lib.STATE_DIR, "running.json")
+    with open(log_path or os.path.join(root, lib.RUN_LOG), "wb") as out:
+        proc = subprocess.Popen([python, config["target"]], cwd=cwd or root, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-        monitor = lib.LoadMonitor(proc.pid).start()
+                                start_new_session=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        monitor = lib.LoadMonitor(proc.pid, cpus=cpus, siblings=siblings).start()
         lib.write_atomic(running, json.dumps({"pgid": proc.pid, "target": config["target"]}) + "\n")
 
         def kill_group():
@@ -104,7 +112,8 @@ def run_target(root, config, timeout, seed):
             code = None
         kill_group()
         reading = monitor.stop()
-        os.unlink(running)
+        if os.path.exists(running):
+            os.unlink(running)
     return code, time.monotonic() - start, reading
 
 
@@ -144,6 +153,13 @@ def main(argv=None):
         print(leftover)
     if tampered(root, config):
         return 3
+    import waves
+    worker = waves.main_tree_worker(config)
+    busy = [c["name"] for c in lib.candidates(root) if c.get("state") in lib.IN_FLIGHT]
+    if busy:
+        raise lib.UserError(f"candidates {', '.join(busy)} are running on the workers: a run here "
+                            "would share their devices; wait for them (wait-wave), or run this "
+                            "as a candidate (new-candidate)")
     timeout = a.timeout or config["timeout"]
     target_path = os.path.join(root, config["target"])
     if not os.path.isfile(target_path):
@@ -158,7 +174,7 @@ def main(argv=None):
         previous = {}
     seed = lib.next_seed(log.runs, target_sha, previous)
 
-    code, seconds, reading = run_target(root, config, timeout, seed)
+    code, seconds, reading = run_target(root, config, timeout, seed, worker=worker)
     with open(os.path.join(root, lib.RUN_LOG), encoding="utf-8", errors="replace") as f:
         text = f.read()
     metrics = lib.parse_metrics(text)

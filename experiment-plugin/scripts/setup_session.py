@@ -26,6 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 import experiment_lib as lib  # noqa: E402
+import waves  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -98,6 +99,17 @@ def parse_args(argv):
                    help=f"end the session after N runs in a row without a keep (default "
                         f"{lib.PLATEAU_DEFAULT}; at N/2 the agent is told to change category; "
                         "0: never)")
+    p.add_argument("--workers", type=int, default=1, metavar="W",
+                   help="candidates run at once (default 1: one run at a time, as always). Local: "
+                        "one per GPU, or disjoint CPU cores each; see new-candidate, submit-wave")
+    p.add_argument("--backend", default="local", choices=waves.BACKENDS,
+                   help="where candidates run: local (default) or skypilot (jobs on a cluster pool)")
+    p.add_argument("--clusters", type=int, metavar="N",
+                   help="skypilot: clusters in the pool, reused across waves (default: --workers)")
+    p.add_argument("--accelerators", metavar="GPU:N",
+                   help="skypilot: accelerators per job, e.g. H100:1 (default: the task YAML's)")
+    p.add_argument("--managed", action="store_true",
+                   help="skypilot: run each candidate as a managed job (sky jobs launch) instead")
     p.add_argument("--python", help="interpreter for runs (default: the one running this script)")
     a = p.parse_args(argv)
     a.scope, a.read_only = file_list(a.scope), file_list(a.read_only)
@@ -132,6 +144,13 @@ def check_args(a):
         raise lib.UserError("--progress-every must be 0 (none) or a number of runs")
     if a.plateau < 0:
         raise lib.UserError("--plateau must be 0 (never) or a number of runs")
+    if a.backend != "skypilot" and (a.clusters or a.accelerators or a.managed):
+        raise lib.UserError("--clusters, --accelerators and --managed are for --backend skypilot")
+    if a.clusters is not None and a.clusters < 1:
+        raise lib.UserError("--clusters must be 1 or more")
+    a.worker_note = waves.check_workers(a.workers, a.backend)
+    if a.backend == "skypilot":
+        waves.sky_bin()         # installed, or one line saying how
 
 
 def check_files(root, target, a):
@@ -176,9 +195,14 @@ def archive_previous(root):
     os.makedirs(dest, exist_ok=True)
     for n in present:
         shutil.move(os.path.join(root, n), os.path.join(dest, n))
-    for n in ("pending.json",):
+    for n in ("pending.json", "wave"):
         if os.path.exists(os.path.join(root, lib.STATE_DIR, n)):
             shutil.move(os.path.join(root, lib.STATE_DIR, n), os.path.join(dest, n))
+    # The earlier session's candidate worktrees (their commits stay under
+    # refs/autoresearch/<tag>/cand-*).
+    folder = os.path.join(root, lib.WORKTREES)
+    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+        lib.remove_worktree(root, os.path.join(folder, name))
     return os.path.relpath(dest, root)
 
 
@@ -227,7 +251,8 @@ def main(argv=None):
         raise lib.UserError(f"uncommitted changes in {', '.join(dirty[:5])}: commit or stash "
                             "them first, so the baseline is a commit")
     python = a.python or sys.executable
-    verify_data(root, python, a.dataset)
+    if a.backend == "local":    # on SkyPilot each cluster prepares the data in its setup
+        verify_data(root, python, a.dataset)
 
     # All checks passed: from here on, change things.
     policy = lib.policy_name({"policy": a.policy})
@@ -249,10 +274,15 @@ def main(argv=None):
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
         "platform": lib.platform_info(python, target),
         "checks": a.checks, "progress_every": a.progress_every, "created": lib.now_iso(),
+        "workers": a.workers, "backend": a.backend,
         # seed 001's names for the session's identity and metric, beside ours
         "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
         "bestDirection": a.direction,
     }
+    if a.backend == "skypilot":
+        config["skypilot"] = {"prefix": f"ar-{a.tag.lower().replace('_', '-').replace('.', '-')}"[:40],
+                              "clusters": a.clusters or a.workers, "accelerators": a.accelerators,
+                              "managed": a.managed}
     lib.validate(config, where="config")
     with lib.Lock(root):
         lib.write_atomic(os.path.join(root, lib.LOG), json.dumps(config) + "\n")
@@ -268,6 +298,13 @@ def main(argv=None):
         print(f"added {', '.join(added)} to .git/info/exclude so git never touches them")
     print(f"session {a.tag}: branch {branch} at {base[:7]}; guard and loop hooks on")
     print(lib.research_config(config))
+    if a.worker_note:
+        print(a.worker_note)
+    if a.workers > 1 or a.backend != "local":
+        names = ", ".join(w["name"] for w in waves.workers(config))
+        print(f"waves: {a.workers} worker(s) on {a.backend} ({names}); after the baseline, prepare "
+              "one candidate per worker (new-candidate), submit-wave, then wait-wave and log each "
+              "result as it comes")
     repeats = (f" ({baseline_runs} runs on new seeds to measure the noise: run-experiment "
                "again while it recommends rerun)" if baseline_runs > 1 else "")
     print(f"next: run the baseline (run-experiment){repeats}, then log it: "
