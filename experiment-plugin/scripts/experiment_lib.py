@@ -1137,6 +1137,17 @@ class LoadMonitor:
             return {}
 
 
+def add_sample(value: float, seed: int, why: str | None, samples: list, seeds: list,
+               disturbed_runs: list) -> None:
+    """File a finished run's metric: a sample of its code (with its seed), or, when
+    other load disturbed the run (`why`), set apart where it never counts."""
+    if why:
+        disturbed_runs.append({"metric": value, "seed": seed, "why": why})
+    else:
+        samples.append(value)
+        seeds.append(seed)
+
+
 def disturbed(reading: dict | None) -> str | None:
     """Why a run counts as disturbed (one short phrase), or None for a quiet one."""
     reading = reading or {}

@@ -200,12 +200,7 @@ def main(argv=None):
             + (f", {reading['gpu_others']} other GPU process(es)" if reading.get("gpu_others") else "")
             + ")") if reading else None
     if status == "ok":
-        value = metrics[config["metric"]]
-        if why:
-            disturbed.append({"metric": value, "seed": seed, "why": why})
-        else:
-            samples.append(value)
-            seeds.append(seed)
+        lib.add_sample(metrics[config["metric"]], seed, why, samples, seeds, disturbed)
         candidate = {"target_sha": target_sha, "samples": samples, "metrics": metrics,
                      "disturbed_now": why, "disturbed_runs": len(disturbed)}
         decision, reason = lib.recommend(config, log.runs, candidate)

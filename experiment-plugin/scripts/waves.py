@@ -359,12 +359,7 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     samples, seeds, disturbed = list(cand["samples"]), list(cand["seeds"]), list(cand["disturbed"])
     why = lib.disturbed(reading)
     if status == "ok":
-        value = metrics[config["metric"]]
-        if why:
-            disturbed.append({"metric": value, "seed": seed, "why": why})
-        else:
-            samples.append(value)
-            seeds.append(seed)
+        lib.add_sample(metrics[config["metric"]], seed, why, samples, seeds, disturbed)
     return {"run_status": status, "detail": detail, "metrics": lib.json_safe(metrics),
             "seconds": round(seconds, 1), "load": reading, "samples": samples, "seeds": seeds,
             "disturbed": disturbed, "disturbed_now": why if status == "ok" else None,
