@@ -1563,8 +1563,12 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
                         f"{len(kept['samples']) + n_c} samples (log it with --status keep)")
     kept_mean = kept["mean"]
     gain = improvement(value, kept_mean, direction)
-    shown = (f"{name} {value:.6f}" + (f" (mean of {n_c})" if n_c > 1 else "")
-             + f" vs kept {kept_mean:.6f} (mean of {len(kept['samples'])}, run {kept['run']['run']})")
+
+    def versus(kept_value: float, how: str) -> str:
+        return (f"{name} {value:.6f}" + (f" (mean of {n_c})" if n_c > 1 else "")
+                + f" vs kept {kept_value:.6f} ({how}, run {kept['run']['run']})")
+
+    shown = versus(kept_mean, f"mean of {len(kept['samples'])}")
     if policy == "strict":
         best = best_run(runs, direction)
         gain = improvement(samples[-1], best["metric"], direction)
@@ -1593,17 +1597,16 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
         worth += post["gain_helpful"] / len(draws)
     stage = min(n_c, NOISE_AWARE["max_samples"]) - 1
     keep_bar = NOISE_AWARE["keep"][stage]
-    shown = (f"{name} {value:.6f}" + (f" (mean of {n_c})" if n_c > 1 else "")
-             + f" vs kept {est['mean']:.6f} (estimated, run {kept['run']['run']})")
-    detail = (f"{shown}: P(real gain) {p:.2f} (noise sigma {sigma:.6f}, {dof} dof)")
+    detail = (f"{versus(est['mean'], 'estimated')}: P(real gain) {p:.2f} "
+              f"(noise sigma {sigma:.6f}, {dof} dof)")
     if p >= keep_bar:
         return "keep", detail
+    if (n_c == 1 and p < NOISE_AWARE["drop"]) or n_c >= NOISE_AWARE["max_samples"]:
+        return "discard", detail + (" (within noise)" if gain > 0 else "")
     if n_c == 1 and NOISE_AWARE["rerun_worth"] and \
             worth < NOISE_AWARE["rerun_worth"] * idea_worth(config, runs, est, sigma):
         return "discard", detail + (f" (marginal, and its expected gain {worth:.2f} sigma is "
                                     "worth less than trying a new idea)")
-    if (n_c == 1 and p < NOISE_AWARE["drop"]) or n_c >= NOISE_AWARE["max_samples"]:
-        return "discard", detail + (" (within noise)" if gain > 0 else "")
     return "rerun", detail + (f" (marginal, needs {keep_bar:.2f}: run-experiment again "
                               "unchanged to confirm on a new seed)")
 
