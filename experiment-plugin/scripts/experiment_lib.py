@@ -1392,25 +1392,24 @@ def effect_posterior(diff: float, spread: float) -> dict:
     """The posterior of a candidate's true effect d (sigma units, negative is better)
     given diff = observed minus kept estimate and spread = the sd of that difference,
     both in sigma units. Returns {p_helpful, p_null, p_harmful, mean, var}."""
-    weights = [PRIOR_NULL, PRIOR_HARMFUL] + [PRIOR_HELPFUL / len(HELPFUL_MEANS)] * len(HELPFUL_MEANS)
     s2 = spread * spread
     parts = []   # (log weight, mean of d, variance of d, kind)
-    parts.append((math.log(weights[0]) + _log_phi(diff / spread) - math.log(spread),
+    parts.append((math.log(PRIOR_NULL) + _log_phi(diff / spread) - math.log(spread),
                   0.0, 0.0, "null"))
     h2 = HARMFUL_SCALE ** 2
     v = h2 * s2 / (h2 + s2)
     m, sd = diff * h2 / (h2 + s2), math.sqrt(v)
     b = m / sd
     r = _mills(b)
-    lw = (math.log(2 * weights[1]) + _log_phi(diff / math.sqrt(h2 + s2))
+    lw = (math.log(2 * PRIOR_HARMFUL) + _log_phi(diff / math.sqrt(h2 + s2))
           - 0.5 * math.log(h2 + s2) + _log_cdf(b))
     parts.append((lw, m + sd * r, max(v * (1 - r * (r + b)), 0.0), "harmful"))
-    for mean, w in zip(HELPFUL_MEANS, weights[2:]):
+    for mean in HELPFUL_MEANS:
         lam = 1 / mean
         a = diff + lam * s2
         b = -a / spread
         r = _mills(b)
-        lw = (math.log(w) + math.log(lam) + lam * diff
+        lw = (math.log(PRIOR_HELPFUL / len(HELPFUL_MEANS)) + math.log(lam) + lam * diff
               + lam * lam * s2 / 2 + _log_cdf(b))
         parts.append((lw, a - spread * r, max(s2 * (1 - b * r - r * r), 0.0), "helpful"))
     top = max(p[0] for p in parts)
