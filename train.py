@@ -70,11 +70,15 @@ elif DEVICE_TYPE == "mps":
     DEPTH, WIDTH, HEAD_DIM = 6, 384, 64
     DEVICE_BATCH_TOKENS = TOTAL_BATCH_TOKENS = 2**15
 else:
-    DEPTH, WIDTH, HEAD_DIM = 4, 256, 64
-    # Small micro-batches keep a forward/backward's activations in the CPU's
-    # caches (measured ~15% faster than one 4096-token batch on 2 cores).
-    DEVICE_BATCH_TOKENS = 2**10
-    TOTAL_BATCH_TOKENS = 2**13
+    # Tuned for a 2-minute run on 2 cores (docs/example-session/): there, steps are
+    # what is scarce. Two layers beat three and four (more steps in the budget) and
+    # one (too little model); 4096 tokens per step beat 2048 (noisier, and the
+    # optimizer's share grows) and 8192 (half the steps).
+    DEPTH, WIDTH, HEAD_DIM = 2, 256, 64
+    # Micro-batches of 2048 tokens: small enough that a forward/backward's
+    # activations stay in the CPU's caches, large enough that the passes are few.
+    DEVICE_BATCH_TOKENS = 2**11
+    TOTAL_BATCH_TOKENS = 2**12
 
 WINDOW_PATTERN = "SSSL"   # per layer, repeated: S = local window, L = full context
 SHORT_WINDOW = MAX_SEQ_LEN // 2  # tokens an S layer looks back over (the last layer is always L)
@@ -85,7 +89,7 @@ LOGIT_SOFTCAP = 15.0      # logits = cap * tanh(logits / cap): bounded, smooth
 # dmodel_scale(WIDTH) = (WIDTH / 768) ** -0.5, so a wider model takes smaller steps.
 MATRIX_LR = 0.04          # Muon
 EMBEDDING_LR = 0.6        # AdamW: token and value embeddings
-UNEMBEDDING_LR = 0.004    # AdamW: output head
+UNEMBEDDING_LR = 0.002 if DEVICE_TYPE == "cpu" else 0.004  # AdamW: output head (CPU: 0.001-0.008 tried, 0.002 best)
 SCALAR_LR = 0.5           # AdamW: per-head value-embedding gates
 ADAM_BETAS = (0.8, 0.95)
 WEIGHT_DECAY = 0.0        # decoupled, on the Muon matrices, scaled by the learning rate

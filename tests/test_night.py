@@ -108,8 +108,8 @@ def night(tmp_path, classics_cache):
     n = Night(root, env)
     # A small CPU model with small steps: dozens of steps in a 10 s budget give a clear
     # learning signal, and the evaluation takes seconds.
-    n.edit("    DEPTH, WIDTH, HEAD_DIM = 4, 256, 64\n", "    DEPTH, WIDTH, HEAD_DIM = 2, 128, 64\n")
-    n.edit("    TOTAL_BATCH_TOKENS = 2**13\n", "    TOTAL_BATCH_TOKENS = 2**11\n")
+    n.edit("    DEPTH, WIDTH, HEAD_DIM = 2, 256, 64\n", "    DEPTH, WIDTH, HEAD_DIM = 2, 128, 64\n")
+    n.edit("    TOTAL_BATCH_TOKENS = 2**12\n", "    TOTAL_BATCH_TOKENS = 2**11\n")
     # The template starts from learning rates 20x too small: restoring them later is a
     # change known beforehand to help, so the keep step does not depend on luck.
     for name in ("MATRIX_LR", "EMBEDDING_LR", "UNEMBEDDING_LR", "SCALAR_LR"):
