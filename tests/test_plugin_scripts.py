@@ -712,6 +712,20 @@ def test_summary_says_what_really_happened_to_a_better_but_discarded_run(project
     assert "The session is still open: /experiment:resume continues it" in md
 
 
+def test_kept_changes_are_ranked_by_their_means_and_a_re_measure_is_not_a_change(project):
+    # Change 2 was kept on a lucky draw (0.90); its re-measure says 0.96 (mean 0.93).
+    # Change 4 (mean 0.91) then added 0.02 over 0.93, not 0.01 under the lucky 0.90.
+    append_runs(project,
+                ("keep", 1.0, {"samples": [1.0, 1.01, 0.99], "target_sha": "a" * 64}),
+                ("keep", 0.90, {"samples": [0.90], "target_sha": "b" * 64}),
+                ("keep", 0.96, {"samples": [0.96], "target_sha": "b" * 64, "description": "re-measure"}),
+                ("keep", 0.91, {"samples": [0.90, 0.92], "target_sha": "c" * 64}))
+    ok(script(project, "summarize", "--no-plot"))
+    ranked = (project / "autoresearch-summary.md").read_text().split("ranked by gain")[1].split("\n## ")[0]
+    assert "| 1 | 2 | +0.100000 | 0.900000 |" in ranked and "| 2 | 4 | +0.020000 | 0.910000 |" in ranked
+    assert "re-measure" not in ranked and "| 3 |" not in ranked
+
+
 def test_progress_plot_has_whole_run_numbers_labelled_keeps_and_marked_near_misses(project, monkeypatch):
     from matplotlib.figure import Figure
     append_runs(project, ("keep", 1.0, {"samples": [1.0, 1.01, 0.99], "target_sha": "a" * 64}),
@@ -1039,7 +1053,7 @@ def test_a_progress_report_every_n_runs_in_autoresearch_md(tmp_path):
     ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics", "--budget", "1",
               "--policy", "strict", "--progress-every", "3"))
     notes = p / "autoresearch.md"
-    notes.write_text(notes.read_text().replace("## Ideas queue\n", "## Ideas queue\n\n- try RoPE base 50k\n- tie embeddings\n"))
+    notes.write_text(notes.read_text().replace("## Ideas queue\n", "## Ideas queue\n\n- try RoPE base 50k\n- tie embeddings, or a\n  factorised head\n"))
     outs = [run_and_log(p, "keep", "baseline")[1].stdout]
     for i, value in enumerate((0.9, 0.95, 0.85, 0.99, 0.8)):
         outs.append(run_and_log(p, "keep" if value < 0.9 else "discard", f"idea {i}", VAL_BPB=value)[1].stdout)
@@ -1047,7 +1061,7 @@ def test_a_progress_report_every_n_runs_in_autoresearch_md(tmp_path):
     text = notes.read_text()
     assert text.count("## Progress after") == 1 and "## Progress after 6 runs" in text   # replaced, not piled up
     assert "6 runs, 3 kept" in text and "best against the baseline: +0.200000 (+20.00%)" in text
-    assert "next: try RoPE base 50k; tie embeddings" in text and "- try RoPE base 50k" in text
+    assert "next: try RoPE base 50k; tie embeddings, or a factorised head" in text and "- try RoPE base 50k" in text
     assert "idea 4" in text.split("## Progress after 6 runs")[1]
 
 

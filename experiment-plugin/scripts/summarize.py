@@ -24,15 +24,22 @@ PLACEHOLDER = ("<!-- To be written by the agent: the 3-5 most promising directio
 
 
 def kept_gains(runs, direction):
-    """Each kept run with what it added over the best kept before it."""
-    out, best = [], None
+    """Each kept change with what it added: the mean of its samples against the mean
+    of the kept code's samples before it (re-measures included, so a lucky keep does
+    not make the next change look worse than it was). A re-measure of the kept code
+    is not a change and is not listed; the baseline comes first with gain 0."""
+    out, kept_sha, kept = [], None, []
     for r in runs:
-        if r["status"] != "keep" or not lib.finite(r.get("metric")):
+        samples = lib.run_samples(r)
+        if r["status"] != "keep" or not samples:
             continue
-        gain = lib.improvement(r["metric"], best, direction) if best is not None else 0.0
+        if kept and r.get("target_sha") and r.get("target_sha") == kept_sha:
+            kept += samples                                 # a re-measure
+            continue
+        mean = sum(samples) / len(samples)
+        gain = lib.improvement(mean, sum(kept) / len(kept), direction) if kept else 0.0
         out.append((gain, r))
-        if best is None or lib.better(r["metric"], best, direction):
-            best = r["metric"]
+        kept_sha, kept = r.get("target_sha"), list(samples)
     return out
 
 
