@@ -212,6 +212,9 @@ def main(argv=None):
     best = lib.best_run(runs, config["direction"])
     best_text = (f"best {config['metric']} {lib.fmt(best['metric'])} (run {best['run']})"
                  if best else "no kept result yet")
+    est = lib.kept_estimate(config, runs) if best and lib.policy_name(config) == "noise-aware" else None
+    if est and est["sd"] is not None:   # the value the next run is judged against, beside the raw best
+        best_text += f"; the kept state is estimated at {lib.fmt(est['mean'])} (the next run is judged against it)"
     shown = lib.fmt(metric) if metric is not None else "-"
     print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
           f"{moved}; {best_text}")
