@@ -1373,7 +1373,7 @@ HELPFUL_MEANS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #     and a kept null edit costs nothing in the metric.
 # Chosen on benchmarks/bench_decisions.py (research log 2026-11-24).
 NOISE_AWARE = {"keep": (0.55, 0.3), "drop": 0.2, "max_samples": 2,
-               "rerun_worth": 1.0, "worth_floor": 0.05, "worth_window": None}
+               "rerun_worth": 1.0, "worth_floor": 0.05}
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -1526,23 +1526,14 @@ def sigma_draws(sigma: float, dof: int) -> list[float]:
 
 
 def idea_worth(config: dict, runs: list[dict], est: dict, sigma: float) -> float:
-    """What a new idea has been worth lately, in sigma per run: how far the kept
-    state's estimate moved over the last NOISE_AWARE["worth_window"] runs (over all
-    runs since the baseline while there are fewer), at least NOISE_AWARE["worth_floor"].
-    A confirming run is one idea not tried: it is run only when the marginal
-    candidate's expected gain is worth more than that. Real sessions front-load their
-    gains, so the recent rate, not the session's average, is what the next idea is
-    likely to bring."""
-    window = NOISE_AWARE.get("worth_window")
-    since = len(runs) - 1                          # runs since the baseline
-    if window and since > window:
-        then = kept_estimate(config, runs[:len(runs) - window], sigma)["mean"]
-        per_run = improvement(est["mean"], then, config["direction"]) / sigma / window
-    else:
-        base = baseline_run(runs)
-        xs = run_samples(base) or [base["metric"]]
-        per_run = improvement(est["mean"], sum(xs) / len(xs), config["direction"]) / sigma / max(1, since)
-    return max(per_run, NOISE_AWARE["worth_floor"])
+    """What a new idea has been worth in this session so far, in sigma: the estimated
+    gain of the kept state over the baseline per run since the baseline (at least
+    NOISE_AWARE["worth_floor"]). A confirming run is one idea not tried: it is run
+    only when the marginal candidate's expected gain is worth more than that."""
+    base = baseline_run(runs)
+    xs = run_samples(base) or [base["metric"]]
+    gain = improvement(est["mean"], sum(xs) / len(xs), config["direction"]) / sigma
+    return max(gain / max(1, len(runs) - 1), NOISE_AWARE["worth_floor"])
 
 
 def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str]:
