@@ -22,12 +22,14 @@ Printed per policy and G:
              the session reports for it (strict: the best single run kept; the
              noise-aware rule: the kept state's estimated value)
   runs/keep  runs per kept proposal
+  confirms   confirming runs per session (a second run of the same code)
+  bad: 2nd run  the share of the bad keeps made after a confirming run
 
 Goals for the default policy (issue 8), at every G at once: gain >= 0.9x strict at
 G >= 1 and >= 1.25x at G = 0.5; bad kept <= 5%; real kept >= 85%; curse <= 1.
 
-    python benchmarks/bench_decisions.py                # fast: synthetic, seconds
-    python benchmarks/bench_decisions.py --sessions 2000
+    python benchmarks/bench_decisions.py                # synthetic: minutes, one process per core
+    python benchmarks/bench_decisions.py --sessions 200 # a quick look (intervals ~8% wide)
     python benchmarks/bench_decisions.py --scripts 4    # drive the real scripts too
 """
 import argparse
@@ -69,21 +71,26 @@ def config_for(policy):
 class Stats:
     def __init__(self):
         self.bad = self.bad_kept = self.real = self.real_kept = self.keeps = 0
+        self.bad_kept_confirmed = self.confirm_runs = 0
         self.gains, self.curses, self.runs = [], [], 0
 
-    def decided(self, d, decision):
-        """Count one decided proposal of true effect d (None: the baseline)."""
+    def decided(self, d, decision, samples=1):
+        """Count one decided proposal of true effect d (None: the baseline) after
+        `samples` runs of it."""
         if d is None:
             return
         self.bad += d >= 0
         self.real += d <= -2
+        self.confirm_runs += samples - 1
         if decision == "keep":
             self.keeps += 1
             self.bad_kept += d >= 0
+            self.bad_kept_confirmed += d >= 0 and samples > 1
             self.real_kept += d <= -2
 
     def add(self, other):
-        for k in ("bad", "bad_kept", "real", "real_kept", "keeps", "runs"):
+        for k in ("bad", "bad_kept", "real", "real_kept", "keeps", "runs", "bad_kept_confirmed",
+                  "confirm_runs"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.gains += other.gains
         self.curses += other.curses
@@ -92,7 +99,27 @@ class Stats:
         return {"bad_kept": self.bad_kept / max(1, self.bad),
                 "real_kept": self.real_kept / max(1, self.real),
                 "gain": statistics.median(self.gains), "curse": statistics.median(self.curses),
-                "runs_per_keep": self.runs / max(1, self.keeps)}
+                "runs_per_keep": self.runs / max(1, self.keeps),
+                # where the bad keeps come from, and what confirming costs
+                "bad_kept_confirmed": self.bad_kept_confirmed / max(1, self.bad_kept),
+                "confirm_runs": self.confirm_runs / max(1, len(self.gains)),
+                "gains": list(self.gains)}   # per session, in seed order (for the intervals)
+
+
+def ratio_interval(gains, base, draws=1000, seed=0):
+    """90% interval of median(gains) / median(base) by a paired bootstrap: session i
+    of both lists saw the same proposals and noise draws, so they are resampled
+    together. A ratio's last digit means little without it: at 300 sessions the
+    interval is several percent wide."""
+    rng = random.Random(seed)
+    n, out = len(gains), []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        b = statistics.median(base[i] for i in idx)
+        if b > 0:
+            out.append(statistics.median(gains[i] for i in idx) / b)
+    out.sort()
+    return out[int(0.05 * len(out))], out[int(0.95 * len(out)) - 1]
 
 
 def session(policy, g, seed):
@@ -116,7 +143,7 @@ def session(policy, g, seed):
         if decision == "rerun":
             continue
         d = candidate["d"]
-        stats.decided(d, decision)
+        stats.decided(d, decision, len(candidate["samples"]))
         if decision == "keep":
             kept_true, kept_sha = candidate["true"], candidate["sha"]
         runs.append({"type": "run", "run": len(runs) + 1, "status": decision,
@@ -134,15 +161,26 @@ def session(policy, g, seed):
     return stats
 
 
-def replay(policies, sessions, seed=1):
-    table = {}
-    for policy in policies:
-        for g in GS:
-            total = Stats()
-            for i in range(sessions):
-                total.add(session(policy, g, seed * 7919 + i))
-            table[policy, g] = total.row()
-    return table
+def _cell(args):
+    policy, g, sessions, seed = args
+    total = Stats()
+    for i in range(sessions):
+        total.add(session(policy, g, seed * 7919 + i))
+    return total.row()
+
+
+def replay(policies, sessions, seed=1, jobs=1):
+    """{(policy, G): row} over `sessions` synthetic sessions per cell; `jobs` > 1 runs
+    the cells in that many processes (the same sessions, the same numbers)."""
+    cells = [(policy, g) for policy in policies for g in GS]
+    args = [(policy, g, sessions, seed) for policy, g in cells]
+    if jobs > 1:
+        import multiprocessing
+        with multiprocessing.Pool(jobs) as pool:
+            rows = pool.map(_cell, args)
+    else:
+        rows = [_cell(a) for a in args]
+    return dict(zip(cells, rows))
 
 
 def meets_goals(table, policy, against="strict"):
@@ -166,14 +204,21 @@ def meets_goals(table, policy, against="strict"):
 def print_table(table, policies, title):
     print(title)
     print(f"{'policy':13} {'G':>4} {'bad kept':>9} {'real kept':>10} {'gain':>7} {'x strict':>9} "
-          f"{'curse':>6} {'runs/keep':>10}")
+          f"{'(90% interval)':>15} {'curse':>6} {'runs/keep':>10} {'confirms':>9} "
+          f"{'bad: 2nd run':>12}")
     for policy in policies:
         for g in GS:
             row = table[policy, g]
             base = table.get(("strict", g))
-            ratio = f"{row['gain'] / base['gain']:.2f}x" if base and base["gain"] > 0 else "-"
+            ratio, interval = "-", ""
+            if base and base["gain"] > 0:
+                ratio = f"{row['gain'] / base['gain']:.3f}x"
+                if policy != "strict" and len(row["gains"]) == len(base["gains"]) > 1:
+                    interval = "{:.3f}-{:.3f}".format(*ratio_interval(row["gains"], base["gains"]))
             print(f"{policy:13} {g:>4g} {row['bad_kept']:>9.1%} {row['real_kept']:>10.1%} "
-                  f"{row['gain']:>7.2f} {ratio:>9} {row['curse']:>6.2f} {row['runs_per_keep']:>10.1f}")
+                  f"{row['gain']:>7.2f} {ratio:>9} {interval:>15} {row['curse']:>6.2f} "
+                  f"{row['runs_per_keep']:>10.1f} {row['confirm_runs']:>9.1f} "
+                  f"{row['bad_kept_confirmed']:>12.0%}")
 
 
 # ------------------------------------------------------------------ scripts mode
@@ -235,9 +280,10 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
             log = lib.read_log(str(root))
             number += 1
             d = proposal(ideas, g) if log.runs else None
-            candidate = {"true": kept_true + (d or 0.0), "d": d}
+            candidate = {"true": kept_true + (d or 0.0), "d": d, "runs": 0}
             write_target(candidate["true"] * sigma, number)
         used += 1
+        candidate["runs"] += 1
         proc = script("run-experiment", root, env)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("recommend: ")), None)
         if line is None:
@@ -250,7 +296,7 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
         if proc.returncode:
             raise SystemExit(f"log-experiment failed: {proc.stderr}")
         d = candidate["d"]
-        stats.decided(d, decision)
+        stats.decided(d, decision, candidate["runs"])
         if decision == "keep":
             kept_true = candidate["true"]
         text = (root / "target.py").read_text()
@@ -288,9 +334,13 @@ def replay_scripts(policies, sessions, seed=1, runs=RUNS):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sessions", type=int, default=300, help="sessions per policy and G (default 300)")
+    p.add_argument("--sessions", type=int, default=1000,
+                   help="sessions per policy and G (default 1000; at 300 the gain ratio's "
+                        "90%% interval is about +-4%%)")
     p.add_argument("--policies", default="noise-aware,strict")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes for the synthetic replay (default: one per core)")
     p.add_argument("--scripts", type=int, default=0,
                    help="also drive the real scripts, this many sessions per policy and G")
     p.add_argument("--script-runs", type=int, default=RUNS,
@@ -300,9 +350,12 @@ def main(argv=None):
     policies = a.policies.split(",")
     if "strict" not in policies:
         policies.append("strict")
-    table = replay(policies, a.sessions, a.seed)
+    if a.sessions < 2 or a.jobs < 1:
+        p.error("--sessions must be at least 2 and --jobs at least 1")
+    table = replay(policies, a.sessions, a.seed, a.jobs)
     if a.json:
-        print(json.dumps({f"{k[0]} {k[1]:g}": v for k, v in table.items()}))
+        print(json.dumps({f"{k[0]} {k[1]:g}": {n: v for n, v in row.items() if n != "gains"}
+                          for k, row in table.items()}))
     else:
         print_table(table, policies, f"synthetic replay: {a.sessions} sessions of {RUNS} runs per policy and G")
         misses = meets_goals(table, lib.DEFAULT_POLICY)

@@ -164,6 +164,20 @@ def test_replay_default_policy_keeps_little_noise_and_reports_honestly():
     assert table["noise-aware", 0.5]["gain"] > 1.25 * table["strict", 0.5]["gain"]
 
 
+def test_replay_in_several_processes_gives_the_same_table_and_an_honest_interval():
+    one = bench_decisions.replay(["noise-aware", "strict"], sessions=4, seed=5, jobs=1)
+    two = bench_decisions.replay(["noise-aware", "strict"], sessions=4, seed=5, jobs=2)
+    assert one == two
+    # The interval is of the paired ratio: a rule that gains exactly 0.9x in every
+    # session has the interval 0.9-0.9; spread across sessions widens it around the point.
+    base = [float(x) for x in range(1, 41)]
+    assert bench_decisions.ratio_interval([0.9 * x for x in base], base) == pytest.approx((0.9, 0.9))
+    noisy = [x * (0.7 if i % 2 else 1.1) for i, x in enumerate(base)]
+    lo, hi = bench_decisions.ratio_interval(noisy, base)
+    point = bench_decisions.statistics.median(noisy) / bench_decisions.statistics.median(base)
+    assert lo < point < hi and hi - lo > 0.05
+
+
 def test_replay_through_the_real_scripts_leaves_git_where_each_decision_says(tmp_path):
     for policy in ("noise-aware", "strict"):
         stats, mismatches = bench_decisions.scripts_session(policy, 2.0, 3, tmp_path, runs=12)
