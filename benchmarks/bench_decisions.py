@@ -336,7 +336,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=1000,
                    help="sessions per policy and G (default 1000; at 300 the gain ratio's "
-                        "90%% interval is about +-4%%)")
+                        "90%% interval is about +-3%%)")
     p.add_argument("--policies", default="noise-aware,strict")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
