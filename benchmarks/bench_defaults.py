@@ -28,6 +28,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiment-plugin", "scripts"))
 import experiment_lib as lib  # noqa: E402
+import bench_noise  # noqa: E402  (one watched training run)
 
 
 def template_at(ref, path, workdir, name):
@@ -47,21 +48,14 @@ def template_at(ref, path, workdir, name):
 
 
 def one_run(script, dataset, budget, seed, rundir):
-    """Run one template as run-experiment does (its own process group, the harness on
-    PYTHONPATH, records under rundir), watched by the load monitor."""
-    env = {**os.environ, "AUTORESEARCH_DATASET": dataset, "AUTORESEARCH_TIME_BUDGET": f"{budget:g}",
-           "AUTORESEARCH_SEED": str(seed), "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+    """One watched run of a template (bench_noise.one_run), records under rundir; a
+    failed run ends the comparison with its output."""
     os.makedirs(rundir, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, script], cwd=rundir, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    monitor = lib.LoadMonitor(proc.pid).start()
-    out, _ = proc.communicate(timeout=2 * budget + 600)
-    reading = monitor.stop()
-    metrics = lib.parse_metrics(out)
-    if proc.returncode != 0 or not lib.finite(metrics.get("val_bpb")):
-        sys.exit(f"{os.path.basename(script)} on {dataset} failed (exit {proc.returncode}):\n{out[-2000:]}")
-    return {"val_bpb": metrics["val_bpb"], "tok_s": metrics.get("avg_tok_sec"), "steps": metrics.get("num_steps"),
-            "disturbed": lib.disturbed(reading), "load": reading}
+    row = bench_noise.one_run(sys.executable, dataset, budget, seed, timeout=2 * budget + 600,
+                              script=script, cwd=rundir)
+    if row["exit"] != 0 or not lib.finite(row["val_bpb"]):
+        sys.exit(f"{os.path.basename(script)} on {dataset} failed (exit {row['exit']}):\n{row['tail']}")
+    return {k: row[k] for k in ("val_bpb", "tok_s", "steps", "disturbed", "load")}
 
 
 def median(rows, key):

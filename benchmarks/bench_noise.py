@@ -29,10 +29,13 @@ sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
 import experiment_lib as lib  # noqa: E402
 
 
-def one_run(python, dataset, budget, seed, timeout):
+def one_run(python, dataset, budget, seed, timeout, script="train.py", cwd=REPO):
+    """One training run as run-experiment makes it (its own process group, the harness
+    on PYTHONPATH), watched by the load monitor. `script` is run from `cwd`, where its
+    records land. Returns the figures, the reading, and the output's tail for errors."""
     env = {**os.environ, "AUTORESEARCH_DATASET": dataset, "AUTORESEARCH_TIME_BUDGET": f"{budget:g}",
-           "AUTORESEARCH_SEED": str(seed), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([python, "train.py"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+           "AUTORESEARCH_SEED": str(seed), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([python, str(script)], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     monitor = lib.LoadMonitor(proc.pid).start()
     out, _ = proc.communicate(timeout=timeout)
@@ -40,7 +43,7 @@ def one_run(python, dataset, budget, seed, timeout):
     metrics = lib.parse_metrics(out)
     return {"seed": seed, "val_bpb": metrics.get("val_bpb"), "steps": metrics.get("num_steps"),
             "tok_s": metrics.get("avg_tok_sec"), "load": reading, "disturbed": lib.disturbed(reading),
-            "exit": proc.returncode}
+            "exit": proc.returncode, "tail": out[-2000:]}
 
 
 def sd(xs):
@@ -102,7 +105,7 @@ def main():
               f"({time.monotonic() - start:.0f}s)", flush=True)
         if a.out:
             with open(a.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps({k: v for k, v in row.items() if k != "tail"}) + "\n")
     report(rows)
 
 
