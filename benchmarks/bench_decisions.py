@@ -25,14 +25,21 @@ Printed per policy and G:
   confirms   confirming runs per session (a second run of the same code)
   bad: 2nd run  the share of the bad keeps made after a confirming run
 
+With --oracle, two more rows show what the estimates cost: the default rule told
+sigma exactly (oracle-sigma), and told both sigma and the kept state's true value
+(oracle-kept). No rule can know either; the gap between them and noise-aware is what
+better information (not better thresholds) could win back.
+
 Goals for the default policy (issue 8), at every G at once: gain >= 0.9x strict at
 G >= 1 and >= 1.25x at G = 0.5; bad kept <= 5%; real kept >= 85%; curse <= 1.
 
     python benchmarks/bench_decisions.py                # synthetic: minutes, one process per core
     python benchmarks/bench_decisions.py --sessions 200 # a quick look (intervals ~8% wide)
     python benchmarks/bench_decisions.py --scripts 4    # drive the real scripts too
+    python benchmarks/bench_decisions.py --oracle       # and the rule with sigma / the kept value known
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -42,6 +49,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "experiment-plugin" / "scripts"
@@ -63,9 +71,25 @@ def proposal(rng, g):
     return -rng.expovariate(1 / g)
 
 
+ORACLES = ("oracle-sigma", "oracle-kept")
+
+
 def config_for(policy):
-    return {"metric": "val_bpb", "direction": "lower", "policy": policy,
-            "baseline_runs": lib.DEFAULT_BASELINE_RUNS if policy == "noise-aware" else 1}
+    aware = policy == "noise-aware" or policy in ORACLES
+    return {"metric": "val_bpb", "direction": "lower", "policy": "noise-aware" if aware else policy,
+            "baseline_runs": lib.DEFAULT_BASELINE_RUNS if aware else 1}
+
+
+def oracle(policy, kept):
+    """The decision code's own estimates replaced by the truth (for the --oracle rows):
+    sigma is 1 with unlimited degrees of freedom; for oracle-kept the kept state's
+    value is also known exactly (`kept` holds it, updated by the session)."""
+    patches = [mock.patch.object(lib, "noise", lambda runs, candidate=None: (1.0, 10 ** 6))]
+    if policy == "oracle-kept":
+        patches.append(mock.patch.object(
+            lib, "kept_estimate",
+            lambda config, runs, sigma=None: {"mean": kept[0], "sd": 1e-9, "samples": 1}))
+    return patches
 
 
 class Stats:
@@ -126,6 +150,14 @@ def session(policy, g, seed):
     """One synthetic session through the real decision code; returns its Stats."""
     ideas, noise = random.Random(seed), random.Random(seed + 10**6)
     config = config_for(policy)
+    truth = [START]     # the kept state's true value, for the oracle rows
+    with contextlib.ExitStack() as stack:
+        for patch in oracle(policy, truth) if policy in ORACLES else []:
+            stack.enter_context(patch)
+        return _session(policy, g, ideas, noise, config, truth)
+
+
+def _session(policy, g, ideas, noise, config, truth):
     runs, stats = [], Stats()
     kept_true, kept_sha = START, None
     candidate, used, number = None, 0, 0
@@ -146,6 +178,7 @@ def session(policy, g, seed):
         stats.decided(d, decision, len(candidate["samples"]))
         if decision == "keep":
             kept_true, kept_sha = candidate["true"], candidate["sha"]
+            truth[0] = kept_true
         runs.append({"type": "run", "run": len(runs) + 1, "status": decision,
                      "metric": sum(candidate["samples"]) / len(candidate["samples"]),
                      "samples": list(candidate["samples"]), "target_sha": candidate["sha"],
@@ -345,11 +378,16 @@ def main(argv=None):
                    help="also drive the real scripts, this many sessions per policy and G")
     p.add_argument("--script-runs", type=int, default=RUNS,
                    help=f"runs per session in the scripts mode (default {RUNS})")
+    p.add_argument("--oracle", action="store_true",
+                   help="add the default rule told sigma (oracle-sigma) and also the kept "
+                        "state's true value (oracle-kept): what the estimates cost")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     policies = a.policies.split(",")
     if "strict" not in policies:
         policies.append("strict")
+    if a.oracle:
+        policies += [o for o in ORACLES if o not in policies]
     if a.sessions < 2 or a.jobs < 1:
         p.error("--sessions must be at least 2 and --jobs at least 1")
     table = replay(policies, a.sessions, a.seed, a.jobs)

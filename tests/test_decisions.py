@@ -165,6 +165,17 @@ def test_replay_default_policy_keeps_little_noise_and_reports_honestly():
     assert table["noise-aware", 0.5]["gain"] > 1.25 * table["strict", 0.5]["gain"]
 
 
+def test_oracle_rows_decide_on_the_truth_and_leave_the_decision_code_as_it_was():
+    """--oracle replays the default rule told sigma, or sigma and the kept value: the
+    second reports the true value (no winner's curse at all), the first does not."""
+    noise, kept_estimate = lib.noise, lib.kept_estimate
+    table = bench_decisions.replay(["oracle-sigma", "oracle-kept", "strict"], sessions=3, seed=4)
+    assert lib.noise is noise and lib.kept_estimate is kept_estimate
+    for g in bench_decisions.GS:
+        assert table["oracle-kept", g]["curse"] == 0
+        assert table["oracle-sigma", g]["curse"] != 0
+
+
 def test_replay_in_several_processes_gives_the_same_table_and_an_honest_interval():
     one = bench_decisions.replay(["noise-aware", "strict"], sessions=4, seed=5, jobs=1)
     two = bench_decisions.replay(["noise-aware", "strict"], sessions=4, seed=5, jobs=2)
