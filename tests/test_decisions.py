@@ -165,6 +165,22 @@ def test_replay_default_policy_keeps_little_noise_and_reports_honestly():
     assert table["noise-aware", 0.5]["gain"] > 1.25 * table["strict", 0.5]["gain"]
 
 
+def test_noise_report_says_what_the_step_count_and_a_speed_probe_explain(capsys):
+    import bench_noise
+    steps = [180, 200, 190, 210, 185]
+    rows = [{"seed": seed, "steps": n, "val_bpb": 2.0 - 0.001 * n, "probe": n / 2, "disturbed": None}
+            for seed, n in zip((42, 43, 42, 44, 45), steps)]
+    bench_noise.report(rows)
+    out = capsys.readouterr().out
+    assert "steps 180-210; val_bpb per step -0.0010; the step count explains 100%" in out
+    assert "probe 90.0-105.0 GFLOP/s; it explains 100% of the step count's variance" in out
+    assert "adjusted for it: sigma 0.0000 (unadjusted 0.0120)" in out
+    for r, wobble in zip(rows, (3, -2, 5, -4, 0)):      # a probe that does not track
+        r["probe"] = 100 + wobble
+    bench_noise.report(rows)
+    assert "it explains 100%" not in capsys.readouterr().out
+
+
 def test_oracle_rows_decide_on_the_truth_and_leave_the_decision_code_as_it_was():
     """--oracle replays the default rule told sigma, or sigma and the kept value: the
     second reports the true value (no winner's curse at all), the first does not."""
