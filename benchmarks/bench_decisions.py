@@ -24,6 +24,8 @@ Printed per policy and G:
   runs/keep  runs per kept proposal
   confirms   confirming runs per session (a second run of the same code)
   bad: 2nd run  the share of the bad keeps made after a confirming run
+  undone     keeps undone per session (revert_due); an undone keep counts as
+             discarded in "bad kept" and "real kept", as it ends up in git
 
 With --oracle, two more rows show what the estimates cost: the default rule told
 sigma exactly (oracle-sigma), and told both sigma and the kept state's true value
@@ -95,7 +97,7 @@ def oracle(policy, kept):
 class Stats:
     def __init__(self):
         self.bad = self.bad_kept = self.real = self.real_kept = self.keeps = 0
-        self.bad_kept_confirmed = self.confirm_runs = 0
+        self.bad_kept_confirmed = self.confirm_runs = self.reverts = 0
         self.gains, self.curses, self.runs = [], [], 0
 
     def decided(self, d, decision, samples=1):
@@ -112,9 +114,17 @@ class Stats:
             self.bad_kept_confirmed += d >= 0 and samples > 1
             self.real_kept += d <= -2
 
+    def undone(self, d, samples=1):
+        """A keep of true effect d undone later (revert_due): it counts as discarded."""
+        self.reverts += 1
+        self.keeps -= 1
+        self.bad_kept -= d >= 0
+        self.bad_kept_confirmed -= d >= 0 and samples > 1
+        self.real_kept -= d <= -2
+
     def add(self, other):
         for k in ("bad", "bad_kept", "real", "real_kept", "keeps", "runs", "bad_kept_confirmed",
-                  "confirm_runs"):
+                  "confirm_runs", "reverts"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.gains += other.gains
         self.curses += other.curses
@@ -127,6 +137,7 @@ class Stats:
                 # where the bad keeps come from, and what confirming costs
                 "bad_kept_confirmed": self.bad_kept_confirmed / max(1, self.bad_kept),
                 "confirm_runs": self.confirm_runs / max(1, len(self.gains)),
+                "reverts": self.reverts / max(1, len(self.gains)),
                 "gains": list(self.gains)}   # per session, in seed order (for the intervals)
 
 
@@ -160,6 +171,7 @@ def session(policy, g, seed):
 def _session(policy, g, ideas, noise, config, truth):
     runs, stats = [], Stats()
     kept_true, kept_sha = START, None
+    truths = {}         # target hash: (true value, d, runs) of every code kept
     candidate, used, number = None, 0, 0
     while used < RUNS:
         if candidate is None:
@@ -178,12 +190,20 @@ def _session(policy, g, ideas, noise, config, truth):
         stats.decided(d, decision, len(candidate["samples"]))
         if decision == "keep":
             kept_true, kept_sha = candidate["true"], candidate["sha"]
+            truths[kept_sha] = (kept_true, d, len(candidate["samples"]))
             truth[0] = kept_true
         runs.append({"type": "run", "run": len(runs) + 1, "status": decision,
                      "metric": sum(candidate["samples"]) / len(candidate["samples"]),
                      "samples": list(candidate["samples"]), "target_sha": candidate["sha"],
                      "commit": "0" * 40, "metrics": {}})
         candidate = None
+        held = lib.revert_due(config, runs) if decision == "discard" else None
+        if held:
+            _, d_undone, n_undone = truths[kept_sha]
+            stats.undone(d_undone, n_undone)
+            runs.append(lib.revert_record(config, runs, held, len(runs) + 1))
+            kept_sha = runs[-1]["target_sha"]
+            kept_true = truth[0] = truths[kept_sha][0]
     if policy == "strict":
         reported = lib.best_run(runs, "lower")["metric"]
     else:
@@ -238,7 +258,7 @@ def print_table(table, policies, title):
     print(title)
     print(f"{'policy':13} {'G':>4} {'bad kept':>9} {'real kept':>10} {'gain':>7} {'x strict':>9} "
           f"{'(90% interval)':>15} {'curse':>6} {'runs/keep':>10} {'confirms':>9} "
-          f"{'bad: 2nd run':>12}")
+          f"{'bad: 2nd run':>12} {'undone':>7}")
     for policy in policies:
         for g in GS:
             row = table[policy, g]
@@ -251,7 +271,7 @@ def print_table(table, policies, title):
             print(f"{policy:13} {g:>4g} {row['bad_kept']:>9.1%} {row['real_kept']:>10.1%} "
                   f"{row['gain']:>7.2f} {ratio:>9} {interval:>15} {row['curse']:>6.2f} "
                   f"{row['runs_per_keep']:>10.1f} {row['confirm_runs']:>9.1f} "
-                  f"{row['bad_kept_confirmed']:>12.0%}")
+                  f"{row['bad_kept_confirmed']:>12.0%} {row['reverts']:>7.1f}")
 
 
 # ------------------------------------------------------------------ scripts mode
@@ -307,7 +327,8 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
                   "--dataset", "none", "--budget", "1", "--policy", policy)
     if proc.returncode:
         raise SystemExit(f"setup-session failed: {proc.stderr}")
-    kept_true, used, number, candidate = START, 0, 0, None
+    kept_true, kept_sha, used, number, candidate = START, None, 0, 0, None
+    truths = {}         # target hash: (true value, d, runs) of every code kept
     while used < runs:
         if candidate is None:
             log = lib.read_log(str(root))
@@ -330,8 +351,14 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
             raise SystemExit(f"log-experiment failed: {proc.stderr}")
         d = candidate["d"]
         stats.decided(d, decision, candidate["runs"])
+        last = lib.read_log(str(root)).runs[-1]
         if decision == "keep":
-            kept_true = candidate["true"]
+            kept_true, kept_sha = candidate["true"], last["target_sha"]
+            truths[kept_sha] = (kept_true, d, candidate["runs"])
+        elif last.get("reverts"):       # log-experiment undid the latest keep
+            stats.undone(*truths[kept_sha][1:])
+            kept_sha = last["target_sha"]
+            kept_true = truths[kept_sha][0]
         text = (root / "target.py").read_text()
         if f"TRUE = {kept_true * sigma!r}" not in text:
             mismatches.append(f"{root.name} proposal {number}: after {decision} the target "

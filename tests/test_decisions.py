@@ -161,6 +161,9 @@ def test_replay_default_policy_keeps_little_noise_and_reports_honestly():
         assert rule["curse"] <= 1.0, (g, rule)
         assert rule["bad_kept"] <= strict["bad_kept"] and rule["curse"] < strict["curse"]
         assert rule["real_kept"] >= 0.85, (g, rule)
+    # Lucky keeps are undone, and undoing never costs the goals above.
+    assert sum(table["noise-aware", g]["reverts"] for g in bench_decisions.GS) > 0
+    assert all(table["strict", g]["reverts"] == 0 for g in bench_decisions.GS)
     # Where real gains are small, judging against an honest estimate finds more of them.
     assert table["noise-aware", 0.5]["gain"] > 1.25 * table["strict", 0.5]["gain"]
 
@@ -275,3 +278,65 @@ def test_a_run_disturbed_again_and_again_says_the_machine_is_busy():
             "disturbed_now": "other processes 55% of 2 CPUs", "disturbed_runs": times})
         assert decision == "rerun" and why.startswith("disturbed: other processes")
         assert ("the machine is busy" in why) is busy and ("AUTORESEARCH_LOAD_CHECK=0" in why) is busy
+
+
+def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):
+    """A keep on one lucky run, then edits on top of it that measure like the code it
+    replaced: log-experiment puts the branch back on that code, logs why, keeps the
+    undone commit reachable, and the summary and best no longer count it."""
+    for _ in range(3):
+        ok(script(session, "run-experiment"))
+    ok(script(session, "log-experiment", "--status", "keep", "--description", "baseline"))
+    baseline = (session / "train.py").read_text()
+    set_constant(session, "VAL_BPB", 0.985)
+    ok(script(session, "run-experiment"))
+    ok(script(session, "log-experiment", "--status", "keep", "--description", "lucky"))
+    kept_commit = records(session)[-1]["commit_sha"]
+    outs = []
+    for i in range(1, 4):
+        set_constant(session, "VAL_BPB", 1.01)
+        set_constant(session, "BUSY", 0.0001 * i)     # another edit, another code
+        ok(script(session, "run-experiment"))
+        outs.append(ok(script(session, "log-experiment", "--status", "discard",
+                              "--description", f"idea {i}")).stdout)
+        if "revert run 2" in outs[-1]:
+            break
+    assert "revert run 2" in outs[-1], outs
+    assert all("revert" not in o for o in outs[:-1])
+    undo = records(session)[-1]
+    assert undo["reverts"] == 2 and undo["status"] == "keep" and undo["samples"] == []
+    assert undo["commit"] == records(session)[1]["commit"]
+    assert (session / "train.py").read_text() == baseline       # git is on the old code
+    assert subprocess.run(["git", "cat-file", "-e", kept_commit], cwd=session).returncode == 0
+    assert "revert run 2" in (session / "results.tsv").read_text()
+    runs = records(session)[1:]
+    assert lib.best_run(runs, "lower")["run"] == 1 and lib.runs_since_keep(runs) == len(outs) + 1
+    ok(script(session, "summarize"))
+    assert (session / "progress.png").stat().st_size > 0
+    summary = (session / "autoresearch-summary.md").read_text()
+    assert f"{len(runs) - 1} runs: 1 kept (1 more kept, then undone)" in summary
+    assert "kept, then undone" in summary and "| 1 | 2 |" not in summary
+    # The next idea is judged against the old code again, and nothing else is undone.
+    set_constant(session, "VAL_BPB", 1.01)
+    set_constant(session, "BUSY", 0.01)
+    ok(script(session, "run-experiment"))
+    assert "revert" not in ok(script(session, "log-experiment", "--status", "discard",
+                                     "--description", "one more")).stdout
+
+
+def test_a_clear_gain_is_not_undone_by_the_runs_after_it():
+    config = {"metric": "val_bpb", "direction": "lower", "policy": "noise-aware"}
+    base = {"run": 1, "status": "keep", "metric": 1.0, "commit": "a" * 7, "target_sha": "a" * 64,
+            "samples": [0.99, 1.01, 1.0]}
+    runs = [base, {"run": 2, "status": "keep", "metric": 0.95, "commit": "b" * 7,
+                   "target_sha": "b" * 64, "samples": [0.95]}]
+    for i in range(6):
+        runs.append({"run": 3 + i, "status": "discard", "metric": 0.955, "commit": "c" * 7,
+                     "target_sha": f"{i:064x}", "samples": [0.955]})
+        assert lib.revert_due(config, runs) is None
+    assert lib.kept_estimate(config, runs)["held"]["p"] > 0.9
+    # Under strict (Karpathy's rule) nothing is ever undone.
+    lucky = [base, {**runs[1], "metric": 0.99, "samples": [0.99]}] + \
+        [{**r, "metric": 1.02, "samples": [1.02]} for r in runs[2:]]
+    assert lib.revert_due(config, lucky) is not None
+    assert lib.revert_due({**config, "policy": "strict"}, lucky) is None

@@ -26,7 +26,7 @@ import experiment_lib as lib  # noqa: E402
 
 def latest_keep_hint(config, runs, mad):
     """How much the latest keep added over the best before it, in noise floors."""
-    keeps = [r for r in runs if r["status"] == "keep" and lib.finite(r.get("metric"))]
+    keeps = [r for r in lib.standing_keeps(runs) if lib.finite(r.get("metric"))]
     if len(keeps) < 2 or not mad:
         return None
     last = keeps[-1]

@@ -394,9 +394,13 @@ PLATEAU_DEFAULT = 20
 
 
 def runs_since_keep(runs: list[dict]) -> int:
-    n = 0
+    """Runs since the last keep that stands (a keep undone later counts as a run, the
+    record undoing it as none)."""
+    undone, n = undone_runs(runs), 0
     for r in reversed(runs):
-        if r["status"] == "keep":
+        if r.get("reverts"):
+            continue
+        if r["status"] == "keep" and r["run"] not in undone:
             break
         n += 1
     return n
@@ -526,7 +530,7 @@ def progress_report(root: str, config: dict, runs: list[dict], every: int) -> st
     distance from the baseline, the noise, the last runs' outcomes, and the next ideas
     (the top of the Ideas queue in autoresearch.md)."""
     base, best = baseline_run(runs), best_run(runs, config["direction"])
-    keeps = sum(r["status"] == "keep" for r in runs)
+    keeps = len(standing_keeps(runs))
     lines = [f"## Progress after {len(runs)} runs", "",
              f"- {len(runs)} runs, {keeps} kept; {best_line(config, runs)}"]
     if base and best:
@@ -1246,6 +1250,9 @@ def kept_state(config: dict, runs: list[dict]) -> dict | None:
                 None)
     if last is None:
         return None
+    if last.get("reverts"):     # undoing a keep: the state is the keep it went back to
+        last = next((r for r in reversed(standing_keeps(runs))
+                     if r.get("target_sha") == last.get("target_sha")), last)
     sha = last.get("target_sha")
     # A keep made on disturbed runs alone has no samples: its metric stands in.
     samples = (code_groups(runs)[sha] if sha else run_samples(last)) or [last["metric"]]
@@ -1291,10 +1298,23 @@ def baseline_run(runs: list[dict]) -> dict | None:
     return next(iter(measured(runs)), None)
 
 
+def undone_runs(runs: list[dict]) -> set:
+    """The run numbers of keeps undone later (see revert_due)."""
+    return {r["reverts"] for r in runs if r.get("reverts")}
+
+
+def standing_keeps(runs: list[dict]) -> list[dict]:
+    """The keeps that stand: not undone later, and not the records that undo them."""
+    undone = undone_runs(runs)
+    return [r for r in runs if r["status"] == "keep" and r["run"] not in undone
+            and not r.get("reverts")]
+
+
 def best_run(runs: list[dict], direction: str) -> dict | None:
+    """The best kept run, leaving out keeps undone later (see standing_keeps)."""
     best = None
-    for r in runs:
-        if r["status"] == "keep" and finite(r.get("metric")):
+    for r in standing_keeps(runs):
+        if finite(r.get("metric")):
             if best is None or better(r["metric"], best["metric"], direction):
                 best = r
     return best
@@ -1370,10 +1390,15 @@ HELPFUL_MEANS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #     sigma a confirming run costs more than most marginal results return);
 #   * after the confirming run: keep at P >= keep[1]. That bar looks low, but what
 #     reaches it is mostly small real gains, few null or harmful edits get this far,
-#     and a kept null edit costs nothing in the metric.
-# Chosen on benchmarks/bench_decisions.py (research log 2026-11-24).
-NOISE_AWARE = {"keep": (0.55, 0.3), "drop": 0.2, "max_samples": 2,
-               "rerun_worth": 1.0, "worth_floor": 0.05}
+#     and a kept null edit costs nothing in the metric;
+#   * a keep is provisional: once `undo_after` runs were built on it, when its own
+#     samples and what those runs say about it (each is nearly a re-measure, as far
+#     as it was a null edit) put P(helpful) under `undo_below`, it is undone
+#     (revert_due). That is what lets the first-run bar sit below one half: a lucky
+#     keep costs a run or two, not the rest of the night.
+# Chosen on benchmarks/bench_decisions.py (research log 2026-11-24 and 2026-11-29).
+NOISE_AWARE = {"keep": (0.45, 0.25), "drop": 0.2, "max_samples": 2,
+               "rerun_worth": 1.0, "worth_floor": 0.05, "undo_below": 0.3, "undo_after": 1}
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -1441,11 +1466,17 @@ def _oriented(x: float, direction: str) -> float:
 
 
 def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) -> dict | None:
-    """The kept state's estimated value: {mean, sd, samples} in metric units, by
+    """The kept state's estimated value: {mean, sd, samples, held} in metric units, by
     replaying the log's keeps under the model above. The baseline and re-measures
     add their samples (a normal update); each keep of new code moves the estimate
-    to the posterior of (old value + d) given the candidate's samples. Without a
-    noise estimate it is the plain mean of the kept code's samples, sd None."""
+    to the posterior of (old value + d) given the candidate's samples; a revert (a
+    keep record with "reverts") puts back the estimate from before the keep it undoes.
+    Without a noise estimate it is the plain mean of the kept code's samples, sd None.
+
+    `held`, after a keep of new code: whether that keep still holds up, judged on
+    everything measured since (see revert_due), as {run, since, p, prev}: the run
+    kept, the runs logged on top of it, P(it was a real gain), and the keep record
+    of the state it replaced."""
     direction = config["direction"]
     if sigma is None:
         sigma, _ = noise(runs)
@@ -1453,10 +1484,16 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
     if kept is None:
         return None
     if not sigma:
-        return {"mean": kept["mean"], "sd": None, "samples": len(kept["samples"])}
+        return {"mean": kept["mean"], "sd": None, "samples": len(kept["samples"]), "held": None}
     mu = var = None
     sha = None
+    last_keep = None    # the keep record the branch stands on
+    prov = None         # the latest keep of new code, while it can still be undone
     for r in runs:
+        if r["status"] == "keep" and r.get("reverts") and prov and prov["run"] == r["reverts"]:
+            mu, var, sha = prov["before"]
+            last_keep, prov = prov["prev"], None
+            continue
         if r["status"] not in ("keep", "discard") or not finite(r.get("metric")):
             continue
         xs = [_oriented(x, direction) for x in run_samples(r)]
@@ -1473,6 +1510,11 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
                 prec = 1 / var + n / sigma ** 2
                 mu, var = (mu / var + n * xbar / sigma ** 2) / prec, 1 / prec
             sha = sha or r.get("target_sha")
+            if r["status"] == "keep":
+                last_keep = r
+            if prov:
+                prov["prec"] += n / sigma ** 2
+                prov["sum"] += n * xbar / sigma ** 2
             continue
         # Other code: xbar = V_kept + d + noise. The posterior of d, given how far
         # xbar is from the estimate, says how much these samples tell about the kept
@@ -1483,13 +1525,30 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
         v = var * s2 / (var + s2)
         a = (mu * s2 + xbar * var) / (var + s2)
         if r["status"] == "keep":           # the new state: V_kept + d
+            prov = {"run": r["run"], "before": (mu, var, sha), "prev": last_keep,
+                    "prec": n / sigma ** 2, "sum": n * xbar / sigma ** 2, "since": 0}
             b = s2 / (var + s2)
             mu, var = a + b * sigma * post["mean"], v + b * b * sigma ** 2 * post["var"]
-            sha = r.get("target_sha")
+            sha, last_keep = r.get("target_sha"), r
         else:                               # still the old state: V_kept
             c = var / (var + s2)
             mu, var = a - c * sigma * post["mean"], v + c * c * sigma ** 2 * post["var"]
-    return {"mean": _oriented(mu, direction), "sd": math.sqrt(var), "samples": len(kept["samples"])}
+            if prov:
+                # A discard built on the kept code re-measures it, as far as it was null.
+                prov["prec"] += post["p_null"] / s2
+                prov["sum"] += post["p_null"] * xbar / s2
+                prov["since"] += 1
+    held = None
+    if prov:
+        # The keep judged again, on its own samples and on what the runs since said
+        # about the code it left, against the state it replaced (known apart from it).
+        before_mu, before_var, _ = prov["before"]
+        own = prov["sum"] / prov["prec"]
+        p = effect_posterior((own - before_mu) / sigma,
+                             math.sqrt(1 / prov["prec"] + before_var) / sigma)["p_helpful"]
+        held = {"run": prov["run"], "since": prov["since"], "p": p, "prev": prov["prev"]}
+    return {"mean": _oriented(mu, direction), "sd": math.sqrt(var), "samples": len(kept["samples"]),
+            "held": held}
 
 
 def estimate_line(config: dict, runs: list[dict]) -> str | None:
@@ -1616,6 +1675,42 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
                                     "worth less than trying a new idea)")
     return "rerun", detail + (f" (marginal, needs {keep_bar:.2f}: run-experiment again "
                               "unchanged to confirm on a new seed)")
+
+
+def revert_due(config: dict, runs: list[dict]) -> dict | None:
+    """The keep to undo now, or None. A keep on one or two runs is provisional: every
+    later run built on it that changed nothing re-measures it. When those say it was
+    probably not a real gain (P under NOISE_AWARE["undo_below"], after at least
+    NOISE_AWARE["undo_after"] runs on top), the branch goes back to the state it
+    replaced. Only the latest keep can be undone, and only under noise-aware."""
+    if policy_name(config) != "noise-aware":
+        return None
+    est = kept_estimate(config, runs)
+    held = (est or {}).get("held")
+    if not held or held["prev"] is None or held["since"] < NOISE_AWARE["undo_after"] \
+            or held["p"] >= NOISE_AWARE["undo_below"]:
+        return None
+    return held
+
+
+def revert_record(config: dict, runs: list[dict], held: dict, number: int) -> dict:
+    """The record that undoes a keep: a keep of the code it replaced (so every reader
+    of the log finds the kept state where git has it), with `reverts` naming the run
+    undone and no samples of its own."""
+    prev = held["prev"]
+    samples = code_groups(runs).get(prev.get("target_sha"), []) if prev.get("target_sha") else []
+    metric = sum(samples) / len(samples) if samples else prev["metric"]
+    record = {"type": "run", "run": number, "commit": prev["commit"], "status": "keep",
+              "metric": metric, "metrics": prev.get("metrics") or {},
+              "description": (f"revert run {held['run']}: the {held['since']} runs since did "
+                              f"not bear it out (P(real gain) {held['p']:.2f}); back to run "
+                              f"{prev['run']}'s code"),
+              "timestamp": int(_dt.datetime.now().timestamp()), "segment": 0, "confidence": None,
+              "samples": [], "seeds": [], "reverts": held["run"]}
+    for key in ("commit_sha", "target_sha"):
+        if prev.get(key):
+            record[key] = prev[key]
+    return record
 
 
 def quality_speed(gain: float, metrics: dict, kept_metrics: dict, n_c: int, shown: str):

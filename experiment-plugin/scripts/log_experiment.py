@@ -10,6 +10,11 @@ writers never lose or tear a record. Then, by status:
   crash    and the branch is reset to the last kept commit (session files are
            git-ignored, so the reset never touches them).
 
+Under the noise-aware policy a keep is provisional: after a discard, when the runs
+built on the latest keep say it was probably noise (lib.revert_due), a second record
+undoes it (a keep of the code it replaced, with "reverts": N) and the branch goes
+back to that code; the undone commit stays reachable as refs/autoresearch/<tag>/run-N.
+
 The metrics come from the run that run-experiment just finished (waiting in
 .autoresearch/pending.json); --metric / --metrics override or supply them. A run
 whose fixed files changed (tampered) is refused: restore the files and run again.
@@ -112,6 +117,22 @@ def take_pending(root, config, a):
     return pending
 
 
+def undo_keep(root, config, runs, number):
+    """Undo the latest keep when the runs built on it since say it was probably noise
+    (lib.revert_due): log the revert and put the branch back on the code it replaced.
+    Returns the record, or None."""
+    held = lib.revert_due(config, runs)
+    if not held:
+        return None
+    record = lib.revert_record(config, runs, held, number)
+    lib.save_ref(root, config["tag"], f"run-{held['run']}", lib.commit_of(next(
+        r for r in runs if r["run"] == held["run"])))
+    lib.append_record(root, record)
+    lib.write_results(root, config, runs + [record])
+    lib.reset_to(root, lib.commit_of(record))
+    return record
+
+
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     root = lib.find_root()
@@ -207,8 +228,11 @@ def main(argv=None):
                 moved = f"; the tried change is kept at {ref}"
             lib.reset_to(root, kept)
             moved = f"; {config['target']} reset to {kept[:7]}" + moved
+        undo = None
+        if a.status == "discard" and not cand:
+            undo = undo_keep(root, config, log.runs + [record], number + 1)
 
-    runs = log.runs + [record]
+    runs = log.runs + [record] + ([undo] if undo else [])
     best = lib.best_run(runs, config["direction"])
     best_text = (f"best {config['metric']} {lib.fmt(best['metric'])} (run {best['run']})"
                  if best else "no kept result yet")
@@ -218,6 +242,9 @@ def main(argv=None):
     shown = lib.fmt(metric) if metric is not None else "-"
     print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
           f"{moved}; {best_text}")
+    if undo:
+        print(f"logged run {undo['run']}: {undo['description']}; {config['target']} reset to "
+              f"{undo['commit']}. Build the next idea on this code.")
     for line in (wave_lines if cand else []):
         print(line)
     if cand:

@@ -29,9 +29,12 @@ def kept_gains(runs, direction):
     not make the next change look worse than it was). A re-measure of the kept code
     is not a change and is not listed; the baseline comes first with gain 0."""
     out, kept_sha, kept = [], None, []
+    undone = lib.undone_runs(runs)
+    undone_code = {r.get("target_sha") for r in runs if r["run"] in undone} - {None}
     for r in runs:
         samples = lib.run_samples(r)
-        if r["status"] != "keep" or not samples:
+        if r["status"] != "keep" or not samples or r["run"] in undone \
+                or r.get("target_sha") in undone_code:
             continue
         if kept and r.get("target_sha") and r.get("target_sha") == kept_sha:
             kept += samples                                 # a re-measure
@@ -44,14 +47,19 @@ def kept_gains(runs, direction):
 
 
 NOT_CONFIRMED = "better at first, not confirmed on a rerun (discarded)"
+UNDONE = "kept, then undone: the runs built on it did not bear it out"
 
 
 def outcomes(runs, direction):
     """What really happened to each run that was not kept, by run number. A discarded
     run that beat the best kept before it is not "worse": say why it went."""
     out, best = {}, None
+    undone = lib.undone_runs(runs)
     for r in runs:
         status, metric = r["status"], r.get("metric")
+        if r["run"] in undone:
+            out[r["run"]] = UNDONE
+            continue
         if status == "keep":
             if lib.finite(metric) and (best is None or lib.better(metric, best, direction)):
                 best = metric
@@ -106,14 +114,16 @@ def span(runs):
 
 def by_category(runs):
     """How each kind of idea fared (the category the agent gave in --asi)."""
-    groups = {}
+    groups, undone = {}, lib.undone_runs(runs)
     for r in runs[1:]:                       # the baseline tried no idea
+        if r.get("reverts"):
+            continue
         groups.setdefault(str(lib.asi(r).get("category") or "uncategorised"), []).append(r)
     if not groups:
         return ["No ideas tried yet."]
     rows = ["| category | tried | kept | crashed | runs |", "|---|---|---|---|---|"]
     for c, group in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        rows.append(f"| {cell(c)} | {len(group)} | {sum(r['status'] == 'keep' for r in group)} | "
+        rows.append(f"| {cell(c)} | {len(group)} | {sum(r['status'] == 'keep' and r['run'] not in undone for r in group)} | "
                     f"{sum(r['status'] == 'crash' for r in group)} | "
                     f"{', '.join(str(r['run']) for r in group)} |")
     return rows
@@ -143,10 +153,15 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     noise = lib.noise_line(runs, digits=6)
     estimate = lib.estimate_line(config, runs)
     base, best = c["baseline"], c["best"]
+    undone = lib.undone_runs(runs)
+    reverts = [r for r in runs if r.get("reverts")]
     counts = {s: sum(r["status"] == s for r in runs) for s in ("keep", "discard", "crash")}
     counts["discard"] += sum(r["status"] == "checks_failed" for r in runs)
+    counts["keep"] = len(lib.standing_keeps(runs))
+    undone_text = f" ({len(undone)} more kept, then undone)" if undone else ""
     out = [f"# autoresearch summary: {config['tag']}", "",
-           f"Branch `{config['branch']}`, {span(runs)}. {len(runs)} runs: {counts['keep']} kept, "
+           f"Branch `{config['branch']}`, {span(runs)}. {len(runs) - len(reverts)} runs: "
+           f"{counts['keep']} kept{undone_text}, "
            f"{counts['discard']} discarded, {counts['crash']} crashed. {state}".rstrip(), "",
            "```", lib.research_config(config), "```", "", "## Result", ""]
     if base and best:
@@ -176,7 +191,7 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
         out.append("None beyond the baseline.")
     out += ["", "## Ideas by category", ""] + by_category(runs)
     out += ["", "## What did not work, and why", ""]
-    failed = [r for r in runs if r["status"] != "keep"]
+    failed = [r for r in runs if (r["status"] != "keep" or r["run"] in undone)]
     category = outcomes(runs, direction)
     if not failed:
         out.append("Nothing failed.")
@@ -206,11 +221,14 @@ def render_plot(root, config, runs, path):
     fig = Figure(figsize=(11, 5.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    done = [r for r in runs if lib.finite(r.get("metric"))]
+    undone = lib.undone_runs(runs)
+    done = [r for r in runs if lib.finite(r.get("metric")) and not r.get("reverts")]
     category = outcomes(runs, direction)
     worse = [r for r in done if r["status"] != "keep" and category[r["run"]].startswith("worse")]
     better = [r for r in done if r["status"] != "keep" and r not in worse]
-    kept = [r for r in done if r["status"] == "keep"]
+    standing = {r["run"] for r in lib.standing_keeps(runs)}
+    kept = [r for r in done if r["run"] in standing]
+    dropped = [r for r in done if r["run"] in undone]
     ax.scatter([r["run"] for r in worse], [r["metric"] for r in worse], s=14, c="0.65",
                label="discarded")
     if better:   # below the running best but not kept: an unconfirmed or traded-off gain
@@ -219,6 +237,9 @@ def render_plot(root, config, runs, path):
                    label="better, but not kept (see the summary)")
     ax.scatter([r["run"] for r in kept], [r["metric"] for r in kept], s=36, c="tab:green",
                edgecolors="black", zorder=4, label="kept")
+    if dropped:  # kept on its first runs, undone when the runs built on it said otherwise
+        ax.scatter([r["run"] for r in dropped], [r["metric"] for r in dropped], s=36,
+                   facecolors="none", edgecolors="tab:green", zorder=4, label="kept, then undone")
     xs, ys, best = [], [], None
     for r in kept:
         if best is None or lib.better(r["metric"], best, direction):
@@ -243,7 +264,9 @@ def render_plot(root, config, runs, path):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("run")
     ax.set_ylabel(f"{config['metric']} ({direction} is better)")
-    ax.set_title(f"autoresearch {config['tag']}: {len(runs)} runs, {len(kept)} kept")
+    measured_runs = len(runs) - sum(bool(r.get("reverts")) for r in runs)
+    ax.set_title(f"autoresearch {config['tag']}: {measured_runs} runs, {len(kept)} kept"
+                 + (f" ({len(dropped)} more undone)" if dropped else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
