@@ -1243,6 +1243,13 @@ def next_seed(runs: list[dict], target_sha: str, pending: dict | None = None) ->
     return 42 + earlier
 
 
+def code_samples(runs: list[dict], record: dict) -> list[float]:
+    """Every sample in the log of the code a keep record stands for. A keep made on
+    disturbed runs alone has no samples: its metric stands in."""
+    sha = record.get("target_sha")
+    return (code_groups(runs)[sha] if sha else run_samples(record)) or [record["metric"]]
+
+
 def kept_state(config: dict, runs: list[dict]) -> dict | None:
     """The code the branch stands on: its target hash, every sample of that code in
     the log (the keep, its confirmations, later re-measures) and their mean."""
@@ -1254,8 +1261,7 @@ def kept_state(config: dict, runs: list[dict]) -> dict | None:
         last = next((r for r in reversed(standing_keeps(runs))
                      if r.get("target_sha") == last.get("target_sha")), last)
     sha = last.get("target_sha")
-    # A keep made on disturbed runs alone has no samples: its metric stands in.
-    samples = (code_groups(runs)[sha] if sha else run_samples(last)) or [last["metric"]]
+    samples = code_samples(runs, last)
     return {"run": last, "target_sha": sha, "samples": samples,
             "mean": sum(samples) / len(samples), "metrics": last.get("metrics") or {}}
 
@@ -1474,9 +1480,9 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
     Without a noise estimate it is the plain mean of the kept code's samples, sd None.
 
     `held`, after a keep of new code: whether that keep still holds up, judged on
-    everything measured since (see revert_due), as {run, since, p, prev}: the run
-    kept, the runs logged on top of it, P(it was a real gain), and the keep record
-    of the state it replaced."""
+    everything measured since (see revert_due), as {run, record, since, p, prev}: the
+    run kept and its record, the runs logged on top of it, P(it was a real gain), and
+    the keep record of the state it replaced."""
     direction = config["direction"]
     if sigma is None:
         sigma, _ = noise(runs)
@@ -1525,7 +1531,7 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
         v = var * s2 / (var + s2)
         a = (mu * s2 + xbar * var) / (var + s2)
         if r["status"] == "keep":           # the new state: V_kept + d
-            prov = {"run": r["run"], "before": (mu, var, sha), "prev": last_keep,
+            prov = {"run": r["run"], "record": r, "before": (mu, var, sha), "prev": last_keep,
                     "prec": n / sigma ** 2, "sum": n * xbar / sigma ** 2, "since": 0}
             b = s2 / (var + s2)
             mu, var = a + b * sigma * post["mean"], v + b * b * sigma ** 2 * post["var"]
@@ -1546,7 +1552,8 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
         own = prov["sum"] / prov["prec"]
         p = effect_posterior((own - before_mu) / sigma,
                              math.sqrt(1 / prov["prec"] + before_var) / sigma)["p_helpful"]
-        held = {"run": prov["run"], "since": prov["since"], "p": p, "prev": prov["prev"]}
+        held = {"run": prov["run"], "record": prov["record"], "since": prov["since"], "p": p,
+                "prev": prov["prev"]}
     return {"mean": _oriented(mu, direction), "sd": math.sqrt(var), "samples": len(kept["samples"]),
             "held": held}
 
@@ -1698,8 +1705,8 @@ def revert_record(config: dict, runs: list[dict], held: dict, number: int) -> di
     of the log finds the kept state where git has it), with `reverts` naming the run
     undone and no samples of its own."""
     prev = held["prev"]
-    samples = code_groups(runs).get(prev.get("target_sha"), []) if prev.get("target_sha") else []
-    metric = sum(samples) / len(samples) if samples else prev["metric"]
+    samples = code_samples(runs, prev)
+    metric = sum(samples) / len(samples)
     record = {"type": "run", "run": number, "commit": prev["commit"], "status": "keep",
               "metric": metric, "metrics": prev.get("metrics") or {},
               "description": (f"revert run {held['run']}: the {held['since']} runs since did "

@@ -125,8 +125,7 @@ def undo_keep(root, config, runs, number):
     if not held:
         return None
     record = lib.revert_record(config, runs, held, number)
-    lib.save_ref(root, config["tag"], f"run-{held['run']}", lib.commit_of(next(
-        r for r in runs if r["run"] == held["run"])))
+    lib.save_ref(root, config["tag"], f"run-{held['run']}", lib.commit_of(held["record"]))
     lib.append_record(root, record)
     lib.write_results(root, config, runs + [record])
     lib.reset_to(root, lib.commit_of(record))

@@ -154,13 +154,12 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     estimate = lib.estimate_line(config, runs)
     base, best = c["baseline"], c["best"]
     undone = lib.undone_runs(runs)
-    reverts = [r for r in runs if r.get("reverts")]
     counts = {s: sum(r["status"] == s for r in runs) for s in ("keep", "discard", "crash")}
     counts["discard"] += sum(r["status"] == "checks_failed" for r in runs)
     counts["keep"] = len(lib.standing_keeps(runs))
     undone_text = f" ({len(undone)} more kept, then undone)" if undone else ""
     out = [f"# autoresearch summary: {config['tag']}", "",
-           f"Branch `{config['branch']}`, {span(runs)}. {len(runs) - len(reverts)} runs: "
+           f"Branch `{config['branch']}`, {span(runs)}. {len(runs) - len(undone)} runs: "
            f"{counts['keep']} kept{undone_text}, "
            f"{counts['discard']} discarded, {counts['crash']} crashed. {state}".rstrip(), "",
            "```", lib.research_config(config), "```", "", "## Result", ""]
@@ -264,8 +263,7 @@ def render_plot(root, config, runs, path):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("run")
     ax.set_ylabel(f"{config['metric']} ({direction} is better)")
-    measured_runs = len(runs) - sum(bool(r.get("reverts")) for r in runs)
-    ax.set_title(f"autoresearch {config['tag']}: {measured_runs} runs, {len(kept)} kept"
+    ax.set_title(f"autoresearch {config['tag']}: {len(runs) - len(undone)} runs, {len(kept)} kept"
                  + (f" ({len(dropped)} more undone)" if dropped else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
