@@ -129,8 +129,11 @@ def test_two_workers_get_one_core_each_and_results_are_logged_as_they_come(proje
     assert config["workers"] == 2 and config["backend"] == "local"
     # The baseline ran on the first worker's core, as the candidates will.
     assert "cores [0] threads 1" in (p / "run.log").read_text()
-    a = candidate(p, "idea A", GAIN_A=0.1)
-    b = candidate(p, "idea B", SLEEP=1.5)
+    # A runs long enough for the second worker's process to start and claim B (a
+    # worker done with its candidate takes the next queued one itself), and ends
+    # well before B.
+    a = candidate(p, "idea A", GAIN_A=0.1, SLEEP=1.0)
+    b = candidate(p, "idea B", SLEEP=2.5)
     assert (p / ".autoresearch" / "worktrees" / a / "train.py").read_text() != (p / "train.py").read_text()
     assert (p / "train.py").read_text() == WAVE_TARGET, "the project's own tree is untouched"
     out = ok(script(p, "submit-wave")).stdout
