@@ -43,3 +43,16 @@ def test_bench_falls_back_when_names_are_gone(tmp_path, classics_cache):
     result = bench(["--target", script, "--fallback-budget", "2"], env, tmp_path)
     assert "falling back" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
     assert "val_bpb" in result.stdout and result.returncode == 0
+
+
+def test_heldout_corpus_turns_bible_verses_into_a_paragraph_per_chapter():
+    """`bible -f` prints "Ge1:1 text" lines: the references go, and a chapter's verses
+    join into one paragraph (a numbered book like 1Sa keeps its chapters apart)."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import heldout_corpus
+
+    lines = ["bible: Debian/BRS Release 4.36", "Ge1:1 In the beginning.", "Ge1:2 And the earth.",
+             "Ge2:1 Thus the heavens.", "1Sa1:1 Now there was a man.", "2Sa1:1 Now it came to pass."]
+    text = heldout_corpus.bible_paragraphs(lines)
+    assert text.split("\n\n") == ["In the beginning. And the earth.", "Thus the heavens.",
+                                  "Now there was a man.", "Now it came to pass.\n"]
