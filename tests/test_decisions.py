@@ -316,6 +316,12 @@ def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):
     summary = (session / "autoresearch-summary.md").read_text()
     assert f"{len(runs) - 1} runs: 1 kept (1 more kept, then undone)" in summary
     assert "kept, then undone" in summary and "| 1 | 2 |" not in summary
+    # The record that undoes a keep tried nothing: --max-iterations does not count it.
+    config = records(session)[0]
+    assert lib.experiments(runs) == len(runs) - 1
+    assert lib.loop_end_reason(str(session), {**config, "max_iterations": len(runs)}, runs) is None
+    assert "cap was reached" in lib.loop_end_reason(
+        str(session), {**config, "max_iterations": len(runs) - 1}, runs)
     # The next idea is judged against the old code again, and nothing else is undone.
     set_constant(session, "VAL_BPB", 1.01)
     set_constant(session, "BUSY", 0.01)

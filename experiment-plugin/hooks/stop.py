@@ -47,7 +47,7 @@ def decide(payload):
     left = f" of {cap}" if cap else ""
     learned = next((f" Latest lesson (run {r['run']}): {lib.lesson(r)[:200]}."
                     for r in reversed(runs) if lib.lesson(r)), "")
-    reason = (f"autoresearch session {config['tag']} is still running: {len(runs)}{left} runs "
+    reason = (f"autoresearch session {config['tag']} is still running: {lib.experiments(runs)}{left} runs "
               f"logged, {lib.best_line(config, runs)}.{learned} Do not stop and do not ask: {first}"
               f"continue with run {len(runs) + 1}: pick the next idea, edit {config['target']}, "
               f"run-experiment, log-experiment.{lib.plateau_hint(config, runs)} The loop ends "

@@ -393,6 +393,12 @@ def stop_file(root: str) -> str:
 PLATEAU_DEFAULT = 20
 
 
+def experiments(runs: list[dict]) -> int:
+    """Runs that tried something: what --max-iterations counts. A record that undoes
+    a keep (log-experiment writes it after a discard) is not one."""
+    return sum(1 for r in runs if not r.get("reverts"))
+
+
 def runs_since_keep(runs: list[dict]) -> int:
     """Runs since the last keep that stands (a keep undone later counts as a run, the
     record undoing it as none)."""
@@ -412,8 +418,8 @@ def loop_end_reason(root: str, config: dict, runs: list[dict]) -> str | None:
     if os.path.exists(stop_file(root)):
         return f"{stop_file(root)} was found"
     cap = config.get("max_iterations")
-    if cap and len(runs) >= cap:
-        return f"the iteration cap was reached ({len(runs)} of {cap} runs)"
+    if cap and experiments(runs) >= cap:
+        return f"the iteration cap was reached ({experiments(runs)} of {cap} runs)"
     goal, best = config.get("target_value"), best_run(runs, config["direction"])
     if goal is not None and best and not better(goal, best["metric"], config["direction"]):
         return f"the best {config['metric']} {fmt(best['metric'])} reached the target {goal:g}"
@@ -500,7 +506,7 @@ def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:
         f"again now); scripts: {os.path.join(PLUGIN_ROOT, 'scripts')}.",
         f"Target {config['target']}, dataset {config['dataset']}, {config['budget']:g} s per run, "
         f"policy {config['policy']}; {config['metric']}, {config['direction']} is better.",
-        f"{len(runs)}{f' of {cap}' if cap else ''} runs logged; {best_line(config, runs)}.",
+        f"{experiments(runs)}{f' of {cap}' if cap else ''} runs logged; {best_line(config, runs)}.",
     ]
     if runs:
         lines.append("Last runs:")
@@ -591,7 +597,7 @@ def write_progress(root: str, report: str) -> None:
 
 def ended_message(config: dict, runs: list[dict], reason: str) -> str:
     """What the person reads when a session ends: what happened, and what next."""
-    n = len(runs)
+    n = experiments(runs)
     return (f"autoresearch session {config['tag']} has ended: {reason}. {n} runs, "
             f"{best_line(config, runs)}. The guard and the loop are off. Next: "
             f"/experiment:summary writes the report and progress.png; "

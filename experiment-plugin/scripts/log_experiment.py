@@ -256,8 +256,8 @@ def main(argv=None):
         print(report)
         lib.write_progress(root, report)
     cap = config.get("max_iterations")
-    if cap and len(runs) >= cap:
-        print(f"iteration cap reached ({len(runs)} of {cap} runs): write the summary "
+    if cap and lib.experiments(runs) >= cap:
+        print(f"iteration cap reached ({lib.experiments(runs)} of {cap} runs): write the summary "
               "(summarize), then stop; the session ends when you do")
     return 0
 

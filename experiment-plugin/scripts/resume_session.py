@@ -94,13 +94,13 @@ def main(argv=None):
         root, log = lib.load_session(root)
         config, runs = log.config, log.runs
         tag, branch = config["tag"], config["branch"]
-        cap = a.max_iterations or config.get("max_iterations")
-        if a.max_iterations is not None and a.max_iterations <= len(runs):
+        cap, done = a.max_iterations or config.get("max_iterations"), lib.experiments(runs)
+        if a.max_iterations is not None and a.max_iterations <= done:
             raise lib.UserError(f"--max-iterations {a.max_iterations} is not above the "
-                                f"{len(runs)} runs already logged: give a larger number")
-        if cap and len(runs) >= cap:
-            raise lib.UserError(f"the iteration cap is reached ({len(runs)} of {cap} runs): "
-                                f"to go on, resume with --max-iterations {len(runs) + 20} "
+                                f"{done} runs already logged: give a larger number")
+        if cap and done >= cap:
+            raise lib.UserError(f"the iteration cap is reached ({done} of {cap} runs): "
+                                f"to go on, resume with --max-iterations {done + 20} "
                                 "(or any number above the runs logged)")
         label = lib.now_iso().replace(":", "").replace("-", "")
         if not lib.branch_exists(root, branch):
