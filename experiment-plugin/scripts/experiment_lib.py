@@ -537,8 +537,8 @@ def progress_report(root: str, config: dict, runs: list[dict], every: int) -> st
     (the top of the Ideas queue in autoresearch.md)."""
     base, best = baseline_run(runs), best_run(runs, config["direction"])
     keeps = len(standing_keeps(runs))
-    lines = [f"## Progress after {len(runs)} runs", "",
-             f"- {len(runs)} runs, {keeps} kept; {best_line(config, runs)}"]
+    lines = [f"## Progress after {experiments(runs)} runs", "",
+             f"- {experiments(runs)} runs, {keeps} kept; {best_line(config, runs)}"]
     if base and best:
         delta = improvement(best["metric"], base["metric"], config["direction"])
         pct = 100 * delta / abs(base["metric"]) if base["metric"] else 0.0

@@ -251,7 +251,7 @@ def main(argv=None):
         print(f"wave: {flying}; " if flying else "wave: no candidate open; ", end="")
         print("refill free workers now (new-candidate, submit-wave), then wait-wave")
     every = config.get("progress_every", lib.PROGRESS_EVERY)
-    if every and len(runs) % every == 0:
+    if every and lib.experiments(runs) % every == 0:
         report = lib.progress_report(root, config, runs, every)
         print(report)
         lib.write_progress(root, report)
