@@ -250,14 +250,14 @@ def main(argv=None):
         flying = lib.wave_line(root)
         print(f"wave: {flying}; " if flying else "wave: no candidate open; ", end="")
         print("refill free workers now (new-candidate, submit-wave), then wait-wave")
-    every = config.get("progress_every", lib.PROGRESS_EVERY)
-    if every and lib.experiments(runs) % every == 0:
+    every, done = config.get("progress_every", lib.PROGRESS_EVERY), lib.experiments(runs)
+    if every and done % every == 0:
         report = lib.progress_report(root, config, runs, every)
         print(report)
         lib.write_progress(root, report)
     cap = config.get("max_iterations")
-    if cap and lib.experiments(runs) >= cap:
-        print(f"iteration cap reached ({lib.experiments(runs)} of {cap} runs): write the summary "
+    if cap and done >= cap:
+        print(f"iteration cap reached ({done} of {cap} runs): write the summary "
               "(summarize), then stop; the session ends when you do")
     return 0
 

@@ -159,7 +159,7 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     counts["keep"] = len(lib.standing_keeps(runs))
     undone_text = f" ({len(undone)} more kept, then undone)" if undone else ""
     out = [f"# autoresearch summary: {config['tag']}", "",
-           f"Branch `{config['branch']}`, {span(runs)}. {len(runs) - len(undone)} runs: "
+           f"Branch `{config['branch']}`, {span(runs)}. {lib.experiments(runs)} runs: "
            f"{counts['keep']} kept{undone_text}, "
            f"{counts['discard']} discarded, {counts['crash']} crashed. {state}".rstrip(), "",
            "```", lib.research_config(config), "```", "", "## Result", ""]
@@ -263,7 +263,7 @@ def render_plot(root, config, runs, path):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("run")
     ax.set_ylabel(f"{config['metric']} ({direction} is better)")
-    ax.set_title(f"autoresearch {config['tag']}: {len(runs) - len(undone)} runs, {len(kept)} kept"
+    ax.set_title(f"autoresearch {config['tag']}: {lib.experiments(runs)} runs, {len(kept)} kept"
                  + (f" ({len(dropped)} more undone)" if dropped else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
