@@ -323,6 +323,8 @@ def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):
     assert "cap was reached" in lib.loop_end_reason(
         str(session), {**config, "max_iterations": len(runs) - 1}, runs)
     assert f"## Progress after {len(runs) - 1} runs" in lib.progress_report(str(session), config, runs, 10)
+    resumed = ok(script(session, "resume-session", "--max-iterations", str(len(runs) + 4))).stdout
+    assert f"{len(runs) - 1} runs logged" in resumed and "(5 left)" in resumed, resumed
     # The next idea is judged against the old code again, and nothing else is undone.
     set_constant(session, "VAL_BPB", 1.01)
     set_constant(session, "BUSY", 0.01)

@@ -417,9 +417,9 @@ def loop_end_reason(root: str, config: dict, runs: list[dict]) -> str | None:
     None while it should go on."""
     if os.path.exists(stop_file(root)):
         return f"{stop_file(root)} was found"
-    cap = config.get("max_iterations")
-    if cap and experiments(runs) >= cap:
-        return f"the iteration cap was reached ({experiments(runs)} of {cap} runs)"
+    cap, done = config.get("max_iterations"), experiments(runs)
+    if cap and done >= cap:
+        return f"the iteration cap was reached ({done} of {cap} runs)"
     goal, best = config.get("target_value"), best_run(runs, config["direction"])
     if goal is not None and best and not better(goal, best["metric"], config["direction"]):
         return f"the best {config['metric']} {fmt(best['metric'])} reached the target {goal:g}"
@@ -537,8 +537,9 @@ def progress_report(root: str, config: dict, runs: list[dict], every: int) -> st
     (the top of the Ideas queue in autoresearch.md)."""
     base, best = baseline_run(runs), best_run(runs, config["direction"])
     keeps = len(standing_keeps(runs))
-    lines = [f"## Progress after {experiments(runs)} runs", "",
-             f"- {experiments(runs)} runs, {keeps} kept; {best_line(config, runs)}"]
+    done = experiments(runs)
+    lines = [f"## Progress after {done} runs", "",
+             f"- {done} runs, {keeps} kept; {best_line(config, runs)}"]
     if base and best:
         delta = improvement(best["metric"], base["metric"], config["direction"])
         pct = 100 * delta / abs(base["metric"]) if base["metric"] else 0.0

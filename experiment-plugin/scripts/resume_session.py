@@ -147,14 +147,14 @@ def main(argv=None):
 
     for n in notes:
         print(n)
-    print(f"session {tag} on {branch} at {kept[:7]} (last kept); {len(runs)} runs logged; "
+    print(f"session {tag} on {branch} at {kept[:7]} (last kept); {done} runs logged; "
           f"next is run {len(runs) + 1}")
     print(lib.best_line(config, runs) if lib.best_run(runs, config["direction"])
           else "no kept result yet: run the baseline first")
     for r in runs[-5:]:
         print("  " + lib.run_line(config, r))
     if cap:
-        print(f"iteration cap: {cap} runs ({max(0, cap - len(runs))} left)")
+        print(f"iteration cap: {cap} runs ({max(0, cap - done)} left)")
     print(f"guard and loop hooks on; continue the loop (stop it by creating {lib.stop_file(root)})")
     print(f"scripts: {os.path.join(lib.PLUGIN_ROOT, 'scripts')}")
     return 0

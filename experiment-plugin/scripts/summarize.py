@@ -286,7 +286,7 @@ def main(argv=None):
     text = render_markdown(config, runs, log.warnings, previous_next_steps(summary_path),
                            session_state(root, log.events))
     lib.write_atomic(summary_path, text)
-    print(f"wrote {lib.SUMMARY} ({len(runs)} runs)")
+    print(f"wrote {lib.SUMMARY} ({lib.experiments(runs)} runs)")
     if not a.no_plot:
         with open(os.path.join(root, lib.LOG), "rb") as f:
             key = hashlib.sha256(f.read()).hexdigest()
