@@ -16,8 +16,9 @@ THE MODEL
   * decisions: waves.decide, the plugin's own rule for a finished candidate (the
     session's recommend() against the kept state as it is when the result is handled,
     `rebase` for a winner whose base moved, replacement of a kept state by a better
-    sibling), on records shaped as log-experiment writes them; the baseline's repeats run
-    side by side.
+    sibling), on records shaped as log-experiment writes them, and log-experiment's undo
+    of a keep the runs built on it do not bear out (lib.revert_due); the baseline's
+    repeats run side by side.
 
 PRINTED, per worker count (medians over the sessions):
   util      share of worker time spent running
@@ -25,6 +26,8 @@ PRINTED, per worker count (medians over the sessions):
   gain      true gain of the kept state after --hours (sigma units)
   to 1w     wall time to reach the gain one worker reached in --hours, in hours
             (sessions that never reach it count as not reached)
+  bad kept  null or harmful changes kept, share of those decided (bench_decisions'
+            goal for the default rule: 5% at most); an undone keep counts as discarded
 
     python benchmarks/sim_waves.py                      # 16 vs 1 worker, G = 1, ~1 min
     python benchmarks/sim_waves.py --workers 1 4 16 --agent 0 30 60 --sessions 20
@@ -64,6 +67,8 @@ class Session:
         self.kept_trace = [(0.0, START)]
         self.busy = 0.0
         self.finished = 0
+        self.effect = {}             # commit: true effect of the change it made (sigma)
+        self.bad = self.bad_kept = 0     # null or harmful changes decided / kept
 
     @staticmethod
     def sha(text, n=40):
@@ -82,6 +87,7 @@ class Session:
         commit = base if unchanged else self.sha(name)
         if not unchanged:
             self.value[commit] = self.value[base] + d
+            self.effect[commit] = d
             self.code[commit] = self.sha("code-" + name, 64)
         return {"name": name, "base": base, "commit": commit, "d": 0.0 if unchanged else d,
                 "target_sha": self.code[commit], "samples": [], "seeds": [], "unchanged": unchanged,
@@ -98,14 +104,24 @@ class Session:
                           "commit_sha": cand["commit"], "status": status,
                           "metric": sum(samples) / len(samples), "samples": list(samples),
                           "seeds": list(range(len(samples))), "target_sha": cand["target_sha"],
-                          "description": cand["name"], "timestamp": t})
+                          "description": cand["name"], "timestamp": t, "base": cand["base"]})
         if status == "keep":
             self.kept_trace.append((t, self.value[cand["commit"]]))
+        if status == "discard":
+            # log-experiment's undo: a keep the runs built on it do not bear out
+            held = lib.revert_due(self.config, self.runs)
+            if held:
+                self.runs.append(lib.revert_record(self.config, self.runs, held, len(self.runs) + 1))
+                self.bad_kept -= self.effect[lib.commit_of(held["record"])] >= 0
+                self.kept_trace.append((t, self.value[self.kept()]))
 
     def handle(self, cand, t):
         """The agent handles one finished candidate at time t (log + git moves)."""
         decision, _ = waves.decide(self.config, self.runs, cand)
         kept = self.kept()
+        if not cand["unchanged"]:
+            self.bad += cand["d"] >= 0
+            self.bad_kept += decision == "keep" and cand["d"] >= 0
         if decision == "keep":
             if cand["base"] != kept and cand["commit"] != kept:
                 old = next(r for r in reversed(self.runs) if r["status"] == "keep")
@@ -199,7 +215,7 @@ def main(argv=None):
     print(f"{a.sessions} sessions of {a.hours:g} h, G={a.g:g}, budget {BUDGET:g} s, run time "
           f"{a.run_mean:.2f} x budget (sd {a.run_sd:.2f}), policy {a.policy}")
     print(f"{'workers':>7} {'agent s':>7} {'util':>6} {'runs/h':>7} {'dec/h':>6} {'gain':>6} "
-          f"{'to 1w':>6}  {'reached':>7}")
+          f"{'to 1w':>6}  {'reached':>7} {'bad kept':>8}")
     for agent in a.agent:
         one = [Session(1, a.g, s, a.hours, agent, a.run_mean, a.run_sd, a.policy).play()
                for s in range(a.sessions)]
@@ -213,8 +229,9 @@ def main(argv=None):
             times = [s.time_to(o.gain_at(a.hours * 3600)) for s, o in zip(sessions, one)]
             reached = [t / 3600 for t in times if t is not None]
             to = f"{statistics.median(reached):6.2f}" if reached and w > 1 else f"{'-':>6}"
+            bad = sum(s.bad_kept for s in sessions) / max(1, sum(s.bad for s in sessions))
             print(f"{w:>7} {agent:>7g} {util:>6.0%} {runs_h:>7.1f} {dec_h:>6.1f} {gain:>6.2f} {to}  "
-                  f"{len(reached):>3}/{len(sessions)}", flush=True)
+                  f"{len(reached):>3}/{len(sessions)} {bad:>8.1%}", flush=True)
 
 
 if __name__ == "__main__":

@@ -349,3 +349,34 @@ def test_a_clear_gain_is_not_undone_by_the_runs_after_it():
         [{**r, "metric": 1.02, "samples": [1.02]} for r in runs[2:]]
     assert lib.revert_due(config, lucky) is not None
     assert lib.revert_due({**config, "policy": "strict"}, lucky) is None
+
+
+def test_the_kept_estimate_leaves_out_what_a_wave_measured_on_a_state_left_since():
+    """In a wave, a candidate can finish after the kept state moved: its run measured the
+    state it was built on, so it must not move the estimate of the new one, nor count
+    toward undoing its keep. One kept in place of the newer change starts from the
+    state it was built on."""
+    config = {"metric": "val_bpb", "direction": "lower", "policy": "noise-aware"}
+    a, b, c = "a" * 40, "b" * 40, "c" * 40
+
+    def run(n, commit, status, value, base=None):
+        r = {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": status,
+             "metric": value, "samples": [value], "target_sha": f"{n:064x}"}
+        return {**r, "base": base} if base else r
+
+    baseline = {**run(1, a, "keep", 1.0), "samples": [0.99, 1.01, 1.0]}
+    lucky = run(2, b, "keep", 0.985, base=a)
+    est = lib.kept_estimate(config, [baseline, lucky])
+    late = run(3, "d" * 40, "discard", 1.02, base=a)         # built on the baseline
+    after = lib.kept_estimate(config, [baseline, lucky, late])
+    assert (after["mean"], after["sd"], after["held"]["since"]) == (est["mean"], est["sd"], 0)
+    on_top = run(3, "d" * 40, "discard", 1.02, base=b)       # the same run, built on the keep
+    moved = lib.kept_estimate(config, [baseline, lucky, on_top])
+    assert moved["mean"] > est["mean"] and moved["held"]["since"] == 1
+    # Kept in place of the lucky change: judged from the baseline's state, as if the
+    # lucky keep had not happened.
+    better = run(3, c, "keep", 0.95, base=a)
+    replaced = lib.kept_estimate(config, [baseline, lucky, better])
+    alone = lib.kept_estimate(config, [baseline, {**better, "run": 2}])
+    assert replaced["mean"] == pytest.approx(alone["mean"]) and replaced["sd"] == pytest.approx(alone["sd"])
+    assert replaced["held"]["prev"]["run"] == 1

@@ -446,3 +446,78 @@ def test_decisions_for_a_candidate_whose_base_moved():
     assert waves.decide(config, runs, cand(1.05))[0] == "discard"
     assert waves.decide(config, runs, cand(0.5, unchanged=True, target_sha="1" * 64))[0] == "discard"
     assert waves.decide(config, runs[:1], cand(0.95))[0] == "keep", "base still kept: a plain keep"
+
+
+NOISY_TARGET = WAVE_TARGET.replace("import os, subprocess, sys, time",
+                                   "import os, random, subprocess, sys, time").replace(
+    "{1.0 - GAIN_A - GAIN_B:.6f}",
+    "{1.0 - GAIN_A - GAIN_B + 0.01 * random.Random(int(os.environ['AUTORESEARCH_SEED'])).gauss(0, 1):.6f}")
+
+
+def test_a_wave_undoes_a_keep_its_runs_do_not_bear_out_and_rebases_what_ran_on_it(project):
+    """The noise-aware rule's undo in a wave: discards built on a lucky keep undo it, the
+    branch goes back, and a candidate still running on the undone keep is not kept with
+    it: its own change is re-based onto the kept state."""
+    p = project
+    (p / "train.py").write_text(NOISY_TARGET)
+    git(p, "commit", "-qam", "seeded stand-in")
+    ok(script(p, "setup-session", "--tag", "w", "--dataset", "classics", "--budget", "1",
+              "--timeout", "6", "--workers", "2"))
+    for _ in range(3):
+        ok(script(p, "run-experiment"))
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline"))
+    baseline = git(p, "rev-parse", "HEAD")
+    lucky = candidate(p, "lucky", GAIN_A=0.015)
+    ok(script(p, "submit-wave"))
+    assert f"candidate {lucky}" in wait(p)
+    ok(script(p, "log-experiment", "--candidate", lucky, "--status", "keep"))
+    kept = git(p, "rev-parse", "HEAD")
+    assert kept != baseline
+    # A real gain on top of the lucky keep, held back until the undo has happened.
+    riding = candidate(p, "real gain on top", GAIN_B=0.03)
+    (p / ".autoresearch" / "worktrees" / riding / "slow.flag").write_text("")
+    outs = []
+    for i in range(1, 4):
+        name = candidate(p, f"idea {i}", GAIN_B=-0.025, SLEEP=0.0001 * i)
+        ok(script(p, "submit-wave"))
+        assert f"candidate {name}" in wait(p)
+        outs.append(ok(script(p, "log-experiment", "--candidate", name, "--status", "discard")).stdout)
+        if "revert run" in outs[-1]:
+            break
+    assert "revert run 2" in outs[-1], outs
+    assert git(p, "rev-parse", "HEAD") == baseline, "the branch is back on the baseline"
+    assert all(r["base"] == kept for r in runs(p) if r.get("candidate", "").startswith("c")
+               and r["candidate"] != lucky)
+    (p / ".autoresearch" / "worktrees" / riding / "slow.flag").unlink()
+    out = wait(p)
+    assert f"candidate {riding}" in out and "recommend: rebase" in out and "undone since" in out, out
+    logged = log_as_told(p, out)
+    assert f"re-based {riding} onto {baseline[:7]}" in logged, logged
+    assert git(p, "rev-parse", "HEAD") == baseline, "nothing brought the undone change back"
+    rebased = re.search(r"as candidate (c\d+)", logged).group(1)
+    text = (p / ".autoresearch" / "worktrees" / rebased / "train.py").read_text()
+    assert re.search(r"^GAIN_B = 0.03\b", text, re.M), text
+    assert re.search(r"^GAIN_A = 0.0 ", text, re.M), "its own change, without the undone one"
+    final = wait(p)
+    assert f"candidate {rebased}" in final
+
+
+def test_a_candidate_built_on_an_undone_keep_is_never_kept():
+    """Its commit holds the undone change: better than its own base, its change is
+    re-based; otherwise it is discarded, even when it beats the state gone back to."""
+    sys.path.insert(0, str(SCRIPTS))
+    import waves
+    a, b = "a" * 40, "b" * 40
+    config = {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
+              "base_commit": a}
+
+    def rec(n, commit, sha, value, **extra):
+        return {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": "keep",
+                "metric": value, "samples": [value], "seeds": [42], "target_sha": sha * 64, **extra}
+
+    runs = [rec(1, a, "1", 1.0), rec(2, b, "2", 0.9), {**rec(3, a, "1", 1.0), "samples": [], "reverts": 2}]
+    cand = {"name": "c9", "base": b, "run_status": "ok", "target_sha": "3" * 64, "metrics": {}}
+    decision, why = waves.decide(config, runs, {**cand, "samples": [0.8]})
+    assert decision == "rebase" and "run 2's keep, undone since" in why
+    decision, why = waves.decide(config, runs, {**cand, "samples": [0.95]})
+    assert decision == "discard" and "undone since" in why, "better than the state gone back to, not kept"

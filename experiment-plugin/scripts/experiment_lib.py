@@ -1502,13 +1502,27 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
     sha = None
     last_keep = None    # the keep record the branch stands on
     prov = None         # the latest keep of new code, while it can still be undone
+    left = {}           # commit: (mu, var, sha, keep record) of each kept state moved on from
     for r in runs:
         if r["status"] == "keep" and r.get("reverts") and prov and prov["run"] == r["reverts"]:
+            left[commit_of(last_keep)] = (mu, var, sha, last_keep)
             mu, var, sha = prov["before"]
             last_keep, prov = prov["prev"], None
             continue
         if r["status"] not in ("keep", "discard") or not finite(r.get("metric")):
             continue
+        base, here = r.get("base"), commit_of(last_keep) if last_keep else None
+        if base and here and base[:len(here)] != here:
+            # A wave's candidate built on a state the branch has since left (another
+            # candidate was kept, or that keep was undone, while it ran): it measured
+            # that state plus its change, which says nothing about this one...
+            if r["status"] != "keep" or base not in left:
+                continue
+            # ...unless it was kept in place of the change made since: then the new
+            # state is that state plus its change.
+            left[commit_of(last_keep)] = (mu, var, sha, last_keep)
+            mu, var, sha, last_keep = left[base]
+            prov = None
         xs = [_oriented(x, direction) for x in run_samples(r)]
         if not xs:
             if r["status"] != "keep":
@@ -1538,6 +1552,7 @@ def kept_estimate(config: dict, runs: list[dict], sigma: float | None = None) ->
         v = var * s2 / (var + s2)
         a = (mu * s2 + xbar * var) / (var + s2)
         if r["status"] == "keep":           # the new state: V_kept + d
+            left[commit_of(last_keep)] = (mu, var, sha, last_keep)
             prov = {"run": r["run"], "record": r, "before": (mu, var, sha), "prev": last_keep,
                     "prec": n / sigma ** 2, "sum": n * xbar / sigma ** 2, "since": 0}
             b = s2 / (var + s2)

@@ -10,10 +10,11 @@ writers never lose or tear a record. Then, by status:
   crash    and the branch is reset to the last kept commit (session files are
            git-ignored, so the reset never touches them).
 
-Under the noise-aware policy a keep is provisional: after a discard, when the runs
-built on the latest keep say it was probably noise (lib.revert_due), a second record
-undoes it (a keep of the code it replaced, with "reverts": N) and the branch goes
-back to that code; the undone commit stays reachable as refs/autoresearch/<tag>/run-N.
+Under the noise-aware policy a keep is provisional: after a discard (a wave's
+candidate too), when the runs built on the latest keep say it was probably noise
+(lib.revert_due), a second record undoes it (a keep of the code it replaced, with
+"reverts": N) and the branch goes back to that code; the undone commit stays
+reachable as refs/autoresearch/<tag>/run-N.
 
 The metrics come from the run that run-experiment just finished (waiting in
 .autoresearch/pending.json); --metric / --metrics override or supply them. A run
@@ -206,7 +207,7 @@ def main(argv=None):
             if pending.get("recommendation"):
                 record["recommendation"] = pending["recommendation"]
         if cand:
-            record.update(candidate=cand["name"], worker=cand.get("worker"),
+            record.update(candidate=cand["name"], base=cand["base"], worker=cand.get("worker"),
                           backend=cand.get("backend", "local"), seed=cand.get("seed"))
             if cand.get("rebased_from"):
                 record["rebased_from"] = cand["rebased_from"]
@@ -228,7 +229,7 @@ def main(argv=None):
             lib.reset_to(root, kept)
             moved = f"; {config['target']} reset to {kept[:7]}" + moved
         undo = None
-        if a.status == "discard" and not cand:
+        if a.status == "discard":
             undo = undo_keep(root, config, log.runs + [record], number + 1)
 
     runs = log.runs + [record] + ([undo] if undo else [])

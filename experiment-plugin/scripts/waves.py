@@ -12,7 +12,13 @@ kept), the candidate is judged against the new kept state: if it beats that too 
 the better of the two and is kept in its place (the replaced change is re-based onto
 it as a new candidate); if it only beat the state it was built on, it is re-based onto
 the new kept state as a new candidate (`rebase`), because gains often combine. The
-record of a re-based candidate names the one it came from (`rebased_from`).
+record of a re-based candidate names the one it came from (`rebased_from`), and every
+candidate's record names the commit it was built on (`base`).
+
+Under the noise-aware rule a keep is provisional in a wave too (lib.revert_due): a
+discard built on the latest keep can undo it. A candidate still running on the undone
+keep is never kept (its commit holds the undone change); if it beat the state it was
+built on, its own change is re-based onto the kept state.
 
 Backends, one interface (`run_candidate`):
   local     one worker per device: CUDA_VISIBLE_DEVICES set to one GPU each; on a CPU,
@@ -534,10 +540,20 @@ def decide(config: dict, runs: list[dict], cand: dict) -> tuple[str, str]:
     decision, reason = lib.recommend(config, runs, candidate)
     if cand["base"] == kept or decision == "rerun":
         return decision, reason
-    if decision == "keep":
+    undone = next((r["run"] for r in runs if r["run"] in lib.undone_runs(runs)
+                   and lib.commit_of(r) == cand["base"]), None)
+    if decision == "keep" and not undone:
         return "keep", (f"{reason}; the kept state moved while it ran and it beats the new one "
                         "too: keeping it replaces that change, which is re-based onto it")
     then, why = lib.recommend(config, runs_at(runs, cand["base"]), candidate)
+    if undone:
+        # Its commit holds the change of a keep undone since: keeping it would bring
+        # that change back unmeasured. Its own change can be tried on the kept state.
+        if then == "keep":
+            return "rebase", (f"it beat the state it was built on ({why}), but that state was "
+                              f"run {undone}'s keep, undone since: log it as discard and its "
+                              "change is re-based onto the kept state as a new candidate")
+        return "discard", f"{why}; it was built on run {undone}'s keep, undone since"
     if then == "keep":
         return "rebase", (f"it beat the state it was built on ({why}), not the kept state that "
                           f"moved since ({reason}): log it as discard and it is re-based onto "
