@@ -538,17 +538,17 @@ def decide(config: dict, runs: list[dict], cand: dict) -> tuple[str, str]:
         return "discard", ("a re-measure of a kept state that has moved on since: its samples "
                            "stay in the log, nothing else to do")
     decision, reason = lib.recommend(config, runs, candidate)
-    if cand["base"] == kept or decision == "rerun":
-        return decision, reason
     undone = next((r["run"] for r in runs if r["run"] in lib.undone_runs(runs)
                    and lib.commit_of(r) == cand["base"]), None)
+    if cand["base"] == kept or (decision == "rerun" and not undone):
+        return decision, reason
     if decision == "keep" and not undone:
         return "keep", (f"{reason}; the kept state moved while it ran and it beats the new one "
                         "too: keeping it replaces that change, which is re-based onto it")
     then, why = lib.recommend(config, runs_at(runs, cand["base"]), candidate)
     if undone:
-        # Its commit holds the change of a keep undone since: keeping it would bring
-        # that change back unmeasured. Its own change can be tried on the kept state.
+        # Its commit holds the change of a keep undone since: keeping it (or running it
+        # again) would bring that change back. Its own change can be tried on the kept state.
         if then == "keep":
             return "rebase", (f"it beat the state it was built on ({why}), but that state was "
                               f"run {undone}'s keep, undone since: log it as discard and its "
