@@ -538,7 +538,8 @@ def decide(config: dict, runs: list[dict], cand: dict) -> tuple[str, str]:
         return "discard", ("a re-measure of a kept state that has moved on since: its samples "
                            "stay in the log, nothing else to do")
     decision, reason = lib.recommend(config, runs, candidate)
-    undone = next((r["run"] for r in runs if r["run"] in lib.undone_runs(runs)
+    undone_runs = lib.undone_runs(runs)
+    undone = next((r["run"] for r in runs if r["run"] in undone_runs
                    and lib.commit_of(r) == cand["base"]), None)
     if cand["base"] == kept or (decision == "rerun" and not undone):
         return decision, reason
