@@ -420,6 +420,18 @@ def test_a_new_session_archives_the_last_ones_open_candidates(project):
     assert (p / ".autoresearch" / "worktrees" / fresh).is_dir()
 
 
+def strict_config(base: str) -> dict:
+    """A session's config for waves.decide, under strict, started at `base`."""
+    return {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
+            "base_commit": base}
+
+
+def kept_record(n: int, commit: str, sha: str, value: float) -> dict:
+    """A keep as log-experiment records it, of one sample on seed 42."""
+    return {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": "keep",
+            "metric": value, "samples": [value], "seeds": [42], "target_sha": sha * 64}
+
+
 def test_decisions_for_a_candidate_whose_base_moved():
     """waves.decide against a kept state that moved while the candidate ran: better than
     the new one replaces it, better only than its own base is re-based, a re-measure of
@@ -427,14 +439,8 @@ def test_decisions_for_a_candidate_whose_base_moved():
     sys.path.insert(0, str(SCRIPTS))
     import waves
     a, b = "a" * 40, "b" * 40
-    config = {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
-              "base_commit": a}
-
-    def rec(n, commit, sha, value):
-        return {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": "keep",
-                "metric": value, "samples": [value], "seeds": [42], "target_sha": sha * 64}
-
-    runs = [rec(1, a, "1", 1.0), rec(2, b, "2", 0.9)]
+    config = strict_config(a)
+    runs = [kept_record(1, a, "1", 1.0), kept_record(2, b, "2", 0.9)]
 
     def cand(value, **extra):
         return {"name": "c9", "base": a, "run_status": "ok", "target_sha": "3" * 64,
@@ -508,14 +514,9 @@ def test_a_candidate_built_on_an_undone_keep_is_never_kept():
     sys.path.insert(0, str(SCRIPTS))
     import waves
     a, b = "a" * 40, "b" * 40
-    config = {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
-              "base_commit": a}
-
-    def rec(n, commit, sha, value, **extra):
-        return {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": "keep",
-                "metric": value, "samples": [value], "seeds": [42], "target_sha": sha * 64, **extra}
-
-    runs = [rec(1, a, "1", 1.0), rec(2, b, "2", 0.9), {**rec(3, a, "1", 1.0), "samples": [], "reverts": 2}]
+    config = strict_config(a)
+    runs = [kept_record(1, a, "1", 1.0), kept_record(2, b, "2", 0.9),
+            {**kept_record(3, a, "1", 1.0), "samples": [], "reverts": 2}]
     cand = {"name": "c9", "base": b, "run_status": "ok", "target_sha": "3" * 64, "metrics": {}}
     decision, why = waves.decide(config, runs, {**cand, "samples": [0.8]})
     assert decision == "rebase" and "run 2's keep, undone since" in why
