@@ -11,7 +11,7 @@ THE MODEL OF PROPOSALS (everything in units of sigma, one run's noise):
   * the agent follows the recommendation: `rerun` runs the same code again (a new
     seed).
 
-Each run goes through the real decision code in experiment_lib (recommend,
+Each run goes through the real decision code in core.policy (recommend,
 kept_state, kept_estimate) on records shaped as log-experiment writes them.
 Printed per policy and G:
   bad kept   null or harmful proposals kept, share of those decided
@@ -56,7 +56,7 @@ from unittest import mock
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "experiment-plugin" / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-import experiment_lib as lib  # noqa: E402
+from core import records, stats as core_stats, policy as core_policy  # noqa: E402
 
 GS = (0.5, 1.0, 2.0, 4.0)
 RUNS = 100
@@ -79,17 +79,17 @@ ORACLES = ("oracle-sigma", "oracle-kept")
 def config_for(policy):
     aware = policy == "noise-aware" or policy in ORACLES
     return {"metric": "val_bpb", "direction": "lower", "policy": "noise-aware" if aware else policy,
-            "baseline_runs": lib.DEFAULT_BASELINE_RUNS if aware else 1}
+            "baseline_runs": core_policy.DEFAULT_BASELINE_RUNS if aware else 1}
 
 
 def oracle(policy, kept):
     """The decision code's own estimates replaced by the truth (for the --oracle rows):
     sigma is 1 with unlimited degrees of freedom; for oracle-kept the kept state's
     value is also known exactly (`kept` holds it, updated by the session)."""
-    patches = [mock.patch.object(lib, "noise", lambda runs, candidate=None: (1.0, 10 ** 6))]
+    patches = [mock.patch.object(core_policy, "noise", lambda runs, candidate=None: (1.0, 10 ** 6))]
     if policy == "oracle-kept":
         patches.append(mock.patch.object(
-            lib, "kept_estimate",
+            core_policy, "kept_estimate",
             lambda config, runs, sigma=None: {"mean": kept[0], "sd": 1e-9, "samples": 1}))
     return patches
 
@@ -182,7 +182,7 @@ def _session(policy, g, ideas, noise, config, truth):
         x = candidate["true"] + noise.gauss(0, 1)
         used += 1
         candidate["samples"].append(x)
-        decision, _ = lib.recommend(config, runs, {"target_sha": candidate["sha"],
+        decision, _ = core_policy.recommend(config, runs, {"target_sha": candidate["sha"],
                                                    "samples": candidate["samples"], "metrics": {}})
         if decision == "rerun":
             continue
@@ -197,17 +197,17 @@ def _session(policy, g, ideas, noise, config, truth):
                      "samples": list(candidate["samples"]), "target_sha": candidate["sha"],
                      "commit": "0" * 40, "metrics": {}})
         candidate = None
-        held = lib.revert_due(config, runs) if decision == "discard" else None
+        held = core_policy.revert_due(config, runs) if decision == "discard" else None
         if held:
             _, d_undone, n_undone = truths[kept_sha]
             stats.undone(d_undone, n_undone)
-            runs.append(lib.revert_record(config, runs, held, len(runs) + 1))
+            runs.append(core_policy.revert_record(config, runs, held, len(runs) + 1))
             kept_sha = runs[-1]["target_sha"]
             kept_true = truth[0] = truths[kept_sha][0]
     if policy == "strict":
-        reported = lib.best_run(runs, "lower")["metric"]
+        reported = core_stats.best_run(runs, "lower")["metric"]
     else:
-        reported = lib.kept_estimate(config, runs)["mean"]
+        reported = core_policy.kept_estimate(config, runs)["mean"]
     stats.gains.append(START - kept_true)
     stats.curses.append(kept_true - reported)
     stats.runs = used
@@ -331,7 +331,7 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
     truths = {}         # target hash: (true value, d, runs) of every code kept
     while used < runs:
         if candidate is None:
-            log = lib.read_log(str(root))
+            log = records.read_log(str(root))
             number += 1
             d = proposal(ideas, g) if log.runs else None
             candidate = {"true": kept_true + (d or 0.0), "d": d, "runs": 0}
@@ -351,7 +351,7 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
             raise SystemExit(f"log-experiment failed: {proc.stderr}")
         d = candidate["d"]
         stats.decided(d, decision, candidate["runs"])
-        last = lib.read_log(str(root)).runs[-1]
+        last = records.read_log(str(root)).runs[-1]
         if decision == "keep":
             kept_true, kept_sha = candidate["true"], last["target_sha"]
             truths[kept_sha] = (kept_true, d, candidate["runs"])
@@ -364,11 +364,11 @@ def scripts_session(policy, g, seed, workdir, runs=RUNS, sigma=0.01):
             mismatches.append(f"{root.name} proposal {number}: after {decision} the target "
                               f"is not the kept state")
         candidate = None
-    log = lib.read_log(str(root))
+    log = records.read_log(str(root))
     if policy == "strict":
-        reported = lib.best_run(log.runs, "lower")["metric"] / sigma
+        reported = core_stats.best_run(log.runs, "lower")["metric"] / sigma
     else:
-        reported = lib.kept_estimate(log.config, log.runs)["mean"] / sigma
+        reported = core_policy.kept_estimate(log.config, log.runs)["mean"] / sigma
     stats.gains.append(START - kept_true)
     stats.curses.append(kept_true - reported)
     stats.runs = used
@@ -423,14 +423,14 @@ def main(argv=None):
                           for k, row in table.items()}))
     else:
         print_table(table, policies, f"synthetic replay: {a.sessions} sessions of {RUNS} runs per policy and G")
-        misses = meets_goals(table, lib.DEFAULT_POLICY)
+        misses = meets_goals(table, core_policy.DEFAULT_POLICY)
         print("goals: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
     if a.scripts:
         real = [p for p in policies if p not in ORACLES]    # a subprocess cannot be told the truth
         table, problems = replay_scripts(real, a.scripts, a.seed, a.script_runs)
         print_table(table, real, f"\nreal scripts: {a.scripts} sessions of {a.script_runs} "
                     "runs per policy and G")
-        misses = meets_goals(table, lib.DEFAULT_POLICY)
+        misses = meets_goals(table, core_policy.DEFAULT_POLICY)
         print("goals: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
         print("git: " + ("the target matched every decision" if not problems else
                          f"{len(problems)} mismatches, first: {problems[0]}"))

@@ -27,7 +27,7 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "experiment-plugin", "scripts"))
-import experiment_lib as lib  # noqa: E402
+from core import common  # noqa: E402
 import bench_noise  # noqa: E402  (one watched training run)
 
 
@@ -53,13 +53,13 @@ def one_run(script, dataset, budget, seed, rundir):
     os.makedirs(rundir, exist_ok=True)
     row = bench_noise.one_run(sys.executable, dataset, budget, seed, timeout=2 * budget + 600,
                               script=script, cwd=rundir)
-    if row["exit"] != 0 or not lib.finite(row["val_bpb"]):
+    if row["exit"] != 0 or not common.finite(row["val_bpb"]):
         sys.exit(f"{os.path.basename(script)} on {dataset} failed (exit {row['exit']}):\n{row['tail']}")
     return {k: row[k] for k in ("val_bpb", "tok_s", "steps", "disturbed", "load")}
 
 
 def median(rows, key):
-    values = [r[key] for r in rows if lib.finite(r.get(key))]
+    values = [r[key] for r in rows if common.finite(r.get(key))]
     return statistics.median(values) if values else float("nan")
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
-import experiment_lib as lib  # noqa: E402
+from core import common, parsing, monitor as core_monitor  # noqa: E402
 
 
 def one_run(python, dataset, budget, seed, timeout, script="train.py", cwd=REPO):
@@ -42,12 +42,12 @@ def one_run(python, dataset, budget, seed, timeout, script="train.py", cwd=REPO)
            "AUTORESEARCH_SEED": str(seed), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([python, str(script)], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    monitor = lib.LoadMonitor(proc.pid).start()
+    monitor = core_monitor.LoadMonitor(proc.pid).start()
     out, _ = proc.communicate(timeout=timeout)
     reading = monitor.stop()
-    metrics = lib.parse_metrics(out)
+    metrics = parsing.parse_metrics(out)
     return {"seed": seed, "val_bpb": metrics.get("val_bpb"), "steps": metrics.get("num_steps"),
-            "tok_s": metrics.get("avg_tok_sec"), "load": reading, "disturbed": lib.disturbed(reading),
+            "tok_s": metrics.get("avg_tok_sec"), "load": reading, "disturbed": core_monitor.disturbed(reading),
             "exit": proc.returncode, "tail": out[-2000:]}
 
 
@@ -88,7 +88,7 @@ def sd(xs):
 
 
 def report(rows):
-    quiet = [r for r in rows if not r["disturbed"] and lib.finite(r["val_bpb"])]
+    quiet = [r for r in rows if not r["disturbed"] and common.finite(r["val_bpb"])]
     same = [r["val_bpb"] for r in quiet if r["seed"] == 42]
     new = [r["val_bpb"] for r in quiet if r["seed"] != 42]
     print(f"quiet runs {len(quiet)} of {len(rows)}; sigma all {sd([r['val_bpb'] for r in quiet]):.4f}, "

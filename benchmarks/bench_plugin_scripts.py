@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
 from plugin_helpers import HOOKS, SCRIPTS, fill_log, make_project, script  # noqa: E402
-import experiment_lib as lib  # noqa: E402
+from core import common  # noqa: E402
 
 
 def timed(fn, repeat: int) -> float:
@@ -48,7 +48,7 @@ def main():
     p.add_argument("--repeat", type=int, default=7)
     a = p.parse_args()
     # As on a person's machine, let Python cache the scripts' compiled bytecode (some CI
-    # images turn that off, which adds ~15 ms of compiling experiment_lib to every call).
+    # images turn that off, which adds ~15 ms of compiling the core modules to every call).
     if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
         print("note: PYTHONDONTWRITEBYTECODE was set; cleared for the timed processes")
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +92,7 @@ def main():
               f"{timed(lambda: subprocess.run([sys.executable, '-c', 'pass']), a.repeat):>8.1f}")
         print("reported apart:")
         print(f"{'run-experiment (instant stand-in)':<34}{timed(run('run-experiment'), a.repeat):>8.1f}")
-        first = timed(lambda: ((project / lib.PLOT).unlink(missing_ok=True), check(script(project, "summarize"))), 3)
+        first = timed(lambda: ((project / common.PLOT).unlink(missing_ok=True), check(script(project, "summarize"))), 3)
         print(f"{'summarize, first plot render':<34}{first:>8.1f}")
         print(f"{'summarize, plot up to date':<34}{timed(run('summarize'), a.repeat):>8.1f}")
         print(f"slowest log-bound command: {worst:.1f} ms")

@@ -13,11 +13,11 @@ THE MODEL
     results that arrive while it is busy wait. A worker is refilled as soon as the
     agent has handled the result that freed it. `rerun` costs the agent nothing
     (wait-wave queues it again by itself);
-  * decisions: waves.decide, the plugin's own rule for a finished candidate (the
+  * decisions: core_policy.decide_candidate, the plugin's own rule for a finished candidate (the
     session's recommend() against the kept state as it is when the result is handled,
     `rebase` for a winner whose base moved, replacement of a kept state by a better
     sibling), on records shaped as log-experiment writes them, and log-experiment's undo
-    of a keep the runs built on it do not bear out (lib.revert_due); the baseline's
+    of a keep the runs built on it do not bear out (core_policy.revert_due); the baseline's
     repeats run side by side.
 
 PRINTED, per worker count (medians over the sessions):
@@ -44,8 +44,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "experiment-plugin" / "scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
-import experiment_lib as lib  # noqa: E402
-import waves  # noqa: E402
+from core import git, policy as core_policy  # noqa: E402
 from bench_decisions import START, config_for, proposal  # noqa: E402
 
 BUDGET = 300.0
@@ -75,7 +74,7 @@ class Session:
         return hashlib.sha256(text.encode()).hexdigest()[:n]
 
     def kept(self):
-        return lib.last_kept_commit(self.config, self.runs)
+        return git.last_kept_commit(self.config, self.runs)
 
     def run_time(self):
         return BUDGET * max(0.5, self.rng.gauss(self.run_mean, self.run_sd))
@@ -109,15 +108,15 @@ class Session:
             self.kept_trace.append((t, self.value[cand["commit"]]))
         if status == "discard":
             # log-experiment's undo: a keep the runs built on it do not bear out
-            held = lib.revert_due(self.config, self.runs)
+            held = core_policy.revert_due(self.config, self.runs)
             if held:
-                self.runs.append(lib.revert_record(self.config, self.runs, held, len(self.runs) + 1))
-                self.bad_kept -= self.effect[lib.commit_of(held["record"])] >= 0
+                self.runs.append(core_policy.revert_record(self.config, self.runs, held, len(self.runs) + 1))
+                self.bad_kept -= self.effect[git.commit_of(held["record"])] >= 0
                 self.kept_trace.append((t, self.value[self.kept()]))
 
     def handle(self, cand, t):
         """The agent handles one finished candidate at time t (log + git moves)."""
-        decision, _ = waves.decide(self.config, self.runs, cand)
+        decision, _ = core_policy.decide_candidate(self.config, self.runs, cand)
         kept = self.kept()
         if not cand["unchanged"]:
             self.bad += cand["d"] >= 0
@@ -168,7 +167,7 @@ class Session:
             self.busy += rt
             self.finished += 1
             self.observe(cand)
-            decision, _ = waves.decide(self.config, self.runs, cand)
+            decision, _ = core_policy.decide_candidate(self.config, self.runs, cand)
             if decision == "rerun":          # queued again at once, no agent time
                 rt = self.run_time()
                 heapq.heappush(events, (finish + rt, order, w, cand, rt))

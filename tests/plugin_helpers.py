@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from core import common, git as core_git, records as core_records
+
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = REPO / "experiment-plugin"
 SCRIPTS = PLUGIN / "scripts"
@@ -160,9 +162,8 @@ def require_claude():
 
 def fill_log(project: Path, n: int) -> None:
     """n run records, as log-experiment writes them, in one go."""
-    lib = _lib()
-    config = lib.read_log(str(project)).config
-    commit = lib.head(str(project))
+    config = core_records.read_log(str(project)).config
+    commit = core_git.head(str(project))
     rng = random.Random(0)
     runs, best = [], 1.0
     for i in range(1, n + 1):
@@ -177,14 +178,6 @@ def fill_log(project: Path, n: int) -> None:
                      "timestamp": 1772748000 + 300 * i, "segment": 0, "confidence": None,
                      "run_status": "ok" if metric else "crash", "seconds": 300.0,
                      "asi": {"hypothesis": "x" * 80, "category": rng.choice(["optimizer", "architecture"])}})
-    with open(project / lib.LOG, "a") as f:
+    with open(project / common.LOG, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in runs)
-    lib.write_results(str(project), config, runs)
-
-
-def _lib():
-    """The plugin's shared module (imported on demand: the scripts folder is not a package)."""
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    import experiment_lib
-    return experiment_lib
+    core_records.write_results(str(project), config, runs)

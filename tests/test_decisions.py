@@ -17,7 +17,7 @@ from plugin_helpers import SCRIPTS, make_project, ok, records, script
 sys.path.insert(0, str(SCRIPTS))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import bench_decisions  # noqa: E402
-import experiment_lib as lib  # noqa: E402
+from core import harness, parsing, monitor, stats as core_stats, policy as core_policy, session as core_session  # noqa: E402
 
 # A stand-in whose metric depends on the seed it is given, as a real run's does.
 SEEDED_TARGET = '''\
@@ -64,9 +64,9 @@ def test_repeats_of_identical_code_get_new_seeds_and_make_the_noise(session):
     ok(script(session, "log-experiment", "--status", "keep", "--description", "baseline"))
     base = records(session)[-1]
     assert base["seeds"] == [42, 43, 44] and len(set(base["samples"])) == 3
-    assert base["target_sha"] == lib.hash_file(str(session / "train.py"))
+    assert base["target_sha"] == harness.hash_file(str(session / "train.py"))
     assert base["metric"] == pytest.approx(sum(base["samples"]) / 3)
-    sigma, dof = lib.noise(records(session)[1:])
+    sigma, dof = core_stats.noise(records(session)[1:])
     assert dof == 2 and 0 < sigma
     out = ok(script(session, "confidence")).stdout
     assert f"noise sigma {sigma:.6f} from 3 repeats of identical code (2 dof)" in out
@@ -77,7 +77,7 @@ def test_repeats_of_identical_code_get_new_seeds_and_make_the_noise(session):
     assert "seed 42" in proc.stdout and recommendation(proc).startswith("recommend: keep")
     logged = ok(script(session, "log-experiment", "--status", "keep", "--description", "lower")).stdout
     assert "kept state (run 2): estimated val_bpb" in ok(script(session, "confidence")).stdout
-    est = lib.kept_estimate(records(session)[0], records(session)[1:])["mean"]
+    est = core_policy.kept_estimate(records(session)[0], records(session)[1:])["mean"]
     best = records(session)[-1]["metric"]
     assert f"best val_bpb {best:.6f} (run 2); the kept state is estimated at {est:.6f}" in logged
     out = json.loads(ok(script(session, "confidence", "--json")).stdout)
@@ -99,9 +99,9 @@ def test_bad_setup_input_is_one_line_error(tmp_path):
 
 def machine_busy(seconds=1.0):
     """Share of the CPUs busy over a short look, before a test that needs quiet."""
-    a = lib.read_proc_stat()
+    a = monitor.read_proc_stat()
     time.sleep(seconds)
-    b = lib.read_proc_stat()
+    b = monitor.read_proc_stat()
     return (b["busy"] - a["busy"] + b["steal"] - a["steal"]) / ((os.cpu_count() or 1) * seconds)
 
 
@@ -119,12 +119,12 @@ def test_a_run_beside_a_cpu_hog_is_disturbed_and_not_a_sample(session):
     assert recommendation(proc).startswith("recommend: rerun: disturbed: other processes used")
     pending = json.loads((session / ".autoresearch" / "pending.json").read_text())
     assert pending["samples"] == [] and pending["disturbed"][0]["seed"] == 42
-    assert pending["load"]["others"] > lib.DISTURBED_OTHERS
+    assert pending["load"]["others"] > monitor.DISTURBED_OTHERS
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
 def test_a_quiet_run_is_not_disturbed(session):
-    if machine_busy() > lib.DISTURBED_OTHERS / 2:
+    if machine_busy() > monitor.DISTURBED_OTHERS / 2:
         pytest.skip("the machine is busy with other work; a quiet run cannot be shown now")
     set_constant(session, "BUSY", 6.0)
     proc = ok(script(session, "run-experiment", timeout=120))
@@ -133,10 +133,10 @@ def test_a_quiet_run_is_not_disturbed(session):
 
 def test_gpu_and_ps_readings_parse_recorded_output():
     smi = "12345, 1024\n23456, 20480\n"
-    assert lib.parse_gpu_pids(smi) == [12345, 23456]
-    assert lib.parse_gpu_pids("No running processes found\n[N/A], [N/A]\n") == []
+    assert monitor.parse_gpu_pids(smi) == [12345, 23456]
+    assert monitor.parse_gpu_pids("No running processes found\n[N/A], [N/A]\n") == []
     ps = "    1     1   0:01.50\n  812   812  12:03.25\n  900   812 1-02:03:04\n bad line\n"
-    assert lib.parse_ps_cputimes(ps) == {1: (1, 1.5), 812: (812, 723.25), 900: (812, 93784.0)}
+    assert monitor.parse_ps_cputimes(ps) == {1: (1, 1.5), 812: (812, 723.25), 900: (812, 93784.0)}
 
 
 def test_real_template_with_two_seeds_gives_two_val_bpb(tmp_path, classics_cache):
@@ -148,7 +148,7 @@ def test_real_template_with_two_seeds_gives_two_val_bpb(tmp_path, classics_cache
         proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py")], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        values.append(lib.parse_metrics(proc.stdout)["val_bpb"])
+        values.append(parsing.parse_metrics(proc.stdout)["val_bpb"])
     assert values[0] != values[1]
 
 
@@ -187,9 +187,9 @@ def test_noise_report_says_what_the_step_count_and_a_speed_probe_explain(capsys)
 def test_oracle_rows_decide_on_the_truth_and_leave_the_decision_code_as_it_was():
     """--oracle replays the default rule told sigma, or sigma and the kept value: the
     second reports the true value (no winner's curse at all), the first does not."""
-    noise, kept_estimate = lib.noise, lib.kept_estimate
+    noise, kept_estimate = core_stats.noise, core_policy.kept_estimate
     table = bench_decisions.replay(["oracle-sigma", "oracle-kept", "strict"], sessions=3, seed=4)
-    assert lib.noise is noise and lib.kept_estimate is kept_estimate
+    assert core_stats.noise is noise and core_policy.kept_estimate is kept_estimate
     for g in bench_decisions.GS:
         assert table["oracle-kept", g]["curse"] == 0
         assert table["oracle-sigma", g]["curse"] != 0
@@ -224,19 +224,19 @@ def test_effect_posterior_matches_numerical_integration_of_the_model():
         for i in range(int(80 / step)):
             d = -50 + i * step
             if d < 0:
-                prior = sum(lib.PRIOR_HELPFUL / len(lib.HELPFUL_MEANS) / m * math.exp(d / m)
-                            for m in lib.HELPFUL_MEANS)
+                prior = sum(core_policy.PRIOR_HELPFUL / len(core_policy.HELPFUL_MEANS) / m * math.exp(d / m)
+                            for m in core_policy.HELPFUL_MEANS)
             else:
-                prior = (lib.PRIOR_HARMFUL * 2 / lib.HARMFUL_SCALE
-                         * math.exp(-d * d / (2 * lib.HARMFUL_SCALE ** 2)) / math.sqrt(2 * math.pi))
+                prior = (core_policy.PRIOR_HARMFUL * 2 / core_policy.HARMFUL_SCALE
+                         * math.exp(-d * d / (2 * core_policy.HARMFUL_SCALE ** 2)) / math.sqrt(2 * math.pi))
             w = prior * math.exp(-(diff - d) ** 2 / (2 * spread ** 2)) * step
             total, first, second = total + w, first + w * d, second + w * d * d
             helpful += w if d < 0 else 0.0
-        total += lib.PRIOR_NULL * math.exp(-diff ** 2 / (2 * spread ** 2))   # the null's point mass
+        total += core_policy.PRIOR_NULL * math.exp(-diff ** 2 / (2 * spread ** 2))   # the null's point mass
         return helpful / total, first / total, second / total - (first / total) ** 2
 
     for diff, spread in [(-2, 1), (0, 1.2), (3, 0.8), (-6, 0.9), (20, 1), (-30, 1)]:
-        post = lib.effect_posterior(diff, spread)
+        post = core_policy.effect_posterior(diff, spread)
         p, mean, var = brute(diff, spread)
         assert post["p_helpful"] == pytest.approx(p, abs=2e-3)
         assert post["mean"] == pytest.approx(mean, abs=5e-3)
@@ -255,25 +255,25 @@ def test_kept_estimate_shrinks_the_luck_of_a_marginal_keep():
         return {"run": 2, "status": "keep", "metric": value, "commit": "b" * 40,
                 "target_sha": "b" * 64, "samples": [value]}
 
-    marginal = lib.kept_estimate(config, [base, keep(0.982)], sigma=0.01)
+    marginal = core_policy.kept_estimate(config, [base, keep(0.982)], sigma=0.01)
     assert 0.982 < marginal["mean"] < 0.995
-    clear = lib.kept_estimate(config, [base, keep(0.90)], sigma=0.01)
+    clear = core_policy.kept_estimate(config, [base, keep(0.90)], sigma=0.01)
     assert clear["mean"] == pytest.approx(0.90, abs=0.002)
     null = {"run": 3, "status": "discard", "metric": 0.905, "commit": "c" * 40,
             "target_sha": "c" * 64, "samples": [0.905]}
-    assert lib.kept_estimate(config, [base, keep(0.90), null], sigma=0.01)["sd"] < clear["sd"]
+    assert core_policy.kept_estimate(config, [base, keep(0.90), null], sigma=0.01)["sd"] < clear["sd"]
     higher = {**config, "direction": "higher"}
     flipped = [{**r, "metric": -r["metric"], "samples": [-x for x in r["samples"]]}
                for r in (base, keep(0.982))]
-    assert lib.kept_estimate(higher, flipped, sigma=0.01)["mean"] == pytest.approx(-marginal["mean"])
+    assert core_policy.kept_estimate(higher, flipped, sigma=0.01)["mean"] == pytest.approx(-marginal["mean"])
 
 
 def test_a_run_disturbed_again_and_again_says_the_machine_is_busy():
     config = {"metric": "val_bpb", "direction": "lower", "policy": "noise-aware"}
     base = [{"run": 1, "status": "keep", "metric": 1.0, "commit": "a" * 40, "target_sha": "a" * 64,
              "samples": [0.99, 1.0, 1.01]}]
-    for times, busy in ((1, False), (lib.DISTURBED_BUSY, True)):
-        decision, why = lib.recommend(config, base, {
+    for times, busy in ((1, False), (monitor.DISTURBED_BUSY, True)):
+        decision, why = core_policy.recommend(config, base, {
             "target_sha": "b" * 64, "samples": [], "metrics": {},
             "disturbed_now": "other processes 55% of 2 CPUs", "disturbed_runs": times})
         assert decision == "rerun" and why.startswith("disturbed: other processes")
@@ -310,7 +310,7 @@ def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):
     assert subprocess.run(["git", "cat-file", "-e", kept_commit], cwd=session).returncode == 0
     assert "revert run 2" in (session / "results.tsv").read_text()
     runs = records(session)[1:]
-    assert lib.best_run(runs, "lower")["run"] == 1 and lib.runs_since_keep(runs) == len(outs) + 1
+    assert core_stats.best_run(runs, "lower")["run"] == 1 and core_session.runs_since_keep(runs) == len(outs) + 1
     ok(script(session, "summarize"))
     assert (session / "progress.png").stat().st_size > 0
     summary = (session / "autoresearch-summary.md").read_text()
@@ -318,11 +318,11 @@ def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):
     assert "kept, then undone" in summary and "| 1 | 2 |" not in summary
     # The record that undoes a keep tried nothing: --max-iterations does not count it.
     config = records(session)[0]
-    assert lib.experiments(runs) == len(runs) - 1
-    assert lib.loop_end_reason(str(session), {**config, "max_iterations": len(runs)}, runs) is None
-    assert "cap was reached" in lib.loop_end_reason(
+    assert core_stats.experiments(runs) == len(runs) - 1
+    assert core_session.loop_end_reason(str(session), {**config, "max_iterations": len(runs)}, runs) is None
+    assert "cap was reached" in core_session.loop_end_reason(
         str(session), {**config, "max_iterations": len(runs) - 1}, runs)
-    assert f"## Progress after {len(runs) - 1} runs" in lib.progress_report(str(session), config, runs, 10)
+    assert f"## Progress after {len(runs) - 1} runs" in core_session.progress_report(str(session), config, runs, 10)
     resumed = ok(script(session, "resume-session", "--max-iterations", str(len(runs) + 4))).stdout
     assert f"{len(runs) - 1} runs logged" in resumed and "(5 left)" in resumed, resumed
     # The next idea is judged against the old code again, and nothing else is undone.
@@ -342,13 +342,13 @@ def test_a_clear_gain_is_not_undone_by_the_runs_after_it():
     for i in range(6):
         runs.append({"run": 3 + i, "status": "discard", "metric": 0.955, "commit": "c" * 7,
                      "target_sha": f"{i:064x}", "samples": [0.955]})
-        assert lib.revert_due(config, runs) is None
-    assert lib.kept_estimate(config, runs)["held"]["p"] > 0.9
+        assert core_policy.revert_due(config, runs) is None
+    assert core_policy.kept_estimate(config, runs)["held"]["p"] > 0.9
     # Under strict (Karpathy's rule) nothing is ever undone.
     lucky = [base, {**runs[1], "metric": 0.99, "samples": [0.99]}] + \
         [{**r, "metric": 1.02, "samples": [1.02]} for r in runs[2:]]
-    assert lib.revert_due(config, lucky) is not None
-    assert lib.revert_due({**config, "policy": "strict"}, lucky) is None
+    assert core_policy.revert_due(config, lucky) is not None
+    assert core_policy.revert_due({**config, "policy": "strict"}, lucky) is None
 
 
 def test_the_kept_estimate_leaves_out_what_a_wave_measured_on_a_state_left_since():
@@ -366,17 +366,17 @@ def test_the_kept_estimate_leaves_out_what_a_wave_measured_on_a_state_left_since
 
     baseline = {**run(1, a, "keep", 1.0), "samples": [0.99, 1.01, 1.0]}
     lucky = run(2, b, "keep", 0.985, base=a)
-    est = lib.kept_estimate(config, [baseline, lucky])
+    est = core_policy.kept_estimate(config, [baseline, lucky])
     late = run(3, "d" * 40, "discard", 1.02, base=a)         # built on the baseline
-    after = lib.kept_estimate(config, [baseline, lucky, late])
+    after = core_policy.kept_estimate(config, [baseline, lucky, late])
     assert (after["mean"], after["sd"], after["held"]["since"]) == (est["mean"], est["sd"], 0)
     on_top = run(3, "d" * 40, "discard", 1.02, base=b)       # the same run, built on the keep
-    moved = lib.kept_estimate(config, [baseline, lucky, on_top])
+    moved = core_policy.kept_estimate(config, [baseline, lucky, on_top])
     assert moved["mean"] > est["mean"] and moved["held"]["since"] == 1
     # Kept in place of the lucky change: judged from the baseline's state, as if the
     # lucky keep had not happened.
     better = run(3, c, "keep", 0.95, base=a)
-    replaced = lib.kept_estimate(config, [baseline, lucky, better])
-    alone = lib.kept_estimate(config, [baseline, {**better, "run": 2}])
+    replaced = core_policy.kept_estimate(config, [baseline, lucky, better])
+    alone = core_policy.kept_estimate(config, [baseline, {**better, "run": 2}])
     assert replaced["mean"] == pytest.approx(alone["mean"]) and replaced["sd"] == pytest.approx(alone["sd"])
     assert replaced["held"]["prev"]["run"] == 1

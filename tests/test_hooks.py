@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from core import common, records as core_records
 from plugin_helpers import HOOKS, git, make_project, ok, records, script
 
 
@@ -389,12 +390,10 @@ def test_session_start_says_nothing_without_a_session(project, tmp_path):
 
 def test_lessons_from_logs_of_the_first_format_are_read(project):
     """Logs written before `asi` had its seed name kept it as `notes`."""
-    from plugin_helpers import _lib
-    lib = _lib()
-    with lib.Lock(str(project)):
-        lib.append_record(str(project), {
+    with common.Lock(str(project)):
+        core_records.append_record(str(project), {
             "type": "run", "run": 1, "commit": git(project, "rev-parse", "HEAD"), "status": "keep",
-            "metric": 1.0, "metrics": {}, "description": "baseline", "timestamp": lib.now_iso(),
+            "metric": 1.0, "metrics": {}, "description": "baseline", "timestamp": common.now_iso(),
             "notes": {"learned": "old logs still teach"}})
     assert "(learned: old logs still teach)" in session_start(project)
     assert "Latest lesson (run 1): old logs still teach" in stop(project)["reason"]

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import SCRIPTS, edit_target, git, hook, make_project, ok, records, script
+from core import policy
+from plugin_helpers import edit_target, git, hook, make_project, ok, records, script
 from test_night import night  # noqa: F401  (the fixture: a clone of the repository, small CPU model)
 
 WAVE_TARGET = '''\
@@ -421,7 +422,7 @@ def test_a_new_session_archives_the_last_ones_open_candidates(project):
 
 
 def strict_config(base: str) -> dict:
-    """A session's config for waves.decide, under strict, started at `base`."""
+    """A session's config for policy.decide_candidate, under strict, started at `base`."""
     return {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
             "base_commit": base}
 
@@ -433,11 +434,9 @@ def kept_record(n: int, commit: str, sha: str, value: float) -> dict:
 
 
 def test_decisions_for_a_candidate_whose_base_moved():
-    """waves.decide against a kept state that moved while the candidate ran: better than
+    """policy.decide_candidate against a kept state that moved while the candidate ran: better than
     the new one replaces it, better only than its own base is re-based, a re-measure of
     the old state is not needed any more."""
-    sys.path.insert(0, str(SCRIPTS))
-    import waves
     a, b = "a" * 40, "b" * 40
     config = strict_config(a)
     runs = [kept_record(1, a, "1", 1.0), kept_record(2, b, "2", 0.9)]
@@ -446,12 +445,12 @@ def test_decisions_for_a_candidate_whose_base_moved():
         return {"name": "c9", "base": a, "run_status": "ok", "target_sha": "3" * 64,
                 "samples": [value], "metrics": {}, **extra}
 
-    assert waves.decide(config, runs, cand(0.8))[0] == "keep"
-    assert "replaces that change" in waves.decide(config, runs, cand(0.8))[1]
-    assert waves.decide(config, runs, cand(0.95))[0] == "rebase"
-    assert waves.decide(config, runs, cand(1.05))[0] == "discard"
-    assert waves.decide(config, runs, cand(0.5, unchanged=True, target_sha="1" * 64))[0] == "discard"
-    assert waves.decide(config, runs[:1], cand(0.95))[0] == "keep", "base still kept: a plain keep"
+    assert policy.decide_candidate(config, runs, cand(0.8))[0] == "keep"
+    assert "replaces that change" in policy.decide_candidate(config, runs, cand(0.8))[1]
+    assert policy.decide_candidate(config, runs, cand(0.95))[0] == "rebase"
+    assert policy.decide_candidate(config, runs, cand(1.05))[0] == "discard"
+    assert policy.decide_candidate(config, runs, cand(0.5, unchanged=True, target_sha="1" * 64))[0] == "discard"
+    assert policy.decide_candidate(config, runs[:1], cand(0.95))[0] == "keep", "base still kept: a plain keep"
 
 
 NOISY_TARGET = WAVE_TARGET.replace("import os, subprocess, sys, time",
@@ -511,14 +510,12 @@ def test_a_wave_undoes_a_keep_its_runs_do_not_bear_out_and_rebases_what_ran_on_i
 def test_a_candidate_built_on_an_undone_keep_is_never_kept():
     """Its commit holds the undone change: better than its own base, its change is
     re-based; otherwise it is discarded, even when it beats the state gone back to."""
-    sys.path.insert(0, str(SCRIPTS))
-    import waves
     a, b = "a" * 40, "b" * 40
     config = strict_config(a)
     runs = [kept_record(1, a, "1", 1.0), kept_record(2, b, "2", 0.9),
             {**kept_record(3, a, "1", 1.0), "samples": [], "reverts": 2}]
     cand = {"name": "c9", "base": b, "run_status": "ok", "target_sha": "3" * 64, "metrics": {}}
-    decision, why = waves.decide(config, runs, {**cand, "samples": [0.8]})
+    decision, why = policy.decide_candidate(config, runs, {**cand, "samples": [0.8]})
     assert decision == "rebase" and "run 2's keep, undone since" in why
-    decision, why = waves.decide(config, runs, {**cand, "samples": [0.95]})
+    decision, why = policy.decide_candidate(config, runs, {**cand, "samples": [0.95]})
     assert decision == "discard" and "undone since" in why, "better than the state gone back to, not kept"

@@ -24,7 +24,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
-import experiment_lib as lib  # noqa: E402
+from core import common, harness, records, candidates, session  # noqa: E402
 
 FILE_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
               "NotebookEdit": "notebook_path"}
@@ -53,7 +53,7 @@ def relative(root, cwd, path):
 def session_config(root):
     """The session's config line, read once per hook call."""
     if root not in _CONFIG:
-        _CONFIG[root] = lib.read_config(root) or {}
+        _CONFIG[root] = records.read_config(root) or {}
     return _CONFIG[root]
 
 
@@ -62,7 +62,7 @@ _CONFIG = {}
 
 def is_fixed(root, rel):
     """The harness, or one of the session's --read-only files."""
-    return (rel in lib.FIXED_FILES or rel.split(os.sep)[0] in lib.FIXED_DIRS
+    return (rel in harness.FIXED_FILES or rel.split(os.sep)[0] in harness.FIXED_DIRS
             or rel in (session_config(root).get("read_only") or []))
 
 
@@ -71,7 +71,7 @@ def protected(root, cwd, path):
     rel = relative(root, cwd, path)
     if rel.startswith(".."):
         return None
-    inside = lib.candidate_root(root, rel)
+    inside = candidates.candidate_root(root, rel)
     if inside:                  # a candidate's worktree: judged like the project itself
         rel = inside[1]
     top = rel.split(os.sep)[0]
@@ -80,11 +80,11 @@ def protected(root, cwd, path):
                 "must be measured the same way, so it cannot change during a session. Edit only "
                 "the session's target template; to undo a change, "
                 f"`git checkout -- {rel}`.")
-    if rel in lib.SCRIPT_ONLY_FILES or top == lib.STATE_DIR:
+    if rel in common.SCRIPT_ONLY_FILES or top == common.STATE_DIR:
         return (f"{rel} is written only by the plugin's scripts: record a run with "
                 "log-experiment, run one with run-experiment, write the report with summarize. "
                 "Reading it is fine.")
-    if rel in lib.DEPENDENCY_FILES or re.match(r"requirements.*\.txt$", rel):
+    if rel in harness.DEPENDENCY_FILES or re.match(r"requirements.*\.txt$", rel):
         return (f"{rel} declares the dependencies, which are fixed for a session: work with "
                 "the packages already installed.")
     return None
@@ -101,17 +101,17 @@ def out_of_scope(root, cwd, path):
     import subprocess
     rel = relative(root, cwd, path)
     config = session_config(root)
-    inside = lib.candidate_root(root, rel)
+    inside = candidates.candidate_root(root, rel)
     if inside:
         root, rel = inside
-    if rel.startswith("..") or not config or rel in lib.editable_files(config) \
-            or rel in lib.SESSION_FILES:
+    if rel.startswith("..") or not config or rel in common.editable_files(config) \
+            or rel in common.SESSION_FILES:
         return None
     tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", rel], cwd=root,
                              capture_output=True).returncode == 0
     if not tracked:
         return None
-    return (f"{rel} is outside this session's scope ({', '.join(lib.editable_files(config))}): "
+    return (f"{rel} is outside this session's scope ({', '.join(common.editable_files(config))}): "
             "a run must measure exactly the code the log records. Put the idea into the target, "
             "or note it in autoresearch.md; a session that edits more files is set up with --scope.")
 
@@ -221,7 +221,7 @@ def check_words(root, cwd, words):
 
 def decide(payload):
     """The deny reason for this tool call, or None to allow it."""
-    root = lib.active_root(payload)
+    root = session.active_root(payload)
     if root is None:
         return None
     cwd = payload.get("cwd") or os.getcwd()
@@ -231,9 +231,9 @@ def decide(payload):
         reason = check_file_tool(root, cwd, tool, tool_input)
     elif tool == "Bash" and isinstance(tool_input.get("command"), str):
         reason = check_bash(root, cwd, tool_input["command"])
-    if reason and not lib.owns_loop(root, payload):
+    if reason and not session.owns_loop(root, payload):
         # Someone working on something else while a session is open: say how to close it.
-        reason += " " + lib.open_elsewhere_note(session_config(root))
+        reason += " " + session.open_elsewhere_note(session_config(root))
     return reason
 
 

@@ -12,7 +12,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
-import experiment_lib as lib  # noqa: E402
+from core import session  # noqa: E402
 
 RELEASES_THE_LOOP = re.compile(r"^\s*/(experiment:)?summary\b")
 
@@ -21,9 +21,9 @@ def main():
     try:
         payload = json.load(sys.stdin)
         if RELEASES_THE_LOOP.match(payload.get("prompt") or ""):
-            root = lib.active_root(payload)
-            if root and lib.owns_loop(root, payload):
-                lib.write_state(root, owner=None)
+            root = session.active_root(payload)
+            if root and session.owns_loop(root, payload):
+                session.write_state(root, owner=None)
     except Exception as e:  # never stand between the person and their prompt
         print(f"autoresearch prompt hook: {e}", file=sys.stderr)
     return 0

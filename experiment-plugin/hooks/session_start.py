@@ -13,17 +13,17 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
-import experiment_lib as lib  # noqa: E402
+from core import records, session  # noqa: E402
 
 
 def main():
     try:
         payload = json.load(sys.stdin)
-        root = lib.active_root(payload)
+        root = session.active_root(payload)
         if root is None:
             return 0
-        log = lib.read_log(root)
-        block = lib.state_block(root, log.config, log.runs, lib.owns_loop(root, payload))
+        log = records.read_log(root)
+        block = session.state_block(root, log.config, log.runs, session.owns_loop(root, payload))
     except Exception as e:  # never stand in the way of a conversation starting
         print(f"autoresearch session-start hook: {e}", file=sys.stderr)
         return 0

@@ -21,37 +21,37 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
-import experiment_lib as lib  # noqa: E402
+from core import common, records, stats, candidates, session  # noqa: E402
 
 
 def decide(payload):
     """Return the hook's JSON answer, or None to let Claude stop silently."""
-    root = lib.active_root(payload)
+    root = session.active_root(payload)
     if root is None:
         return None
-    log = lib.read_log(root)
+    log = records.read_log(root)
     config, runs = log.config, log.runs
-    ending = lib.loop_end_reason(root, config, runs)
+    ending = session.loop_end_reason(root, config, runs)
     if ending:
-        lib.end_session(root, ending)
-        return {"systemMessage": lib.ended_message(config, runs, ending)}
-    if not lib.owns_loop(root, payload):
-        return {"systemMessage": lib.open_elsewhere_note(config)}
+        session.end_session(root, ending)
+        return {"systemMessage": session.ended_message(config, runs, ending)}
+    if not session.owns_loop(root, payload):
+        return {"systemMessage": session.open_elsewhere_note(config)}
     cap = config.get("max_iterations")
-    pending = os.path.exists(os.path.join(root, lib.STATE_DIR, "pending.json"))
+    pending = os.path.exists(os.path.join(root, common.STATE_DIR, "pending.json"))
     first = "log the finished run with log-experiment, then " if pending else ""
-    flying = lib.wave_line(root)
+    flying = candidates.wave_line(root)
     if flying:
         first = (f"{flying}: wait-wave for the next result, log it (log-experiment --candidate), "
                  "refill free workers (new-candidate, submit-wave), and ")
     left = f" of {cap}" if cap else ""
-    learned = next((f" Latest lesson (run {r['run']}): {lib.lesson(r)[:200]}."
-                    for r in reversed(runs) if lib.lesson(r)), "")
-    reason = (f"autoresearch session {config['tag']} is still running: {lib.experiments(runs)}{left} runs "
-              f"logged, {lib.best_line(config, runs)}.{learned} Do not stop and do not ask: {first}"
+    learned = next((f" Latest lesson (run {r['run']}): {records.lesson(r)[:200]}."
+                    for r in reversed(runs) if records.lesson(r)), "")
+    reason = (f"autoresearch session {config['tag']} is still running: {stats.experiments(runs)}{left} runs "
+              f"logged, {session.best_line(config, runs)}.{learned} Do not stop and do not ask: {first}"
               f"continue with run {len(runs) + 1}: pick the next idea, edit {config['target']}, "
-              f"run-experiment, log-experiment.{lib.plateau_hint(config, runs)} The loop ends "
-              f"at the iteration cap or when the person creates {lib.stop_file(root)}.")
+              f"run-experiment, log-experiment.{session.plateau_hint(config, runs)} The loop ends "
+              f"at the iteration cap or when the person creates {session.stop_file(root)}.")
     return {"decision": "block", "reason": reason}
 
 

@@ -12,8 +12,9 @@ Confidence: |best kept - baseline| / MAD, read as
   >= 2   likely real
   1 - 2  marginal
   < 1    noise
-When the latest keep improved on the best before it by only 1-2x the noise floor,
-a `rerun:` hint says how to confirm it. Needs 3 measured runs for a noise floor.
+Needs 3 measured runs for a noise floor. This script reports; it gives no advice:
+keep, discard and rerun come only from the keep rule (run-experiment's
+`recommend:` line; references/decision-rules.md).
 """
 import argparse
 import json
@@ -21,23 +22,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
-
-
-def latest_keep_hint(config, runs, mad):
-    """How much the latest keep added over the best before it, in noise floors."""
-    keeps = [r for r in lib.standing_keeps(runs) if lib.finite(r.get("metric"))]
-    if len(keeps) < 2 or not mad:
-        return None
-    last = keeps[-1]
-    before = lib.best_run([r for r in runs if r["run"] < last["run"]], config["direction"])
-    gain = lib.improvement(last["metric"], before["metric"], config["direction"])
-    ratio = gain / mad
-    if 1 <= ratio < 2:
-        return (f"rerun: run {last['run']} ({last['description'][:60]}) beat run {before['run']} "
-                f"by only {ratio:.1f}x the noise floor; run-experiment again on it (unchanged) "
-                "to confirm before building on it")
-    return None
+from core import common, records, stats, policy  # noqa: E402
 
 
 def main(argv=None):
@@ -45,22 +30,21 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    root, log = lib.load_session()
+    root, log = records.load_session()
     config, runs = log.config, log.runs
-    c = lib.confidence(runs, config["direction"])
-    hint = latest_keep_hint(config, runs, c["noise_floor"])
-    kept = lib.kept_state(config, runs)
-    est = lib.kept_estimate(config, runs)
+    c = stats.confidence(runs, config["direction"])
+    kept = stats.kept_state(config, runs)
+    est = policy.kept_estimate(config, runs)
     name = config["metric"]
     if a.json:
-        out = {"metric": name, "runs": len(runs), "measured": len(lib.measured(runs)),
+        out = {"metric": name, "runs": len(runs), "measured": len(stats.measured(runs)),
                "baseline": c["baseline"] and c["baseline"]["metric"],
                "best": c["best"] and c["best"]["metric"],
                "best_run": c["best"] and c["best"]["run"],
                "best_commit": c["best"] and c["best"]["commit"],
                "improvement": c["improvement"], "noise_floor": c["noise_floor"],
                "confidence": c["confidence"] if c["confidence"] != float("inf") else "inf",
-               "verdict": c["verdict"], "rerun": hint, "sigma": c["sigma"], "sigma_dof": c["dof"],
+               "verdict": c["verdict"], "sigma": c["sigma"], "sigma_dof": c["dof"],
                "kept_mean": kept and kept["mean"], "kept_samples": kept and len(kept["samples"]),
                "kept_estimate": est and est["mean"], "kept_sd": est and est["sd"]}
         print(json.dumps(out))
@@ -69,23 +53,21 @@ def main(argv=None):
         print(f"no measured runs yet ({len(runs)} logged): nothing to compare")
         return 0
     base, best = c["baseline"], c["best"]
-    print(f"{name}: baseline {lib.fmt(base['metric'])} (run {base['run']}), best "
-          f"{lib.fmt(best['metric'])} (run {best['run']}, commit {best['commit'][:7]}), "
-          f"improvement {lib.fmt(c['improvement'])}")
+    print(f"{name}: baseline {common.fmt(base['metric'])} (run {base['run']}), best "
+          f"{common.fmt(best['metric'])} (run {best['run']}, commit {best['commit'][:7]}), "
+          f"improvement {common.fmt(c['improvement'])}")
     mad = c["noise_floor"]
     ratio = c["confidence"]
-    print(f"noise floor (MAD of {len(lib.measured(runs))} runs): "
-          f"{lib.fmt(mad) if mad is not None else 'n/a'}")
+    print(f"noise floor (MAD of {len(stats.measured(runs))} runs): "
+          f"{common.fmt(mad) if mad is not None else 'n/a'}")
     shown = "n/a" if ratio is None else ("inf" if ratio == float("inf") else f"{ratio:.1f}x")
     print(f"confidence: {shown} -> {c['verdict']}")
-    print(lib.noise_line(runs, digits=6))
-    line = lib.estimate_line(config, runs)
+    print(stats.noise_line(runs, digits=6))
+    line = policy.estimate_line(config, runs)
     if line:
         print(line)
-    if hint:
-        print(hint)
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

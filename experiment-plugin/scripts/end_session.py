@@ -10,26 +10,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
+from core import common, records, session, waves  # noqa: E402
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="end-session", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    if not lib.read_state(root).get("active"):
+    root = common.find_root()
+    if not session.read_state(root).get("active"):
         print("no active session here; nothing to do")
         return 0
-    root, log = lib.load_session(root)
+    root, log = records.load_session(root)
     reason = "it was ended by end-session"
-    lib.end_session(root, reason)
-    import waves
+    session.end_session(root, reason)
     for line in waves.shutdown(root, log.config):
         print(line)
-    print(lib.ended_message(log.config, log.runs, reason))
+    print(session.ended_message(log.config, log.runs, reason))
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

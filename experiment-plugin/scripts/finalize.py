@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
+from core import common, git, records, stats, session  # noqa: E402
 
 
 def kept_changes(root, config, runs):
@@ -32,22 +32,22 @@ def kept_changes(root, config, runs):
     for r in runs:
         if r["status"] != "keep":
             continue
-        gain = lib.improvement(r["metric"], best, config["direction"]) if best is not None else None
-        if best is None or lib.better(r["metric"], best, config["direction"]):
+        gain = stats.improvement(r["metric"], best, config["direction"]) if best is not None else None
+        if best is None or stats.better(r["metric"], best, config["direction"]):
             best = r["metric"]
-        if lib.commit_of(r) != previous:
+        if git.commit_of(r) != previous:
             # A wave's candidate was made on the kept state it started from, which a
             # sibling kept meanwhile may have replaced: its own parent is its base.
-            parent = lib.git(root, "rev-parse", f"{lib.commit_of(r)}^") if r.get("candidate") else previous
-            out.append((r, lib.commit_of(r), parent, gain))
-        previous = lib.commit_of(r)
+            parent = git.git(root, "rev-parse", f"{git.commit_of(r)}^") if r.get("candidate") else previous
+            out.append((r, git.commit_of(r), parent, gain))
+        previous = git.commit_of(r)
     return out
 
 
 def applies(root, onto, parent, commit):
     """Would the change parent..commit apply cleanly on top of `onto`? Checked in a
     throwaway index, so neither the work tree nor any branch is touched."""
-    index = os.path.join(root, lib.STATE_DIR, "finalize.index")
+    index = os.path.join(root, common.STATE_DIR, "finalize.index")
     env = {**os.environ, "GIT_INDEX_FILE": index}
     try:
         subprocess.run(["git", "read-tree", onto], cwd=root, env=env, check=True, capture_output=True)
@@ -61,11 +61,11 @@ def applies(root, onto, parent, commit):
 
 
 def message(config, runs, changes):
-    base, best = lib.baseline_run(runs), lib.best_run(runs, config["direction"])
+    base, best = stats.baseline_run(runs), stats.best_run(runs, config["direction"])
     name = config["metric"]
     pct = 100 * (best["metric"] - base["metric"]) / abs(base["metric"]) if base["metric"] else 0.0
-    lines = [f"autoresearch {config['tag']}: {name} {lib.fmt(base['metric'])} -> "
-             f"{lib.fmt(best['metric'])} ({pct:+.2f}%), {len(changes)} kept changes", ""]
+    lines = [f"autoresearch {config['tag']}: {name} {common.fmt(base['metric'])} -> "
+             f"{common.fmt(best['metric'])} ({pct:+.2f}%), {len(changes)} kept changes", ""]
     for r, _, _, gain in changes:
         shown = f"{gain:+.6f}" if gain is not None else "baseline"
         lines.append(f"- run {r['run']} ({shown}): {' '.join(r['description'].split())}")
@@ -82,23 +82,23 @@ def main(argv=None):
     p.add_argument("--onto", help="the branch to squash onto (default: the one setup started from)")
     p.add_argument("--yes", action="store_true", help="run the printed commands (default: only print them)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
-    root, log = lib.load_session(root)
+    root = common.find_root()
+    common.use_project_python(root)
+    root, log = records.load_session(root)
     config, runs = log.config, log.runs
-    if lib.read_state(root).get("active"):
-        raise lib.UserError("the session is still active: end it first (/experiment:end, or "
+    if session.read_state(root).get("active"):
+        raise common.UserError("the session is still active: end it first (/experiment:end, or "
                             "end-session), then finalize")
     branch, base = config["branch"], config["base_commit"]
-    if lib.git(root, "rev-parse", branch) != lib.last_kept_commit(config, runs):
-        raise lib.UserError(f"{branch} is not on its last kept commit: run resume-session, "
+    if git.git(root, "rev-parse", branch) != git.last_kept_commit(config, runs):
+        raise common.UserError(f"{branch} is not on its last kept commit: run resume-session, "
                             "end-session, then finalize")
     changes = kept_changes(root, config, runs)
     if not changes:
-        raise lib.UserError("no kept change beyond the baseline: nothing to finalize")
-    if lib.tracked_changes(root):
-        raise lib.UserError("the work tree has uncommitted changes: commit or stash them first")
-    here = lib.current_branch(root)
+        raise common.UserError("no kept change beyond the baseline: nothing to finalize")
+    if git.tracked_changes(root):
+        raise common.UserError("the work tree has uncommitted changes: commit or stash them first")
+    here = git.current_branch(root)
 
     if a.split:
         commands, dependent = [], []
@@ -107,8 +107,8 @@ def main(argv=None):
                 dependent.append(r)
                 continue
             name = f"{branch}-run{r['run']}"
-            if lib.branch_exists(root, name):
-                raise lib.UserError(f"branch {name} already exists: delete it or finalize without --split")
+            if git.branch_exists(root, name):
+                raise common.UserError(f"branch {name} already exists: delete it or finalize without --split")
             commands += [["git", "branch", name, base], ["git", "checkout", "-q", name],
                          ["git", "cherry-pick", commit]]
         commands.append(["git", "checkout", "-q", here])
@@ -120,16 +120,16 @@ def main(argv=None):
     else:
         onto = a.onto or config.get("start_branch")
         if not onto:
-            raise lib.UserError("the session does not record the branch it started from: "
+            raise common.UserError("the session does not record the branch it started from: "
                                 "pass --onto BRANCH")
-        if not lib.branch_exists(root, onto):
-            raise lib.UserError(f"branch {onto} not found: pass --onto BRANCH")
+        if not git.branch_exists(root, onto):
+            raise common.UserError(f"branch {onto} not found: pass --onto BRANCH")
         if not applies(root, onto, base, branch):
-            raise lib.UserError(f"{onto} has changed since the session started and the kept "
+            raise common.UserError(f"{onto} has changed since the session started and the kept "
                                 f"changes do not apply to it cleanly: merge {branch} by hand, "
                                 "or finalize --split")
-        note = os.path.join(root, lib.STATE_DIR, "finalize-message.txt")
-        lib.write_atomic(note, message(config, runs, changes))
+        note = os.path.join(root, common.STATE_DIR, "finalize-message.txt")
+        common.write_atomic(note, message(config, runs, changes))
         commands = [["git", "checkout", "-q", onto], ["git", "merge", "--squash", branch],
                     ["git", "commit", "-q", "-F", os.path.relpath(note, root)]]
         plan = [f"the {len(changes)} kept changes as one commit on {onto}; its message "
@@ -143,10 +143,10 @@ def main(argv=None):
     if not a.yes:
         return 0
     for c in commands:
-        lib.git(root, *c[1:], env=lib.git_identity_env(root))
+        git.git(root, *c[1:], env=git.git_identity_env(root))
     print("done; nothing was pushed")
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

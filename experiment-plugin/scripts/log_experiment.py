@@ -12,7 +12,7 @@ writers never lose or tear a record. Then, by status:
 
 Under the noise-aware policy a keep is provisional: after a discard (a wave's
 candidate too), when the runs built on the latest keep say it was probably noise
-(lib.revert_due), a second record undoes it (a keep of the code it replaced, with
+(policy.revert_due), a second record undoes it (a keep of the code it replaced, with
 "reverts": N) and the branch goes back to that code; the undone commit stays
 reachable as refs/autoresearch/<tag>/run-N.
 
@@ -34,8 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
-import waves  # noqa: E402
+from core import common, git, harness, parsing, records, stats, policy, candidates, session, waves  # noqa: E402
 
 
 def parse_args(argv):
@@ -62,97 +61,97 @@ def json_object(text, flag):
     try:
         value = json.loads(text)
     except ValueError as e:
-        raise lib.UserError(f"{flag} is not valid JSON ({e}); pass an object like '{{\"key\": 1}}'")
+        raise common.UserError(f"{flag} is not valid JSON ({e}); pass an object like '{{\"key\": 1}}'")
     if not isinstance(value, dict):
-        raise lib.UserError(f"{flag} must be a JSON object like '{{\"key\": 1}}'")
+        raise common.UserError(f"{flag} must be a JSON object like '{{\"key\": 1}}'")
     return value
 
 
 def restore_unlogged(root, config, runs, path):
     """Put a set-aside result back as the waiting run, with the change it measured
     checked out again from the ref resume-session saved it under."""
-    data = lib.read_json(os.path.join(root, path), default=None)
+    data = common.read_json(os.path.join(root, path), default=None)
     if data is None:
-        raise lib.UserError(f"{path} not found: pass the file resume-session printed")
-    ref, files = data.pop("ref", None), lib.editable_files(config)
+        raise common.UserError(f"{path} not found: pass the file resume-session printed")
+    ref, files = data.pop("ref", None), common.editable_files(config)
     again = (f"measure it again instead: git checkout {ref} -- {' '.join(files)}, then run-experiment"
              if ref else "its change was not saved; nothing to record")
     if data.pop("after_runs", None) != len(runs):
-        raise lib.UserError(f"runs were logged after that one, so its recommendation is "
+        raise common.UserError(f"runs were logged after that one, so its recommendation is "
                             f"stale: {again} (nothing was recorded)")
     if not ref:
-        raise lib.UserError(f"{again} (nothing was recorded)")
-    if lib.tracked_changes(root):
-        raise lib.UserError(f"uncommitted changes in {', '.join(lib.tracked_changes(root)[:3])}: "
+        raise common.UserError(f"{again} (nothing was recorded)")
+    if git.tracked_changes(root):
+        raise common.UserError(f"uncommitted changes in {', '.join(git.tracked_changes(root)[:3])}: "
                             "run resume-session first (nothing was recorded)")
-    lib.git(root, "checkout", ref, "--", *files)
-    lib.write_atomic(os.path.join(root, lib.STATE_DIR, "pending.json"), json.dumps(data, indent=1) + "\n")
+    git.git(root, "checkout", ref, "--", *files)
+    common.write_atomic(os.path.join(root, common.STATE_DIR, "pending.json"), json.dumps(data, indent=1) + "\n")
     os.unlink(os.path.join(root, path))
 
 
 def take_pending(root, config, a):
     """The result to record: the waiting run, checked against what is asked."""
-    pending = lib.read_json(os.path.join(root, lib.STATE_DIR, "pending.json"), default=None)
+    pending = common.read_json(os.path.join(root, common.STATE_DIR, "pending.json"), default=None)
     if pending is None:
         if a.metric is None and a.status != "crash":
-            raise lib.UserError("no finished run to log: run run-experiment first "
+            raise common.UserError("no finished run to log: run run-experiment first "
                                 "(or pass --metric VALUE)")
         return {}
     run_status = pending["run_status"]
     if run_status == "tampered":
-        raise lib.UserError("the last run was tampered (fixed files changed): restore them, "
+        raise common.UserError("the last run was tampered (fixed files changed): restore them, "
                             "run again, then log; nothing was recorded")
     if a.metric is None:
-        if lib.code_hash(root, config) != pending["target_sha"]:
-            raise lib.UserError(f"{config['target']} changed since the last run: run "
+        if harness.code_hash(root, config) != pending["target_sha"]:
+            raise common.UserError(f"{config['target']} changed since the last run: run "
                                 "run-experiment again before logging (nothing was recorded)")
         if a.status == "keep" and run_status == "checks_failed":
-            raise lib.UserError("the last run failed its checks: log it with --status "
+            raise common.UserError("the last run failed its checks: log it with --status "
                                 "checks_failed (nothing was recorded)")
         if a.status == "keep" and run_status != "ok":
-            raise lib.UserError(f"the last run ended with status {run_status}: log it with "
+            raise common.UserError(f"the last run ended with status {run_status}: log it with "
                                 "--status crash (nothing was recorded)")
         if a.status in ("crash", "checks_failed") and run_status == "ok":
-            raise lib.UserError("the last run finished ok: log it as keep or discard "
+            raise common.UserError("the last run finished ok: log it as keep or discard "
                                 "(nothing was recorded)")
     return pending
 
 
 def undo_keep(root, config, runs, number):
     """Undo the latest keep when the runs built on it since say it was probably noise
-    (lib.revert_due): log the revert and put the branch back on the code it replaced.
+    (policy.revert_due): log the revert and put the branch back on the code it replaced.
     Returns the record, or None."""
-    held = lib.revert_due(config, runs)
+    held = policy.revert_due(config, runs)
     if not held:
         return None
-    record = lib.revert_record(config, runs, held, number)
-    lib.save_ref(root, config["tag"], f"run-{held['run']}", lib.commit_of(held["record"]))
-    lib.append_record(root, record)
-    lib.write_results(root, config, runs + [record])
-    lib.reset_to(root, lib.commit_of(record))
+    record = policy.revert_record(config, runs, held, number)
+    git.save_ref(root, config["tag"], f"run-{held['run']}", git.commit_of(held["record"]))
+    records.append_record(root, record)
+    records.write_results(root, config, runs + [record])
+    git.reset_to(root, git.commit_of(record))
     return record
 
 
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
+    root = common.find_root()
+    common.use_project_python(root)
     if not a.candidate and not (a.description or "").strip():
-        raise lib.UserError("--description must say what the run changed")
+        raise common.UserError("--description must say what the run changed")
     if a.candidate and a.unlogged:
-        raise lib.UserError("--candidate and --unlogged record different things: pass one")
+        raise common.UserError("--candidate and --unlogged record different things: pass one")
     extra = json_object(a.metrics, "--metrics")
     notes = json_object(a.asi, "--asi")
 
-    with lib.Lock(root):
-        root, log = lib.load_session(root)
+    with common.Lock(root):
+        root, log = records.load_session(root)
         config = log.config
-        changed = lib.changed_fixed_files(root, config["fixed_files"])
+        changed = harness.changed_fixed_files(root, config["fixed_files"])
         if changed:
-            raise lib.UserError(f"{', '.join(changed[:5])} changed since setup: "
-                                f"{lib.TAMPER_REPAIR}; nothing was recorded")
-        if lib.current_branch(root) != config["branch"]:
-            raise lib.UserError(f"not on the session branch {config['branch']}: run "
+            raise common.UserError(f"{', '.join(changed[:5])} changed since setup: "
+                                f"{harness.TAMPER_REPAIR}; nothing was recorded")
+        if git.current_branch(root) != config["branch"]:
+            raise common.UserError(f"not on the session branch {config['branch']}: run "
                                 "resume-session first (nothing was recorded)")
         if a.unlogged:
             restore_unlogged(root, config, log.runs, a.unlogged)
@@ -174,26 +173,26 @@ def main(argv=None):
         elif a.status == "checks_failed":
             # Measured, but its checks failed: the value is kept for the record only.
             value = metrics.get(config["metric"]) if metric is None else metric
-            metric = value if lib.finite(value) else None
-        elif not lib.finite(metric):
-            raise lib.UserError(f"no finite {config['metric']} for a {a.status}: pass --metric "
+            metric = value if common.finite(value) else None
+        elif not common.finite(metric):
+            raise common.UserError(f"no finite {config['metric']} for a {a.status}: pass --metric "
                                 "or log it as crash")
 
         first_line = " ".join(a.description.split())[:72]
-        kept = lib.last_kept_commit(config, log.runs)
+        kept = git.last_kept_commit(config, log.runs)
         if cand:
             commit, moved, wave_lines = waves.move_git(root, config, log.runs, cand, a.status, number)
         else:
-            commit = lib.commit_target(root, lib.editable_files(config),
+            commit = git.commit_target(root, common.editable_files(config),
                                        f"experiment {number} ({a.status}): {first_line}\n\n{a.description}")
-            commit = commit or lib.head(root)
+            commit = commit or git.head(root)
         # Seed 001's record: run, commit (short), metric, metrics, status, description,
         # timestamp (epoch seconds), segment, confidence, asi; the rest is ours.
-        ratio = lib.confidence(log.runs, config["direction"])["confidence"]
+        ratio = stats.confidence(log.runs, config["direction"])["confidence"]
         record = {"type": "run", "run": number, "commit": commit[:7], "commit_sha": commit,
-                  "status": a.status, "metric": metric, "metrics": lib.json_safe(metrics),
+                  "status": a.status, "metric": metric, "metrics": parsing.json_safe(metrics),
                   "description": a.description, "timestamp": int(time.time()),
-                  "segment": 0, "confidence": ratio if lib.finite(ratio) else None}
+                  "segment": 0, "confidence": ratio if common.finite(ratio) else None}
         if pending:
             record.update(run_status=pending["run_status"], seconds=pending.get("seconds"),
                           target_sha=pending["target_sha"])
@@ -214,32 +213,32 @@ def main(argv=None):
             record = {k: v for k, v in record.items() if v is not None or k in ("metric", "confidence")}
         if notes:
             record["asi"] = notes
-        lib.append_record(root, record)
-        lib.write_results(root, config, log.runs + [record])
+        records.append_record(root, record)
+        records.write_results(root, config, log.runs + [record])
         if cand:
-            waves.forget(root, cand["name"])
+            candidates.forget(root, cand["name"])
         elif pending:
-            os.unlink(os.path.join(root, lib.STATE_DIR, "pending.json"))
+            os.unlink(os.path.join(root, common.STATE_DIR, "pending.json"))
         if not cand:
             moved = ""
         if a.status != "keep" and not cand:
             if commit != kept:
-                ref = lib.save_ref(root, config["tag"], f"run-{number}", commit)
+                ref = git.save_ref(root, config["tag"], f"run-{number}", commit)
                 moved = f"; the tried change is kept at {ref}"
-            lib.reset_to(root, kept)
+            git.reset_to(root, kept)
             moved = f"; {config['target']} reset to {kept[:7]}" + moved
         undo = None
         if a.status == "discard":
             undo = undo_keep(root, config, log.runs + [record], number + 1)
 
     runs = log.runs + [record] + ([undo] if undo else [])
-    best = lib.best_run(runs, config["direction"])
-    best_text = (f"best {config['metric']} {lib.fmt(best['metric'])} (run {best['run']})"
+    best = stats.best_run(runs, config["direction"])
+    best_text = (f"best {config['metric']} {common.fmt(best['metric'])} (run {best['run']})"
                  if best else "no kept result yet")
-    est = lib.kept_estimate(config, runs) if best and lib.policy_name(config) == "noise-aware" else None
+    est = policy.kept_estimate(config, runs) if best and policy.policy_name(config) == "noise-aware" else None
     if est and est["sd"] is not None:   # the value the next run is judged against, beside the raw best
-        best_text += f"; the kept state is estimated at {lib.fmt(est['mean'])} (the next run is judged against it)"
-    shown = lib.fmt(metric) if metric is not None else "-"
+        best_text += f"; the kept state is estimated at {common.fmt(est['mean'])} (the next run is judged against it)"
+    shown = common.fmt(metric) if metric is not None else "-"
     print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
           f"{moved}; {best_text}")
     if undo:
@@ -248,14 +247,14 @@ def main(argv=None):
     for line in (wave_lines if cand else []):
         print(line)
     if cand:
-        flying = lib.wave_line(root)
+        flying = candidates.wave_line(root)
         print(f"wave: {flying}; " if flying else "wave: no candidate open; ", end="")
         print("refill free workers now (new-candidate, submit-wave), then wait-wave")
-    every, done = config.get("progress_every", lib.PROGRESS_EVERY), lib.experiments(runs)
+    every, done = config.get("progress_every", session.PROGRESS_EVERY), stats.experiments(runs)
     if every and done % every == 0:
-        report = lib.progress_report(root, config, runs, every)
+        report = session.progress_report(root, config, runs, every)
         print(report)
-        lib.write_progress(root, report)
+        session.write_progress(root, report)
     cap = config.get("max_iterations")
     if cap and done >= cap:
         print(f"iteration cap reached ({done} of {cap} runs): write the summary "
@@ -264,4 +263,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

@@ -15,8 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
-import waves  # noqa: E402
+from core import common, records, candidates  # noqa: E402
 
 
 def main(argv=None):
@@ -26,36 +25,36 @@ def main(argv=None):
     p.add_argument("--unchanged", action="store_true", help="the kept code as it is (re-measure)")
     p.add_argument("--drop", metavar="NAME", help="abandon a prepared or lost candidate")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
-    with lib.Lock(root):
-        root, log = lib.load_session(root)
+    root = common.find_root()
+    common.use_project_python(root)
+    with common.Lock(root):
+        root, log = records.load_session(root)
         config = log.config
         if a.drop:
-            cand = waves.load(root, a.drop)
+            cand = candidates.load(root, a.drop)
             if cand.get("state") not in ("prepared", "lost") and cand.get("run_status") != "tampered":
-                raise lib.UserError(f"{a.drop} is {cand.get('state')}: only a prepared, lost or "
+                raise common.UserError(f"{a.drop} is {cand.get('state')}: only a prepared, lost or "
                                     "tampered candidate can be dropped (a finished one is logged)")
-            waves.forget(root, a.drop)
+            candidates.forget(root, a.drop)
             print(f"dropped {a.drop}")
             return 0
         if not a.description or not a.description.strip():
-            raise lib.UserError("--description must say what the candidate changes")
+            raise common.UserError("--description must say what the candidate changes")
         if not any(r["status"] == "keep" for r in log.runs) and not a.unchanged:
-            raise lib.UserError("no kept state yet: run and log the baseline first (run-experiment, "
+            raise common.UserError("no kept state yet: run and log the baseline first (run-experiment, "
                                 "or new-candidate --unchanged --description baseline)")
-        cand = waves.create(root, config, log.runs, a.description.strip(), unchanged=a.unchanged)
-    path = waves.worktree(root, cand["name"])
+        cand = candidates.create(root, config, log.runs, a.description.strip(), unchanged=a.unchanged)
+    path = candidates.worktree(root, cand["name"])
     print(f"candidate {cand['name']}: worktree {os.path.relpath(path, root)} at "
           f"{cand['base'][:7]} (the kept state)")
     if a.unchanged:
         print("next: submit-wave runs it unchanged")
     else:
-        files = ", ".join(os.path.join(path, f) for f in lib.editable_files(config))
+        files = ", ".join(os.path.join(path, f) for f in common.editable_files(config))
         print(f"edit: {files} (only this; one idea)")
         print("next: edit it, then submit-wave (it commits and starts every prepared candidate)")
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

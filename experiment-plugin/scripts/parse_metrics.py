@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
+from core import common, parsing  # noqa: E402
 
 
 def main(argv=None):
@@ -26,13 +26,13 @@ def main(argv=None):
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     path = a.path
     if path is None and piped_stdin():
-        return report(lib.parse_metrics(sys.stdin.read()), "standard input")
+        return report(parsing.parse_metrics(sys.stdin.read()), "standard input")
     if path is None:
-        root = lib.find_root()
-        path = os.path.join(root, lib.RUN_LOG)
+        root = common.find_root()
+        path = os.path.join(root, common.RUN_LOG)
         if not os.path.exists(path):
             path = os.path.join(root, "data", "last_run.json")
-    return report(lib.parse_metrics_file(path), path)
+    return report(parsing.parse_metrics_file(path), path)
 
 
 def piped_stdin():
@@ -47,7 +47,7 @@ def piped_stdin():
 
 
 def report(metrics, source):
-    print(json.dumps(lib.json_safe(metrics), sort_keys=True))
+    print(json.dumps(parsing.json_safe(metrics), sort_keys=True))
     if not metrics:
         print(f"no metrics found in {source}: expected a '---' summary block, METRIC lines "
               "or a last_run.json with a result section", file=sys.stderr)
@@ -56,4 +56,4 @@ def report(metrics, source):
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

@@ -23,22 +23,21 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
-import waves  # noqa: E402
+from core import common, git, harness, records, stats, session, runner, waves  # noqa: E402
 
 
 def save_work(root, tag, label):
     """Keep uncommitted changes as a commit object under a ref; return the ref or None."""
-    if not lib.tracked_changes(root):
+    if not git.tracked_changes(root):
         return None
-    sha = lib.git(root, "stash", "create", f"autoresearch {tag}: interrupted work")
-    return lib.save_ref(root, tag, f"interrupted-{label}", sha) if sha else None
+    sha = git.git(root, "stash", "create", f"autoresearch {tag}: interrupted work")
+    return git.save_ref(root, tag, f"interrupted-{label}", sha) if sha else None
 
 
 def where_head_was(root, kept):
     """"past", "behind" or "off" the last kept commit, said as it is."""
-    ahead = lib.git(root, "rev-list", "--count", f"{kept}..HEAD") != "0"
-    behind = lib.git(root, "rev-list", "--count", f"HEAD..{kept}") != "0"
+    ahead = git.git(root, "rev-list", "--count", f"{kept}..HEAD") != "0"
+    behind = git.git(root, "rev-list", "--count", f"HEAD..{kept}") != "0"
     return "past" if ahead and not behind else ("behind" if behind and not ahead else "off")
 
 
@@ -46,21 +45,21 @@ def set_aside(root, config, runs, label, refs, kept):
     """Move a finished but unlogged result out of the way, with what is needed to record
     it later: the ref holding the change it measured (one of `refs`, or the kept commit
     itself). Returns the lines to print."""
-    pending_path = os.path.join(root, lib.STATE_DIR, "pending.json")
-    pending = lib.read_json(pending_path, default=None)
+    pending_path = os.path.join(root, common.STATE_DIR, "pending.json")
+    pending = common.read_json(pending_path, default=None)
     if pending is None:
         return []
-    files = " ".join(lib.editable_files(config))
+    files = " ".join(common.editable_files(config))
     ref = next((r for r in refs + [kept]
-                if lib.code_hash(root, config, r) == pending.get("target_sha")), None)
-    dest = os.path.join(root, lib.STATE_DIR, f"unlogged-run-{label}.json")
-    lib.write_atomic(dest, json.dumps({**pending, "ref": ref, "after_runs": len(runs)}, indent=1) + "\n")
+                if harness.code_hash(root, config, r) == pending.get("target_sha")), None)
+    dest = os.path.join(root, common.STATE_DIR, f"unlogged-run-{label}.json")
+    common.write_atomic(dest, json.dumps({**pending, "ref": ref, "after_runs": len(runs)}, indent=1) + "\n")
     os.unlink(pending_path)
     rel = os.path.relpath(dest, root)
     name, number = config["metric"], len(runs) + 1
     if pending.get("run_status") == "ok":
         value = pending["samples"][-1] if pending.get("samples") else pending["metrics"].get(name)
-        result = f"{name} {lib.fmt(value)}"
+        result = f"{name} {common.fmt(value)}"
         if pending.get("recommendation"):
             result += f", recommend {pending['recommendation']}: {pending.get('reason', '')}"
         status = pending.get("recommendation")      # keep, discard, or rerun: measure again
@@ -74,7 +73,7 @@ def set_aside(root, config, runs, label, refs, kept):
     if ref != kept:
         lines.append(f"  the change it measured is saved as {ref}")
     if status in ("keep", "discard", "crash"):
-        lines.append(f"  record it:  {os.path.join(lib.PLUGIN_ROOT, 'scripts', 'log-experiment')} "
+        lines.append(f"  record it:  {os.path.join(common.PLUGIN_ROOT, 'scripts', 'log-experiment')} "
                      f"--unlogged {rel} --status {status} --description '...'")
     lines.append(f"  {'or ' if len(lines) > 2 else ''}measure it again:  git checkout {ref} -- "
                  f"{files}, then run-experiment")
@@ -87,78 +86,78 @@ def main(argv=None):
     p.add_argument("--max-iterations", type=int,
                    help="a new iteration cap (more than the runs already logged)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
+    root = common.find_root()
+    common.use_project_python(root)
     notes = []
-    with lib.Lock(root):
-        root, log = lib.load_session(root)
+    with common.Lock(root):
+        root, log = records.load_session(root)
         config, runs = log.config, log.runs
         tag, branch = config["tag"], config["branch"]
-        cap, done = a.max_iterations or config.get("max_iterations"), lib.experiments(runs)
+        cap, done = a.max_iterations or config.get("max_iterations"), stats.experiments(runs)
         if a.max_iterations is not None and a.max_iterations <= done:
-            raise lib.UserError(f"--max-iterations {a.max_iterations} is not above the "
+            raise common.UserError(f"--max-iterations {a.max_iterations} is not above the "
                                 f"{done} runs already logged: give a larger number")
         if cap and done >= cap:
-            raise lib.UserError(f"the iteration cap is reached ({done} of {cap} runs): "
+            raise common.UserError(f"the iteration cap is reached ({done} of {cap} runs): "
                                 f"to go on, resume with --max-iterations {done + 20} "
                                 "(or any number above the runs logged)")
-        label = lib.now_iso().replace(":", "").replace("-", "")
-        if not lib.branch_exists(root, branch):
-            raise lib.UserError(f"branch {branch} is gone: nothing to resume; start a new "
+        label = common.now_iso().replace(":", "").replace("-", "")
+        if not git.branch_exists(root, branch):
+            raise common.UserError(f"branch {branch} is gone: nothing to resume; start a new "
                                 "session with setup-session")
-        leftover = lib.stop_leftover_run(root)
+        leftover = runner.stop_leftover_run(root)
         if leftover:
             notes.append(leftover)
-        stale = lib.remove_stale_temps(root)
+        stale = common.remove_stale_temps(root)
         if stale:
             notes.append(f"removed {len(stale)} half-written temporary file(s) of an interrupted write")
         saved = save_work(root, tag, label)
         refs = [saved] if saved else []
         if saved:
             notes.append(f"saved uncommitted changes as {saved}")
-            lib.reset_to(root, "HEAD")
-        if lib.current_branch(root) != branch:
-            lib.git(root, "checkout", "-q", branch)
+            git.reset_to(root, "HEAD")
+        if git.current_branch(root) != branch:
+            git.git(root, "checkout", "-q", branch)
             notes.append(f"switched to {branch}")
-        kept = lib.last_kept_commit(config, runs)
-        if lib.head(root) != kept:
+        kept = git.last_kept_commit(config, runs)
+        if git.head(root) != kept:
             where = where_head_was(root, kept)
-            ref = lib.save_ref(root, tag, f"interrupted-{label}-head", lib.head(root))
+            ref = git.save_ref(root, tag, f"interrupted-{label}-head", git.head(root))
             refs.append(ref)
-            lib.reset_to(root, kept)
+            git.reset_to(root, kept)
             notes.append(f"the branch was {where} the last kept commit: saved it as {ref} "
                          f"and restored {kept[:7]}")
         notes += set_aside(root, config, runs, label, refs, kept)
         notes += waves.recover(root, config)
-        if os.path.exists(lib.stop_file(root)):
-            os.unlink(lib.stop_file(root))
-            notes.append(f"removed {lib.STOP_FILE}")
-        changed = lib.changed_fixed_files(root, config["fixed_files"])
+        if os.path.exists(session.stop_file(root)):
+            os.unlink(session.stop_file(root))
+            notes.append(f"removed {common.STOP_FILE}")
+        changed = harness.changed_fixed_files(root, config["fixed_files"])
         if changed:
-            raise lib.UserError(f"{', '.join(changed[:5])} still differ from setup at the last "
+            raise common.UserError(f"{', '.join(changed[:5])} still differ from setup at the last "
                                 f"kept commit: restore them with git checkout "
                                 f"{config['base_commit'][:7]} -- {' '.join(changed[:5])}, "
                                 "then resume again")
-        event = {"type": "event", "event": "resume", "runs": len(runs), "timestamp": lib.now_iso()}
+        event = {"type": "event", "event": "resume", "runs": len(runs), "timestamp": common.now_iso()}
         if a.max_iterations:
             event["max_iterations"] = a.max_iterations
-        lib.append_record(root, event)
-        lib.start_loop(root)
+        records.append_record(root, event)
+        session.start_loop(root)
 
     for n in notes:
         print(n)
     print(f"session {tag} on {branch} at {kept[:7]} (last kept); {done} runs logged; "
           f"next is run {len(runs) + 1}")
-    print(lib.best_line(config, runs) if lib.best_run(runs, config["direction"])
+    print(session.best_line(config, runs) if stats.best_run(runs, config["direction"])
           else "no kept result yet: run the baseline first")
     for r in runs[-5:]:
-        print("  " + lib.run_line(config, r))
+        print("  " + session.run_line(config, r))
     if cap:
         print(f"iteration cap: {cap} runs ({max(0, cap - done)} left)")
-    print(f"guard and loop hooks on; continue the loop (stop it by creating {lib.stop_file(root)})")
-    print(f"scripts: {os.path.join(lib.PLUGIN_ROOT, 'scripts')}")
+    print(f"guard and loop hooks on; continue the loop (stop it by creating {session.stop_file(root)})")
+    print(f"scripts: {os.path.join(common.PLUGIN_ROOT, 'scripts')}")
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

@@ -25,8 +25,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
-import waves  # noqa: E402
+from core import common, git, harness, devices, records, policy, session, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -74,13 +73,13 @@ def parse_args(argv):
     p.add_argument("--max-iterations", type=int,
                    help="stop the loop after this many logged runs, baseline included "
                         "(default: no limit)")
-    p.add_argument("--policy", default=lib.DEFAULT_POLICY,
+    p.add_argument("--policy", default=policy.DEFAULT_POLICY,
                    help="keep policy: noise-aware (default: a change must beat the measured "
                         "noise, marginal ones are confirmed on a new seed) | strict (keep any "
                         "improvement) | quality-speed (val_bpb and throughput together)")
     p.add_argument("--baseline-runs", type=int, default=None,
                    help="runs of the unchanged baseline, on new seeds, that measure the noise "
-                        f"before the first change (default {lib.DEFAULT_BASELINE_RUNS} under "
+                        f"before the first change (default {policy.DEFAULT_BASELINE_RUNS} under "
                         "noise-aware, else 1)")
     p.add_argument("--scope", action="append", default=[], metavar="FILES",
                    help="further files the agent may edit besides the target, comma-separated "
@@ -90,19 +89,19 @@ def parse_args(argv):
     p.add_argument("--checks", metavar="CMD",
                    help="a shell command run after every ok run (tests, a lint); when it "
                         "fails the run is checks_failed and never kept")
-    p.add_argument("--progress-every", type=int, default=lib.PROGRESS_EVERY, metavar="N",
+    p.add_argument("--progress-every", type=int, default=session.PROGRESS_EVERY, metavar="N",
                    help=f"a progress report every N runs, printed and kept in autoresearch.md "
-                        f"(default {lib.PROGRESS_EVERY}; 0: none)")
+                        f"(default {session.PROGRESS_EVERY}; 0: none)")
     p.add_argument("--target-value", type=float, metavar="V",
                    help="end the session once the best result reaches V")
-    p.add_argument("--plateau", type=int, default=lib.PLATEAU_DEFAULT, metavar="N",
+    p.add_argument("--plateau", type=int, default=session.PLATEAU_DEFAULT, metavar="N",
                    help=f"end the session after N runs in a row without a keep (default "
-                        f"{lib.PLATEAU_DEFAULT}; at N/2 the agent is told to change category; "
+                        f"{session.PLATEAU_DEFAULT}; at N/2 the agent is told to change category; "
                         "0: never)")
     p.add_argument("--workers", type=int, default=1, metavar="W",
                    help="candidates run at once (default 1: one run at a time, as always). Local: "
                         "one per GPU, or disjoint CPU cores each; see new-candidate, submit-wave")
-    p.add_argument("--backend", default="local", choices=waves.BACKENDS,
+    p.add_argument("--backend", default="local", choices=devices.BACKENDS,
                    help="where candidates run: local (default) or skypilot (jobs on a cluster pool)")
     p.add_argument("--clusters", type=int, metavar="N",
                    help="skypilot: clusters in the pool, reused across waves (default: --workers)")
@@ -129,50 +128,50 @@ def file_list(values):
 
 def check_args(a):
     if not TAG.match(a.tag) or a.tag.endswith(".lock") or ".." in a.tag:
-        raise lib.UserError(f"invalid tag {a.tag!r}: use letters, digits, '.', '_' or '-', "
+        raise common.UserError(f"invalid tag {a.tag!r}: use letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit (e.g. mar5)")
     if a.budget <= 0 or (a.timeout is not None and a.timeout <= 0):
-        raise lib.UserError("--budget and --timeout must be positive numbers of seconds")
+        raise common.UserError("--budget and --timeout must be positive numbers of seconds")
     if a.max_iterations is not None and a.max_iterations < 1:
-        raise lib.UserError("--max-iterations must be 1 or more (leave it out for no limit)")
-    lib.policy_name({"policy": a.policy})      # an unknown policy: one line, what to use
+        raise common.UserError("--max-iterations must be 1 or more (leave it out for no limit)")
+    policy.policy_name({"policy": a.policy})      # an unknown policy: one line, what to use
     if a.baseline_runs is not None and a.baseline_runs < 1:
-        raise lib.UserError("--baseline-runs must be 1 or more (3 measures the noise; 1 skips it)")
+        raise common.UserError("--baseline-runs must be 1 or more (3 measures the noise; 1 skips it)")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", a.metric):
-        raise lib.UserError(f"invalid metric name {a.metric!r}: use a name like val_bpb")
+        raise common.UserError(f"invalid metric name {a.metric!r}: use a name like val_bpb")
     if a.progress_every < 0:
-        raise lib.UserError("--progress-every must be 0 (none) or a number of runs")
+        raise common.UserError("--progress-every must be 0 (none) or a number of runs")
     if a.plateau < 0:
-        raise lib.UserError("--plateau must be 0 (never) or a number of runs")
+        raise common.UserError("--plateau must be 0 (never) or a number of runs")
     if a.backend != "skypilot" and (a.clusters or a.accelerators or a.managed):
-        raise lib.UserError("--clusters, --accelerators and --managed are for --backend skypilot")
+        raise common.UserError("--clusters, --accelerators and --managed are for --backend skypilot")
     if a.clusters is not None and a.clusters < 1:
-        raise lib.UserError("--clusters must be 1 or more")
-    a.worker_note = waves.check_workers(a.workers, a.backend)
+        raise common.UserError("--clusters must be 1 or more")
+    a.worker_note = devices.check_workers(a.workers, a.backend)
     if a.backend == "skypilot":
-        waves.sky_bin()         # installed, or one line saying how
+        skypilot.sky_bin()         # installed, or one line saying how
 
 
 def check_files(root, target, a):
     """Scope files must be tracked and editable; read-only ones must exist; no file may
     be both, and the target and the harness are neither."""
-    fixed = set(lib.fixed_file_list(root))
+    fixed = set(harness.fixed_file_list(root))
     for name in a.scope:
         if name == target or name in fixed or name in a.read_only:
-            raise lib.UserError(f"--scope {name}: it is the target, a fixed file or read-only; "
+            raise common.UserError(f"--scope {name}: it is the target, a fixed file or read-only; "
                                 "name only further files the agent may edit")
-        if lib.git(root, "ls-files", "--", name) == "":
-            raise lib.UserError(f"--scope {name} is not a file tracked by git: commit it first")
+        if git.git(root, "ls-files", "--", name) == "":
+            raise common.UserError(f"--scope {name} is not a file tracked by git: commit it first")
     for name in a.read_only:
         if not os.path.isfile(os.path.join(root, name)) or name == target:
-            raise lib.UserError(f"--read-only {name}: no such file (or it is the target): name "
+            raise common.UserError(f"--read-only {name}: no such file (or it is the target): name "
                                 "files that exist, relative to the project root")
 
 
 def verify_data(root, python, dataset):
     """Ask the fixed harness whether the dataset cache is complete."""
     if not os.path.exists(os.path.join(root, "prepare.py")):
-        raise lib.UserError(f"prepare.py not found in {root}: run this inside the autoresearch project")
+        raise common.UserError(f"prepare.py not found in {root}: run this inside the autoresearch project")
     proc = subprocess.run([python, "prepare.py", "--dataset", dataset, "--verify"], cwd=root,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -180,37 +179,37 @@ def verify_data(root, python, dataset):
         lines = [l.strip() for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
         found = re.search(r"python[\w.]* prepare\.py [^`'\"]*", lines[-1]) if lines else None
         fix = found.group(0).strip() if found else f"python prepare.py --dataset {dataset}"
-        raise lib.UserError(f"dataset {dataset!r} is not ready; prepare it with: {fix}")
+        raise common.UserError(f"dataset {dataset!r} is not ready; prepare it with: {fix}")
 
 
 def archive_previous(root):
     """Move an earlier session's files aside (nothing is ever overwritten)."""
-    log = lib.read_log(root, required=False)
-    present = [n for n in lib.SESSION_FILES
-               if n != lib.STATE_DIR and os.path.exists(os.path.join(root, n))]
+    log = records.read_log(root, required=False)
+    present = [n for n in common.SESSION_FILES
+               if n != common.STATE_DIR and os.path.exists(os.path.join(root, n))]
     if not present:
         return None
-    name = (log.config or {}).get("tag", "untitled") + "-" + lib.now_iso().replace(":", "")
-    dest = os.path.join(root, lib.STATE_DIR, "archive", name)
+    name = (log.config or {}).get("tag", "untitled") + "-" + common.now_iso().replace(":", "")
+    dest = os.path.join(root, common.STATE_DIR, "archive", name)
     os.makedirs(dest, exist_ok=True)
     for n in present:
         shutil.move(os.path.join(root, n), os.path.join(dest, n))
     for n in ("pending.json", "wave"):
-        if os.path.exists(os.path.join(root, lib.STATE_DIR, n)):
-            shutil.move(os.path.join(root, lib.STATE_DIR, n), os.path.join(dest, n))
+        if os.path.exists(os.path.join(root, common.STATE_DIR, n)):
+            shutil.move(os.path.join(root, common.STATE_DIR, n), os.path.join(dest, n))
     # The earlier session's candidate worktrees (their commits stay under
     # refs/autoresearch/<tag>/cand-*).
-    folder = os.path.join(root, lib.WORKTREES)
+    folder = os.path.join(root, common.WORKTREES)
     for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-        lib.remove_worktree(root, os.path.join(folder, name))
+        git.remove_worktree(root, os.path.join(folder, name))
     return os.path.relpath(dest, root)
 
 
 def drop_compile_caches(root):
-    """Delete earlier sessions' torch.compile caches (see lib.compile_cache_env): a
+    """Delete earlier sessions' torch.compile caches (see runner.compile_cache_env): a
     cache records nothing, and each grows with every run. Returns the MB freed, or
     None if there was none."""
-    path = os.path.join(root, lib.COMPILE_CACHE)
+    path = os.path.join(root, common.COMPILE_CACHE)
     if not os.path.isdir(path):
         return None
     size = 0
@@ -226,54 +225,54 @@ def drop_compile_caches(root):
 
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
+    root = common.find_root()
+    common.use_project_python(root)
     check_args(a)
     branch = f"autoresearch/{a.tag}"
-    if lib.branch_exists(root, branch):
-        log = lib.read_log(root, required=False)
+    if git.branch_exists(root, branch):
+        log = records.read_log(root, required=False)
         if (log.config and log.config["tag"] == a.tag and not log.runs
-                and lib.current_branch(root) == branch):
+                and git.current_branch(root) == branch):
             print(f"session {a.tag} is already set up on {branch} with no runs yet; "
                   "next: run the baseline with run-experiment")
             return 0
-        raise lib.UserError(f"branch {branch} already exists: continue that session with "
+        raise common.UserError(f"branch {branch} already exists: continue that session with "
                             f"/experiment:resume (scripts/resume-session), or pick a new tag")
     target = a.target or default_target(root)
     if not os.path.isfile(os.path.join(root, target)):
-        raise lib.UserError(f"target {target} not found in {root}: pass --target train.py or "
+        raise common.UserError(f"target {target} not found in {root}: pass --target train.py or "
                             "--target train_mlx.py")
-    if lib.git(root, "ls-files", "--", target) == "":
-        raise lib.UserError(f"target {target} is not tracked by git: commit it first")
+    if git.git(root, "ls-files", "--", target) == "":
+        raise common.UserError(f"target {target} is not tracked by git: commit it first")
     check_files(root, target, a)
-    dirty = lib.tracked_changes(root)
+    dirty = git.tracked_changes(root)
     if dirty:
-        raise lib.UserError(f"uncommitted changes in {', '.join(dirty[:5])}: commit or stash "
+        raise common.UserError(f"uncommitted changes in {', '.join(dirty[:5])}: commit or stash "
                             "them first, so the baseline is a commit")
     python = a.python or sys.executable
     if a.backend == "local":    # on SkyPilot each cluster prepares the data in its setup
         verify_data(root, python, a.dataset)
 
     # All checks passed: from here on, change things.
-    policy = lib.policy_name({"policy": a.policy})
-    baseline_runs = a.baseline_runs or (lib.DEFAULT_BASELINE_RUNS if policy == "noise-aware" else 1)
+    rule = policy.policy_name({"policy": a.policy})
+    baseline_runs = a.baseline_runs or (policy.DEFAULT_BASELINE_RUNS if rule == "noise-aware" else 1)
     archived = archive_previous(root)
     freed = drop_compile_caches(root)
-    base = lib.head(root)
-    start = lib.current_branch(root)
-    lib.git(root, "checkout", "-q", "-b", branch)
-    added = lib.ensure_ignored(root)
+    base = git.head(root)
+    start = git.current_branch(root)
+    git.git(root, "checkout", "-q", "-b", branch)
+    added = git.ensure_ignored(root)
     config = {
         "type": "config", "version": 1, "tag": a.tag, "branch": branch,
         "dataset": a.dataset, "target": target, "budget": a.budget,
         "timeout": a.timeout or 2 * a.budget + 120, "metric": a.metric,
-        "direction": a.direction, "policy": policy, "baseline_runs": baseline_runs,
+        "direction": a.direction, "policy": rule, "baseline_runs": baseline_runs,
         "max_iterations": a.max_iterations,
         "python": python, "base_commit": base, "start_branch": start if start != "HEAD" else None,
-        "fixed_files": lib.hash_fixed_files(root, a.read_only), "scope": a.scope,
+        "fixed_files": harness.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
-        "platform": lib.platform_info(python, target),
-        "checks": a.checks, "progress_every": a.progress_every, "created": lib.now_iso(),
+        "platform": devices.platform_info(python, target),
+        "checks": a.checks, "progress_every": a.progress_every, "created": common.now_iso(),
         "workers": a.workers, "backend": a.backend,
         # seed 001's names for the session's identity and metric, beside ours
         "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
@@ -283,12 +282,12 @@ def main(argv=None):
         config["skypilot"] = {"prefix": f"ar-{a.tag.lower().replace('_', '-').replace('.', '-')}"[:40],
                               "clusters": a.clusters or a.workers, "accelerators": a.accelerators,
                               "managed": a.managed}
-    lib.validate(config, where="config")
-    with lib.Lock(root):
-        lib.write_atomic(os.path.join(root, lib.LOG), json.dumps(config) + "\n")
-        lib.write_results(root, config, [])
-        lib.write_atomic(os.path.join(root, lib.NOTES), NOTES_TEMPLATE.format(**config))
-        lib.start_loop(root)
+    records.validate(config, where="config")
+    with common.Lock(root):
+        common.write_atomic(os.path.join(root, common.LOG), json.dumps(config) + "\n")
+        records.write_results(root, config, [])
+        common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
+        session.start_loop(root)
 
     if archived:
         print(f"moved the previous session's files to {archived}/")
@@ -297,11 +296,11 @@ def main(argv=None):
     if added:
         print(f"added {', '.join(added)} to .git/info/exclude so git never touches them")
     print(f"session {a.tag}: branch {branch} at {base[:7]}; guard and loop hooks on")
-    print(lib.research_config(config))
+    print(session.research_config(config))
     if a.worker_note:
         print(a.worker_note)
     if a.workers > 1 or a.backend != "local":
-        names = ", ".join(w["name"] for w in waves.workers(config))
+        names = ", ".join(w["name"] for w in devices.workers(config))
         print(f"waves: {a.workers} worker(s) on {a.backend} ({names}); after the baseline, prepare "
               "one candidate per worker (new-candidate), submit-wave, then wait-wave and log each "
               "result as it comes")
@@ -309,9 +308,9 @@ def main(argv=None):
                "again while it recommends rerun)" if baseline_runs > 1 else "")
     print(f"next: run the baseline (run-experiment){repeats}, then log it: "
           "log-experiment --status keep --description baseline")
-    print(f"scripts: {os.path.join(lib.PLUGIN_ROOT, 'scripts')}")
+    print(f"scripts: {os.path.join(common.PLUGIN_ROOT, 'scripts')}")
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

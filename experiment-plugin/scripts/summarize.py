@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
+from core import common, records, stats, policy, session  # noqa: E402
 
 NEXT_STEPS = "## Recommended next steps"
 PLACEHOLDER = ("<!-- To be written by the agent: the 3-5 most promising directions, "
@@ -29,10 +29,10 @@ def kept_gains(runs, direction):
     not make the next change look worse than it was). A re-measure of the kept code
     is not a change and is not listed; the baseline comes first with gain 0."""
     out, kept_sha, kept = [], None, []
-    undone = lib.undone_runs(runs)
+    undone = stats.undone_runs(runs)
     undone_code = {r.get("target_sha") for r in runs if r["run"] in undone} - {None}
     for r in runs:
-        samples = lib.run_samples(r)
+        samples = stats.run_samples(r)
         if r["status"] != "keep" or not samples or r["run"] in undone \
                 or r.get("target_sha") in undone_code:
             continue
@@ -40,7 +40,7 @@ def kept_gains(runs, direction):
             kept += samples                                 # a re-measure
             continue
         mean = sum(samples) / len(samples)
-        gain = lib.improvement(mean, sum(kept) / len(kept), direction) if kept else 0.0
+        gain = stats.improvement(mean, sum(kept) / len(kept), direction) if kept else 0.0
         out.append((gain, r))
         kept_sha, kept = r.get("target_sha"), list(samples)
     return out
@@ -54,14 +54,14 @@ def outcomes(runs, direction):
     """What really happened to each run that was not kept, by run number. A discarded
     run that beat the best kept before it is not "worse": say why it went."""
     out, best = {}, None
-    undone = lib.undone_runs(runs)
+    undone = stats.undone_runs(runs)
     for r in runs:
         status, metric = r["status"], r.get("metric")
         if r["run"] in undone:
             out[r["run"]] = UNDONE
             continue
         if status == "keep":
-            if lib.finite(metric) and (best is None or lib.better(metric, best, direction)):
+            if common.finite(metric) and (best is None or stats.better(metric, best, direction)):
                 best = metric
             continue
         if status == "crash":
@@ -71,14 +71,14 @@ def outcomes(runs, direction):
         if status == "checks_failed":
             out[r["run"]] = "failed its checks (never kept)"
             continue
-        samples = [x for x in (r.get("samples") or [metric]) if lib.finite(x)]
-        beat = [best is not None and lib.better(x, best, direction) for x in samples]
+        samples = [x for x in (r.get("samples") or [metric]) if common.finite(x)]
+        beat = [best is not None and stats.better(x, best, direction) for x in samples]
         advice = r.get("recommendation")
         if not any(beat):
             out[r["run"]] = "worse or no better (discarded)"
         elif advice == "rerun":
             out[r["run"]] = "better once, discarded before the recommended rerun"
-        elif not beat[-1] or not lib.better(metric, best, direction):
+        elif not beat[-1] or not stats.better(metric, best, direction):
             out[r["run"]] = NOT_CONFIRMED
         elif advice == "keep":
             out[r["run"]] = "better, discarded against the keep recommendation"
@@ -102,7 +102,7 @@ def previous_next_steps(path):
 
 def span(runs):
     """'2026-03-05 22:01 to 2026-03-06 06:14 UTC (8.2 h)', from the runs' timestamps."""
-    times = [t for t in (lib.when(r) for r in runs) if t]
+    times = [t for t in (common.when(r) for r in runs) if t]
     if not times:
         return "no runs yet"
     first, last = min(times), max(times)
@@ -114,11 +114,11 @@ def span(runs):
 
 def by_category(runs):
     """How each kind of idea fared (the category the agent gave in --asi)."""
-    groups, undone = {}, lib.undone_runs(runs)
+    groups, undone = {}, stats.undone_runs(runs)
     for r in runs[1:]:                       # the baseline tried no idea
         if r.get("reverts"):
             continue
-        groups.setdefault(str(lib.asi(r).get("category") or "uncategorised"), []).append(r)
+        groups.setdefault(str(records.asi(r).get("category") or "uncategorised"), []).append(r)
     if not groups:
         return ["No ideas tried yet."]
     rows = ["| category | tried | kept | crashed | runs |", "|---|---|---|---|---|"]
@@ -141,7 +141,7 @@ def one_line(text, n=90):
 def session_state(root, events):
     """One sentence: how the session ended, or that it is still open."""
     ends = [e for e in events if e["event"] == "end"]
-    if lib.read_state(root).get("active") or not ends:
+    if session.read_state(root).get("active") or not ends:
         return ("The session is still open: /experiment:resume continues it, /experiment:end "
                 "closes it.")
     return f"The session ended {ends[-1]['timestamp']}: {ends[-1].get('reason', 'ended')}."
@@ -149,30 +149,30 @@ def session_state(root, events):
 
 def render_markdown(config, runs, warnings, next_steps, state=""):
     name, direction = config["metric"], config["direction"]
-    c = lib.confidence(runs, direction)
-    noise = lib.noise_line(runs, digits=6)
-    estimate = lib.estimate_line(config, runs)
+    c = stats.confidence(runs, direction)
+    noise = stats.noise_line(runs, digits=6)
+    estimate = policy.estimate_line(config, runs)
     base, best = c["baseline"], c["best"]
-    undone = lib.undone_runs(runs)
+    undone = stats.undone_runs(runs)
     counts = {s: sum(r["status"] == s for r in runs) for s in ("keep", "discard", "crash")}
     counts["discard"] += sum(r["status"] == "checks_failed" for r in runs)
-    counts["keep"] = len(lib.standing_keeps(runs))
+    counts["keep"] = len(stats.standing_keeps(runs))
     undone_text = f" ({len(undone)} more kept, then undone)" if undone else ""
     out = [f"# autoresearch summary: {config['tag']}", "",
-           f"Branch `{config['branch']}`, {span(runs)}. {lib.experiments(runs)} runs: "
+           f"Branch `{config['branch']}`, {span(runs)}. {stats.experiments(runs)} runs: "
            f"{counts['keep']} kept{undone_text}, "
            f"{counts['discard']} discarded, {counts['crash']} crashed. {state}".rstrip(), "",
-           "```", lib.research_config(config), "```", "", "## Result", ""]
+           "```", session.research_config(config), "```", "", "## Result", ""]
     if base and best:
         gain = c["improvement"]
         pct = 100 * gain / abs(base["metric"]) if base["metric"] else 0.0
         ratio = c["confidence"]
         shown = "n/a" if ratio is None else ("inf" if ratio == float("inf") else f"{ratio:.1f}x")
         out += [f"| | {name} | run | commit |", "|---|---|---|---|",
-                f"| baseline | {lib.fmt(base['metric'])} | {base['run']} | `{base['commit'][:7]}` |",
-                f"| best | {lib.fmt(best['metric'])} | {best['run']} | `{best['commit'][:7]}` |", "",
-                f"Improvement: {lib.fmt(gain)} ({pct:.2f}%), {direction} is better. Noise floor "
-                f"(MAD): {lib.fmt(c['noise_floor']) if c['noise_floor'] is not None else 'n/a'}; "
+                f"| baseline | {common.fmt(base['metric'])} | {base['run']} | `{base['commit'][:7]}` |",
+                f"| best | {common.fmt(best['metric'])} | {best['run']} | `{best['commit'][:7]}` |", "",
+                f"Improvement: {common.fmt(gain)} ({pct:.2f}%), {direction} is better. Noise floor "
+                f"(MAD): {common.fmt(c['noise_floor']) if c['noise_floor'] is not None else 'n/a'}; "
                 f"confidence {shown}: {c['verdict']}. {noise[0].upper() + noise[1:]}.", "",
                 *([estimate[0].upper() + estimate[1:] + ".", ""] if estimate else []),
                 f"Best code: `git show {best['commit'][:7]}` (on branch `{config['branch']}`).", ""]
@@ -183,8 +183,8 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     if gains:
         out += [f"| rank | run | gain | {name} | commit | change | lesson |",
                 "|---|---|---|---|---|---|---|"]
-        out += [f"| {i} | {r['run']} | {g:+.6f} | {lib.fmt(r['metric'])} | `{r['commit'][:7]}` | "
-                f"{cell(r['description'])} | {cell(lib.lesson(r))} |"
+        out += [f"| {i} | {r['run']} | {g:+.6f} | {common.fmt(r['metric'])} | `{r['commit'][:7]}` | "
+                f"{cell(r['description'])} | {cell(records.lesson(r))} |"
                 for i, (g, r) in enumerate(gains, 1)]
     else:
         out.append("None beyond the baseline.")
@@ -198,7 +198,7 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
         group = [r for r in failed if category[r["run"]] == label]
         out.append(f"- **{label}**: {len(group)}")
         out += [f"  - run {r['run']}: {one_line(r['description'])}"
-                + (f" ({name} {lib.fmt(r['metric'])})" if lib.finite(r.get("metric")) else "")
+                + (f" ({name} {common.fmt(r['metric'])})" if common.finite(r.get("metric")) else "")
                 for r in group]
     crashes = [r for r in runs if r["status"] == "crash"]
     out += ["", "## Crashes", ""]
@@ -220,12 +220,12 @@ def render_plot(root, config, runs, path):
     fig = Figure(figsize=(11, 5.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    undone = lib.undone_runs(runs)
-    done = [r for r in runs if lib.finite(r.get("metric")) and not r.get("reverts")]
+    undone = stats.undone_runs(runs)
+    done = [r for r in runs if common.finite(r.get("metric")) and not r.get("reverts")]
     category = outcomes(runs, direction)
     worse = [r for r in done if r["status"] != "keep" and category[r["run"]].startswith("worse")]
     better = [r for r in done if r["status"] != "keep" and r not in worse]
-    standing = {r["run"] for r in lib.standing_keeps(runs)}
+    standing = {r["run"] for r in stats.standing_keeps(runs)}
     kept = [r for r in done if r["run"] in standing]
     dropped = [r for r in done if r["run"] in undone]
     ax.scatter([r["run"] for r in worse], [r["metric"] for r in worse], s=14, c="0.65",
@@ -241,14 +241,14 @@ def render_plot(root, config, runs, path):
                    facecolors="none", edgecolors="tab:green", zorder=4, label="kept, then undone")
     xs, ys, best = [], [], None
     for r in kept:
-        if best is None or lib.better(r["metric"], best, direction):
+        if best is None or stats.better(r["metric"], best, direction):
             best = r["metric"]
         xs.append(r["run"])
         ys.append(best)
     if xs:
         last = max(r["run"] for r in runs)
         ax.step(xs + [last], ys + [ys[-1]], where="post", c="tab:green", label="running best")
-        sigma, _ = lib.noise(runs)
+        sigma, _ = stats.noise(runs)
         if sigma:       # one run's noise around the frontier: what a single run cannot tell apart
             lo, hi = [y - sigma for y in ys + [ys[-1]]], [y + sigma for y in ys + [ys[-1]]]
             ax.fill_between(xs + [last], lo, hi, step="post", color="tab:green", alpha=0.12,
@@ -263,12 +263,12 @@ def render_plot(root, config, runs, path):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("run")
     ax.set_ylabel(f"{config['metric']} ({direction} is better)")
-    ax.set_title(f"autoresearch {config['tag']}: {lib.experiments(runs)} runs, {len(kept)} kept"
+    ax.set_title(f"autoresearch {config['tag']}: {stats.experiments(runs)} runs, {len(kept)} kept"
                  + (f" ({len(dropped)} more undone)" if dropped else ""))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = lib.temp_path(path, ".png")
+    tmp = common.temp_path(path, ".png")
     fig.savefig(tmp)
     os.replace(tmp, path)
 
@@ -278,28 +278,28 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-plot", action="store_true", help="write only the markdown")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
-    root, log = lib.load_session(root)
+    root = common.find_root()
+    common.use_project_python(root)
+    root, log = records.load_session(root)
     config, runs = log.config, log.runs
-    summary_path = os.path.join(root, lib.SUMMARY)
+    summary_path = os.path.join(root, common.SUMMARY)
     text = render_markdown(config, runs, log.warnings, previous_next_steps(summary_path),
                            session_state(root, log.events))
-    lib.write_atomic(summary_path, text)
-    print(f"wrote {lib.SUMMARY} ({lib.experiments(runs)} runs)")
+    common.write_atomic(summary_path, text)
+    print(f"wrote {common.SUMMARY} ({stats.experiments(runs)} runs)")
     if not a.no_plot:
-        with open(os.path.join(root, lib.LOG), "rb") as f:
+        with open(os.path.join(root, common.LOG), "rb") as f:
             key = hashlib.sha256(f.read()).hexdigest()
-        plot_path = os.path.join(root, lib.PLOT)
-        key_path = os.path.join(root, lib.STATE_DIR, "plot.key")
-        if os.path.exists(plot_path) and lib.read_json(key_path, default=None) == key:
-            print(f"{lib.PLOT} is up to date")
+        plot_path = os.path.join(root, common.PLOT)
+        key_path = os.path.join(root, common.STATE_DIR, "plot.key")
+        if os.path.exists(plot_path) and common.read_json(key_path, default=None) == key:
+            print(f"{common.PLOT} is up to date")
         else:
             render_plot(root, config, runs, plot_path)
-            lib.write_atomic(key_path, f'"{key}"\n')
-            print(f"wrote {lib.PLOT}")
+            common.write_atomic(key_path, f'"{key}"\n')
+            print(f"wrote {common.PLOT}")
     return 0
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

@@ -22,8 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-import experiment_lib as lib  # noqa: E402
-import waves  # noqa: E402
+from core import common, devices, records, policy, candidates, waves  # noqa: E402
 
 SHOWN = ("peak_memory_mb", "avg_tok_sec", "mfu_percent", "num_steps", "training_seconds")
 
@@ -43,11 +42,11 @@ def show(root, config, cand, tail):
         limit = (f" (limit {cand['timeout']:g}s, process group killed)" if status == "timeout" else "")
         print(f"status: {status} {when}{limit}" + (f" ({cand['detail']})" if cand.get("detail") else ""))
         try:
-            with open(waves.log_path(root, name), encoding="utf-8", errors="replace") as f:
+            with open(candidates.log_path(root, name), encoding="utf-8", errors="replace") as f:
                 lines = f.read().splitlines()[-tail:]
         except OSError:
             lines = []
-        print(f"--- last {len(lines)} lines of {os.path.relpath(waves.log_path(root, name), root)} ---")
+        print(f"--- last {len(lines)} lines of {os.path.relpath(candidates.log_path(root, name), root)} ---")
         print("\n".join(lines))
         print("---")
     print(f"recommend: {cand['recommendation']}: {cand['reason']}")
@@ -60,14 +59,14 @@ def show(root, config, cand, tail):
 
 
 def listing(root, config):
-    cands = lib.candidates(root)
+    cands = candidates.candidates(root)
     if not cands:
         print("no open candidates")
     for c in cands:
         extra = f" on {c['worker']}" if c.get("state") == "running" else ""
         print(f"{c['name']:<5} {c.get('state'):<9}{extra}  {c['description']}")
-    busy = [w["name"] for w in waves.workers(config) if waves.worker_pid(root, w["slot"])]
-    print(f"workers: {len(busy)} of {len(waves.workers(config))} busy" +
+    busy = [w["name"] for w in devices.workers(config) if waves.worker_pid(root, w["slot"])]
+    print(f"workers: {len(busy)} of {len(devices.workers(config))} busy" +
           (f" ({', '.join(busy)})" if busy else ""))
 
 
@@ -79,37 +78,37 @@ def main(argv=None):
     p.add_argument("--list", action="store_true", help="show the open candidates and workers, do not wait")
     p.add_argument("--tail", type=int, default=30, help="log lines shown on failure (default 30)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    root = lib.find_root()
-    lib.use_project_python(root)
-    root, log = lib.load_session(root)
+    root = common.find_root()
+    common.use_project_python(root)
+    root, log = records.load_session(root)
     config = log.config
     if a.list:
         listing(root, config)
         return 0
     deadline = time.monotonic() + a.timeout
     while True:
-        with lib.Lock(root):
-            runs = lib.read_log(root).runs
-            cands = lib.candidates(root)
+        with common.Lock(root):
+            runs = records.read_log(root).runs
+            cands = candidates.candidates(root)
             shown = [c for c in cands if c.get("state") == "decided"]
             done = [c for c in cands if c.get("state") == "done"]
             for cand in sorted(done, key=lambda c: c.get("finished", "")):
-                decision, reason = waves.decide(config, runs, cand)
+                decision, reason = policy.decide_candidate(config, runs, cand)
                 if decision == "rerun":
                     cand.update(state="queued", recommendation=None)
-                    waves.save(root, cand)
+                    candidates.save(root, cand)
                     print(f"rerun: {cand['name']} queued again on a new seed ({reason})")
                     continue
                 cand.update(state="decided", recommendation=decision, reason=reason)
-                waves.save(root, cand)
+                candidates.save(root, cand)
                 waves.ensure_workers(root, config)
                 show(root, config, cand, a.tail)
                 return 0
             for name in waves.lost_by_dead_workers(root, config):
                 print(f"lost: {name}'s worker stopped before it finished (see "
-                      f"{lib.WAVE_DIR}/worker-*.log); submit-wave re-queues it")
-            cands = lib.candidates(root)
-            flying = [c for c in cands if c.get("state") in lib.IN_FLIGHT]
+                      f"{common.WAVE_DIR}/worker-*.log); submit-wave re-queues it")
+            cands = candidates.candidates(root)
+            flying = [c for c in cands if c.get("state") in candidates.IN_FLIGHT]
             if flying:
                 waves.ensure_workers(root, config)      # a rerun, or a worker that died
         if not flying:
@@ -128,4 +127,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    lib.run_main(main)
+    common.run_main(main)

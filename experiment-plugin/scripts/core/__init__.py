@@ -1,0 +1,23 @@
+"""The plugin's library: one concept per module, in layers.
+
+Each module imports only modules listed before it here (and the standard library),
+so the library reads bottom-up and has no import cycle. The command modules in
+scripts/ and the hooks build on these and never import one another.
+"""
+
+LAYERS = (
+    "common",       # paths, session files, errors, atomic writes, the lock
+    "git",          # every git command the loop runs
+    "harness",      # the fixed files and their hashes; the hash of the measured code
+    "parsing",      # THE metric parser
+    "monitor",      # machine load around a run: disturbed or quiet
+    "devices",      # platform, GPUs, cores, Apple Silicon, worker slots
+    "records",      # the log: schema, reading, appending, results.tsv
+    "stats",        # samples, noise from repeats, seeds, kept state, MAD
+    "policy",       # THE keep rule: keep / discard / rerun, undo, the wave decision
+    "candidates",   # a wave's candidates: state files and worktrees
+    "session",      # lifecycle, loop ownership and end, messages and reports
+    "runner",       # run a target: process group, timeout, status, checks
+    "skypilot",     # waves on SkyPilot
+    "waves",        # waves: workers, results, recovery
+)

@@ -1,0 +1,153 @@
+"""Running the target once: its own process group, the session's environment, the
+timeout that kills the whole group, the load reading around it, the status
+(ok, crash, nan, timeout, checks_failed, tampered), and a leftover run stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from .common import COMPILE_CACHE, finite, read_json, RUN_LOG, STATE_DIR, UserError, write_atomic
+from .harness import changed_fixed_files, TAMPER_REPAIR
+from .monitor import LoadMonitor
+
+
+def compile_cache_env(root: str, config: dict) -> dict:
+    """The environment that gives a run the session's own torch.compile cache.
+
+    torch keeps compiled graphs and kernels in TORCHINDUCTOR_CACHE_DIR (and Triton's
+    under it, in triton/, unless TRITON_CACHE_DIR is set); by default that is
+    /tmp/torchinductor_<user>, which a container, a batch job's private /tmp or a tmp
+    cleaner does not keep between runs, so each run would compile from scratch. In
+    the session's folder every run finds what earlier runs compiled: a repeat of the
+    same code, or a change the compiled model does not see (the optimizer, the
+    schedule), compiles nothing; another change recompiles only what changed. A
+    folder the user chose is kept."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return {}
+    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(root, COMPILE_CACHE, config["tag"])}
+
+
+def stop_leftover_run(root: str, path: str | None = None) -> str | None:
+    """Kill a training run left behind by a run-experiment that was itself killed
+    outright (SIGKILL cannot be caught, and the run lives in its own process group).
+    run-experiment records the group in .autoresearch/running.json while it runs (a
+    wave's worker, in the candidate's own `path`)."""
+    import signal
+    path = path or os.path.join(root, STATE_DIR, "running.json")
+    info = read_json(path, default=None)
+    if not info:
+        return None
+    os.unlink(path)
+    try:
+        pgid = int(info["pgid"])
+        # Make sure the number still names that run, not a process that reused the id:
+        # it must lead its own group and (where /proc exists) be running the target.
+        if os.getpgid(pgid) != pgid:
+            return None
+        if os.path.isdir("/proc"):
+            with open(f"/proc/{pgid}/cmdline", "rb") as f:
+                if os.path.basename(info.get("target", "")).encode() not in f.read():
+                    return None
+        os.killpg(pgid, signal.SIGKILL)
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    return f"stopped a leftover run (process group {info['pgid']}) from an interrupted run-experiment"
+
+
+NAN = re.compile(r"\bnan\b|explod", re.IGNORECASE)   # the harness: "loss is NaN", "loss exploded"
+
+
+def tampered(root, config):
+    changed = changed_fixed_files(root, config["fixed_files"])
+    if changed:
+        print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
+        print(f"repair: {TAMPER_REPAIR}, then run again; a tampered run is never recorded")
+    return bool(changed)
+
+
+def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None,
+               running=None, siblings=None):
+    """Start the target in its own session (so its process group is ours to kill);
+    returns (exit code or None on timeout, seconds, the machine's load reading).
+
+    A wave's candidate runs the same way from its own worktree (`cwd`), with its own
+    log and running file, on one `worker` of the local backend: that worker's
+    environment (CUDA_VISIBLE_DEVICES, thread counts) and, on a CPU, its own cores."""
+    python = config["python"]
+    if not os.path.exists(python):
+        raise UserError(f"interpreter {python} from the session config is gone: recreate "
+                            "it, or set up a new session with --python")
+    worker = worker or {}
+    env = {**os.environ, **compile_cache_env(root, config), "AUTORESEARCH_DATASET": config["dataset"],
+           "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
+           "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
+    cpus = worker.get("cpus")
+    start = time.monotonic()
+    running = running or os.path.join(root, STATE_DIR, "running.json")
+    with open(log_path or os.path.join(root, RUN_LOG), "wb") as out:
+        proc = subprocess.Popen([python, config["target"]], cwd=cwd or root, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        monitor = LoadMonitor(proc.pid, cpus=cpus, siblings=siblings).start()
+        write_atomic(running, json.dumps({"pgid": proc.pid, "target": config["target"]}) + "\n")
+
+        def kill_group():
+            # TERM the whole group, give it 5 s, then KILL whatever is left (dataloader
+            # workers, compilers and other children included).
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+        # If this script is itself stopped (the caller's own timeout), take the run down too.
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, lambda s, f: (kill_group(), sys.exit(128 + s)))
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        kill_group()
+        reading = monitor.stop()
+        if os.path.exists(running):
+            os.unlink(running)
+    return code, time.monotonic() - start, reading
+
+
+def classify(code, text, metrics, name):
+    value = metrics.get(name)
+    if code is None:
+        return "timeout", None
+    if isinstance(value, float) and value != value:
+        return "nan", None
+    if code != 0:
+        return ("nan" if NAN.search(text) else "crash"), f"exit {code}"
+    if not finite(value):
+        return "crash", f"no {name} in the output"
+    return "ok", None
+
+
+def run_checks(root, command, timeout, status, detail, text):
+    """The session's --checks command (tests, a lint) after an ok run. A failure makes
+    the run `checks_failed`: never kept, however good its metric. Its output is what
+    the failure tail shows."""
+    proc = subprocess.run(command, shell=True, cwd=root, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if proc.returncode == 0:
+        return status, detail, text
+    return "checks_failed", f"`{command}` exited {proc.returncode}", proc.stdout + proc.stderr

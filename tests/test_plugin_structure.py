@@ -1,0 +1,115 @@
+"""The plugin's structure: the library's layers, commands that stay thin, and one
+keep rule whose numbers the documentation states exactly."""
+
+import ast
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core import LAYERS, policy
+from plugin_helpers import PLUGIN, SCRIPTS
+
+DECISION_RULES = PLUGIN / "skills" / "autoresearch" / "references" / "decision-rules.md"
+
+
+def imported_modules(path: Path) -> list[tuple[str, int]]:
+    """(module, line) for every import in a file: `from .x import`, `from . import x`
+    and `from core import x` become x; `import x` stays x."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name.split(".")[0], node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and node.module:
+                out.append((node.module.split(".")[0], node.lineno))
+            elif node.level or node.module == "core":
+                out += [(a.name, node.lineno) for a in node.names]
+            elif node.module and node.module.startswith("core."):
+                out.append((node.module.split(".")[1], node.lineno))
+            elif node.module:
+                out.append((node.module.split(".")[0], node.lineno))
+    return out
+
+
+def layer_violations(scripts: Path, hooks: Path) -> list[str]:
+    """What breaks the rules: a core module importing one at or above its own layer
+    (a cycle needs one), a module of core missing from LAYERS, a command or hook
+    importing a command module."""
+    core = scripts / "core"
+    found = []
+    modules = sorted(p.stem for p in core.glob("*.py") if p.stem != "__init__")
+    found += [f"core/{m}.py is not in core.LAYERS" for m in modules if m not in LAYERS]
+    for m in modules:
+        if m not in LAYERS:
+            continue
+        for dep, line in imported_modules(core / f"{m}.py"):
+            if dep in LAYERS and LAYERS.index(dep) >= LAYERS.index(m):
+                found.append(f"core/{m}.py:{line} imports {dep}, a layer at or above its own")
+    commands = {p.stem for p in scripts.glob("*.py")}
+    for path in [*scripts.glob("*.py"), *hooks.glob("*.py")]:
+        for dep, line in imported_modules(path):
+            if dep in commands:
+                found.append(f"{path.name}:{line} imports the command module {dep}")
+    return found
+
+
+def test_the_library_is_layered_and_commands_do_not_import_commands():
+    assert layer_violations(SCRIPTS, PLUGIN / "hooks") == []
+    sizes = {p.name: len(p.read_text().splitlines()) for p in (SCRIPTS / "core").glob("*.py")}
+    assert max(sizes.values()) <= 500, sizes
+    assert not (SCRIPTS / "experiment_lib.py").exists()
+
+
+@pytest.mark.parametrize("where,line", [
+    ("core/records.py", "from .session import state_block\n"),     # a cycle: session imports records
+    ("core/common.py", "from . import waves\n"),
+    ("log_experiment.py", "import run_experiment\n"),
+])
+def test_the_layer_check_catches_a_cycle_and_a_command_import(tmp_path, where, line):
+    scripts = tmp_path / "scripts"
+    shutil.copytree(SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PLUGIN / "hooks", tmp_path / "hooks", ignore=shutil.ignore_patterns("__pycache__"))
+    assert layer_violations(scripts, tmp_path / "hooks") == []
+    path = scripts / where
+    path.write_text(path.read_text() + line)
+    assert layer_violations(scripts, tmp_path / "hooks")
+
+
+def documented_bars(text: str) -> dict:
+    """The noise-aware rule's numbers as decision-rules.md states them."""
+    def number(pattern):
+        m = re.search(pattern, " ".join(text.split()))
+        assert m, f"decision-rules.md no longer says {pattern!r}"
+        return float(m.group(1))
+    return {"keep_first": number(r"First run: keep at P >= ([\d.]+)"),
+            "drop": number(r"First run: keep at P >= [\d.]+, discard under ([\d.]+)"),
+            "keep_confirmed": number(r"After the confirming run, keep at P >= ([\d.]+)"),
+            "undo_below": number(r"put P\(real gain\) under ([\d.]+)"),
+            "baseline_runs": number(r"The baseline is run (\d+) times")}
+
+
+def code_bars() -> dict:
+    na = policy.NOISE_AWARE
+    return {"keep_first": na["keep"][0], "drop": na["drop"], "keep_confirmed": na["keep"][1],
+            "undo_below": na["undo_below"], "baseline_runs": policy.DEFAULT_BASELINE_RUNS}
+
+
+def test_decision_rules_state_the_numbers_the_code_uses():
+    assert documented_bars(DECISION_RULES.read_text()) == code_bars()
+
+
+def test_the_consistency_check_fails_when_the_document_drifts():
+    text = DECISION_RULES.read_text().replace("keep at P >= 0.45", "keep at P >= 0.55")
+    assert documented_bars(text) != code_bars()
+
+
+def test_the_keep_thresholds_are_written_in_one_code_place():
+    """NOISE_AWARE's bars appear as literals only in core/policy.py."""
+    bars = {str(v) for v in (*policy.NOISE_AWARE["keep"], policy.NOISE_AWARE["undo_below"])}
+    pattern = re.compile(r"(?<![\d.])(" + "|".join(re.escape(b) for b in bars) + r")(?![\d])")
+    places = [p.relative_to(PLUGIN).as_posix() for p in PLUGIN.rglob("*.py")
+              if "__pycache__" not in p.parts and p.name != "policy.py"
+              and any(pattern.search(line) and "P" in line for line in p.read_text().splitlines())]
+    assert places == []
