@@ -52,7 +52,7 @@ def test_documented_script_calls_exist_with_their_flags(doc, name, flags):
 def test_the_scripts_table_lists_every_flag_of_every_script():
     table = (PLUGIN / "skills" / "autoresearch" / "references" / "scripts.md").read_text()
     for path in SCRIPTS.iterdir():
-        if path.name.endswith(".py") or path.name.startswith(("_", ".")):
+        if path.is_dir() or path.name.endswith(".py") or path.name.startswith(("_", ".")):
             continue
         assert f"`{path.name}" in table, f"{path.name} missing from references/scripts.md"
         row = next(l for l in table.splitlines() if l.startswith(f"| `{path.name}"))

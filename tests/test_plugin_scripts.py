@@ -573,7 +573,7 @@ def test_confidence_reports_a_marginal_latest_keep_without_advice(project):
     out = json.loads(ok(script(project, "confidence", "--json")).stdout)
     assert out["verdict"] == "marginal" and "rerun" not in out
     text = ok(script(project, "confidence")).stdout
-    assert "marginal" in text and "rerun" not in text
+    assert "marginal" in text and "rerun:" not in text and "to confirm" not in text
 
 
 def test_confidence_verdict_noise():
