@@ -923,6 +923,30 @@ def test_stopping_run_experiment_takes_the_run_down_with_it(project):
     assert gone(child), "the run's child process outlived run-experiment"
 
 
+def test_a_stop_signal_inside_the_wait_still_takes_the_run_down(project):
+    """The signal can land while Popen.wait holds its lock (between its waitpid and its
+    release). A handler that waited on the run there would wait for that lock forever."""
+    edit_target(project, MODE="hang")
+    driver = f"""
+import os, signal, subprocess, sys
+sys.path.insert(0, {str(SCRIPTS)!r})
+from core import records, runner
+try_wait, calls = subprocess.Popen._try_wait, []
+def signalled_inside(self, flags):
+    calls.append(flags)
+    if len(calls) == 20:                     # the run is going by now: stop, lock held
+        os.kill(os.getpid(), signal.SIGTERM)
+    return try_wait(self, flags)
+subprocess.Popen._try_wait = signalled_inside
+config = records.read_config({str(project)!r})
+runner.run_target({str(project)!r}, config, 60, 1)
+"""
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=project, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert gone(int((project / "hang_child.pid").read_text()))
+
+
 def test_scripts_switch_to_the_session_interpreter(tmp_path):
     """Called by a bare `python3`, the scripts re-run under the interpreter the session
     was set up with (the one that has matplotlib and trains)."""

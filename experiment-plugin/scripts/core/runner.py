@@ -38,7 +38,6 @@ def stop_leftover_run(root: str, path: str | None = None) -> str | None:
     outright (SIGKILL cannot be caught, and the run lives in its own process group).
     run-experiment records the group in .autoresearch/running.json while it runs (a
     wave's worker, in the candidate's own `path`)."""
-    import signal
     path = path or os.path.join(root, STATE_DIR, "running.json")
     info = read_json(path, default=None)
     if not info:
@@ -71,6 +70,17 @@ def tampered(root, config):
     return bool(changed)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class Stopped(BaseException):
+    """run-experiment itself was told to stop while its run was going."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None,
                running=None, siblings=None):
     """Start the target in its own session (so its process group is ours to kill);
@@ -90,6 +100,19 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     cpus = worker.get("cpus")
     start = time.monotonic()
     running = running or os.path.join(root, STATE_DIR, "running.json")
+    # If this script is itself stopped (the caller's own timeout), take the run down too.
+    # The handler only raises; the group is killed below, outside it: a handler that
+    # waited on the run itself could interrupt Popen.wait while it holds its lock, and
+    # then wait forever for that lock. A signal that comes before the run is started
+    # and recorded is held until it is.
+    caught, armed = [], [False]
+
+    def on_signal(signum, frame):
+        caught.append(signum)
+        if armed[0]:
+            raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     with open(log_path or os.path.join(root, RUN_LOG), "wb") as out:
         proc = subprocess.Popen([python, config["target"]], cwd=cwd or root, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -115,17 +138,25 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
                 pass
             proc.wait()
 
-        # If this script is itself stopped (the caller's own timeout), take the run down too.
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, lambda s, f: (kill_group(), sys.exit(128 + s)))
+        stopped = None
         try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
+            armed[0] = True
+            if caught:
+                raise Stopped(caught[0])
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+        except Stopped as e:
+            stopped, code = e.signum, None
+        for sig in STOP_SIGNALS:                  # a second signal must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN if stopped else previous[sig])
         kill_group()
         reading = monitor.stop()
         if os.path.exists(running):
             os.unlink(running)
+    if stopped:
+        sys.exit(128 + stopped)
     return code, time.monotonic() - start, reading
 
 
