@@ -22,11 +22,75 @@ dataloader yields int32 arrays and evaluate_bpb takes a callable, so a val_bpb
 from PyTorch and one from MLX are computed by the same code on the same tokens.
 The active dataset and time budget come from AUTORESEARCH_DATASET and
 AUTORESEARCH_TIME_BUDGET, so a harness can run every experiment identically.
+
+What a template cannot change
+-----------------------------
+A template runs in this process, so nothing here is sealed against it; what it
+does is made hard, and what it still manages is made visible outside:
+
+- Every name of this module is fixed: `prepare.EVAL_TOKENS = 2048` or
+  `prepare.evaluate_bpb = ...` raises AttributeError.
+- evaluate_bpb and the report read private copies of the settings taken at
+  import, so rebinding a public name behind the module's back (vars(prepare))
+  changes what the template reads, not what is measured.
+- The result goes to the runner on its own channel (below), not only to stdout,
+  and says what was evaluated (token and byte counts, a digest of the token ids)
+  and how many validation tokens the template's own loaders served. A runner
+  compares those with values pinned before the session (`--eval-fingerprint`).
+
+The result channel
+------------------
+A runner that wants the result it can trust sets AUTORESEARCH_RESULT_FD to the
+number of a writable file descriptor it passes to the child (a pipe's write end,
+or a file; subprocess's pass_fds). At import this module takes the number, removes
+the variable from the environment and makes the descriptor non-inheritable, so a
+process the template starts gets neither. RunReport.finish (or fail) writes
+exactly one JSON document to it, then closes it; a run that dies first writes
+none, and a reader must treat "no document" as a failed run. Version 1:
+
+    version          1
+    status           "ok" (finish) or "failed" (fail: loss NaN or exploded)
+    error            fail's message, else null
+    val_bpb          the value evaluate_bpb itself last returned in this process;
+                     null when it never ran (then nothing here was measured)
+    template_val_bpb the number the template passed to finish (null on failure)
+    val_bpb_source   "harness" when that number is the harness's own value,
+                     "template" when it differs or evaluate_bpb never ran;
+                     null on failure
+    eval             null when evaluate_bpb never ran, else the last evaluation:
+        tokens       target tokens fed to the model (rows x MAX_SEQ_LEN)
+        bytes        UTF-8 bytes of those targets (the bpb denominator)
+        rows         validation rows evaluated
+        batches      batches of batch_size rows
+        batch_size   the batch size the template asked for
+        digest       sha256 hex of the token ids evaluated: per row, in order,
+                     x's ids then y's, as little-endian int32
+        calls        how many times evaluate_bpb ran (an honest run: 1)
+    served           tokens that make_dataloader yielded to the template, per
+                     split: {"train": n, "val": n}; evaluate_bpb's own reading
+                     of the validation data is not counted, so an honest run
+                     has val == 0
+    harness          the settings this process measured with: dataset,
+                     eval_tokens, max_seq_len, vocab_size, time_budget_s, seed
+    template         the template's file name
+    and the summary numbers (null on failure, except num_steps):
+    training_seconds, total_seconds, eval_seconds, train_peak_mb,
+    peak_memory_mb, mfu_percent, avg_tok_sec, total_tokens, num_steps,
+    num_params, depth, dmodel_scale, final_train_loss
+
+A run is trustworthy when status is ok, val_bpb_source is harness, served.val is
+0, eval.calls is 1, harness matches the session, and eval's tokens, bytes, rows
+and digest equal `python prepare.py --dataset D --eval-fingerprint
+--batch-size B` computed beforehand (see eval_fingerprint: any batch size that
+divides EVAL_TOKENS // MAX_SEQ_LEN gives the same values).
 """
 
 import argparse
 import bisect
+import collections
 import datetime
+import fcntl
+import hashlib
 import itertools
 import json
 import math
@@ -36,6 +100,7 @@ import random
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
 
@@ -59,11 +124,79 @@ try:
 except ValueError as e:
     raise DataError(f"AUTORESEARCH_DATASET: {e}") from None
 
+
+def _eval_tokens_of(source):
+    """The validation tokens evaluate_bpb reads for `source`.
+
+    A local corpus's eval size depends on its validation split: its manifest
+    records it. AUTORESEARCH_EVAL_TOKENS lowers it (never raises it), for tests on
+    a backend too slow to evaluate the full set (MLX on a CPU); such a val_bpb is
+    not comparable with a full one, and the result channel says which it was.
+    """
+    tokens = source.eval_tokens
+    if source.is_local:
+        tokens = int((dataset_cache.read_manifest(source) or {}).get("settings", {}).get("eval_tokens", tokens))
+    fewer = os.environ.get("AUTORESEARCH_EVAL_TOKENS")
+    if fewer:
+        if not fewer.isdigit() or int(fewer) < 1:
+            raise DataError(f"AUTORESEARCH_EVAL_TOKENS={fewer}: give a positive number of tokens, or unset it")
+        tokens = min(tokens, int(fewer))
+    return tokens
+
+
 MAX_SEQ_LEN = SOURCE.max_seq_len
 VOCAB_SIZE = SOURCE.vocab_size
-EVAL_TOKENS = SOURCE.eval_tokens
-if SOURCE.is_local:  # a local corpus's eval size depends on its validation split: its manifest records it
-    EVAL_TOKENS = int((dataset_cache.read_manifest(SOURCE) or {}).get("settings", {}).get("eval_tokens", EVAL_TOKENS))
+EVAL_TOKENS = _eval_tokens_of(SOURCE)
+
+# ---------------------------------------------------------------------------
+# The harness's private state: what evaluate_bpb and the report read, and what
+# the result channel reports. A template reads the public names above; these
+# are copies, so a public name rebound behind the module's back does not change
+# what is measured.
+# ---------------------------------------------------------------------------
+
+RESULT_FD_ENV = "AUTORESEARCH_RESULT_FD"   # the result channel's file descriptor (see the docstring)
+RESULT_VERSION = 1
+
+_Settings = collections.namedtuple("_Settings", "dataset eval_tokens max_seq_len vocab_size time_budget_s seed")
+_FIXED = _Settings(DATASET, EVAL_TOKENS, MAX_SEQ_LEN, VOCAB_SIZE, TIME_BUDGET, SEED)
+
+
+def _claim_result_fd():
+    """The result channel's descriptor, or None when the runner asked for none.
+
+    The variable leaves the environment and the descriptor is made non-inheritable,
+    so a process the template starts can neither find nor write the channel.
+    """
+    value = os.environ.pop(RESULT_FD_ENV, None)
+    if not value:
+        return None
+    try:
+        fd = int(value)
+        writable = (fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+    except (ValueError, OSError):
+        writable = False
+    if not writable:
+        print(f"warning: {RESULT_FD_ENV}={value} is not an open, writable file descriptor: "
+              "this run writes no result channel", file=sys.stderr, flush=True)
+        return None
+    os.set_inheritable(fd, False)
+    return fd
+
+
+class _Ledger:
+    """What this process's harness served and measured: validation and training
+    tokens yielded by make_dataloader, and evaluate_bpb's last value and trace."""
+
+    def __init__(self, result_fd):
+        self.result_fd = result_fd
+        self.served = {"train": 0, "val": 0}
+        self.val_bpb, self.eval, self.eval_calls = None, None, 0
+
+
+# Kept across importlib.reload(prepare): a reload neither forgets what was served
+# nor loses the channel (the variable that named it is gone by then).
+_LEDGER = globals().get("_LEDGER") or _Ledger(_claim_result_fd())
 
 # ---------------------------------------------------------------------------
 # Tokenizer
@@ -137,8 +270,22 @@ def make_dataloader(tokenizer, B, T, split, seed=0, buffer_size=1000):
     To fill a row, take the largest buffered document that fits what is left;
     when none fits, crop the shortest one to fill the row exactly. No padding,
     every token of a row is used. `train` is infinite and its order depends on
-    `seed`; `val` always yields the same batches in the same order.
+    `seed`; `val` always yields the same batches in the same order, and the rows
+    do not depend on B (row k is the same row whatever the batch size).
+
+    The tokens yielded are counted per split for the result channel (`served`):
+    a template that trains on `val` scores well by having seen the answers, so a
+    runner refuses a run that was served any. evaluate_bpb reads the validation
+    rows on its own, uncounted.
     """
+    served = _LEDGER.served
+    for x, y in _packed_rows(tokenizer, B, T, split, seed, buffer_size):
+        served[split] += x.size
+        yield x, y
+
+
+def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
+    """make_dataloader's batches, uncounted: the packing itself."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     slices = [tuple(s) for s in tokenizer.manifest["splits"][split]]
@@ -191,6 +338,52 @@ def make_dataloader(tokenizer, B, T, split, seed=0, buffer_size=1000):
 # ---------------------------------------------------------------------------
 
 
+class _EvalTrace:
+    """What an evaluation fed the model: rows, target tokens, their bytes, batches,
+    and a sha256 of the token ids. The digest runs over rows (x's ids, then y's, as
+    little-endian int32), not over batches, so how the same rows are grouped into
+    batches does not change it."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+        self.rows = self.tokens = self.bytes = self.batches = 0
+
+    def add(self, x, y, nbytes):
+        self.sha.update(np.concatenate([x, y], axis=1).astype("<i4", copy=False).tobytes())
+        self.rows += x.shape[0]
+        self.tokens += y.size
+        self.bytes += int(nbytes.sum())
+        self.batches += 1
+
+    def summary(self, batch_size):
+        return dict(tokens=self.tokens, bytes=self.bytes, rows=self.rows, batches=self.batches,
+                    batch_size=batch_size, digest=self.sha.hexdigest())
+
+
+def _eval_batches(dataset, batch_size, eval_tokens, seq_len):
+    """The fixed validation batches evaluate_bpb reads: (x, y, byte length of each
+    target), eval_tokens // (batch_size * seq_len) of them, always the same."""
+    tokenizer = Tokenizer.load(dataset)
+    token_bytes = get_token_bytes(dataset)
+    steps = eval_tokens // (batch_size * seq_len)
+    if steps < 1:
+        raise ValueError(f"batch_size {batch_size} x MAX_SEQ_LEN {seq_len} exceeds EVAL_TOKENS {eval_tokens}")
+    loader = _packed_rows(tokenizer, batch_size, seq_len, "val")
+    for _ in range(steps):
+        x, y = next(loader)
+        yield x, y, token_bytes[y]
+
+
+def _bits_per_byte(batches, per_token_loss, trace):
+    """The arithmetic of the metric, on (x, y, target bytes) batches; `trace` records them."""
+    total_nats = 0.0
+    for x, y, nbytes in batches:
+        nats = np.asarray(per_token_loss(x, y), dtype=np.float64).reshape(y.shape)
+        total_nats += float(nats[nbytes > 0].sum())
+        trace.add(x, y, nbytes)
+    return total_nats / (math.log(2) * trace.bytes)
+
+
 def evaluate_bpb(per_token_loss, batch_size):
     """Bits per byte on EVAL_TOKENS validation tokens.
 
@@ -199,21 +392,40 @@ def evaluate_bpb(per_token_loss, batch_size):
     as anything np.asarray accepts. bpb = sum of nats over targets that are
     real text (byte length > 0) / (ln 2 * sum of their byte lengths): special
     tokens count in neither sum, and the vocabulary size does not matter.
+
+    The eval size and context length are the private copies taken at import.
+    The value and what was evaluated (the trace) are kept for the run's report.
     """
-    tokenizer = Tokenizer.load()
-    token_bytes = get_token_bytes()
-    steps = EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)
-    if steps < 1:
-        raise ValueError(f"batch_size {batch_size} x MAX_SEQ_LEN {MAX_SEQ_LEN} exceeds EVAL_TOKENS {EVAL_TOKENS}")
-    loader = make_dataloader(tokenizer, batch_size, MAX_SEQ_LEN, "val")
-    total_nats, total_bytes = 0.0, 0
-    for _ in range(steps):
-        x, y = next(loader)
-        nats = np.asarray(per_token_loss(x, y), dtype=np.float64).reshape(y.shape)
-        nbytes = token_bytes[y]
-        total_nats += float(nats[nbytes > 0].sum())
-        total_bytes += int(nbytes.sum())
-    return total_nats / (math.log(2) * total_bytes)
+    trace = _EvalTrace()
+    batches = _eval_batches(_FIXED.dataset, batch_size, _FIXED.eval_tokens, _FIXED.max_seq_len)
+    bpb = _bits_per_byte(batches, per_token_loss, trace)
+    _LEDGER.val_bpb, _LEDGER.eval = bpb, trace.summary(batch_size)
+    _LEDGER.eval_calls += 1
+    return bpb
+
+
+def eval_fingerprint(dataset=None, batch_size=1):
+    """What an honest evaluate_bpb(..., batch_size) on `dataset` (default: the active
+    one) evaluates, from the validation data alone (no model): a dict of dataset,
+    eval_tokens, max_seq_len, vocab_size and the trace (tokens, bytes, rows,
+    batches, batch_size, digest), as the result channel's `eval` reports it.
+
+    How it depends on the batch size: the validation rows come in a fixed order
+    whatever the batch size, and the digest runs over rows, so only the number of
+    rows can differ: rows = (EVAL_TOKENS // (batch_size * MAX_SEQ_LEN)) * batch_size.
+    Every batch size that divides EVAL_TOKENS // MAX_SEQ_LEN (1, the default,
+    always does) evaluates all of them and gets the same tokens, bytes, rows and
+    digest; only batches (= rows / batch_size) differs. A batch size that does not
+    divide it evaluates fewer rows, a different fingerprint: ask for that one.
+    """
+    source = data_sources.get_source(dataset) if dataset else SOURCE
+    name = dataset or _FIXED.dataset
+    eval_tokens = _eval_tokens_of(source) if dataset else _FIXED.eval_tokens
+    trace = _EvalTrace()
+    for x, y, nbytes in _eval_batches(name, batch_size, eval_tokens, source.max_seq_len):
+        trace.add(x, y, nbytes)
+    return dict(dataset=name, eval_tokens=eval_tokens, max_seq_len=source.max_seq_len,
+                vocab_size=source.vocab_size, **trace.summary(batch_size))
 
 
 # ---------------------------------------------------------------------------
@@ -269,7 +481,9 @@ class RunReport:
     when the loss is NaN, infinite or above loss_limit: a diverged run cannot
     recover, so the rest of the budget would be wasted. finish() writes
     data/last_run.json (see schemas/last_run.schema.json), a copy
-    data/run_YYYYMMDD_HHMMSS.json, and prints the summary block.
+    data/run_YYYYMMDD_HHMMSS.json, and prints the summary block. Both write the
+    result channel's one document when the runner opened one (see the module
+    docstring): there val_bpb is the harness's own value, whatever was passed.
     """
 
     def __init__(self, template, framework, hardware, model, training, loss_limit, start_time=None):
@@ -282,17 +496,17 @@ class RunReport:
             schema_version=1, template=os.path.basename(template), framework=framework,
             started_at=datetime.datetime.fromtimestamp(self.start_time).astimezone().isoformat(timespec="seconds"),
             hardware=hardware, model=model,
-            data=dict(dataset=DATASET, tokenizer=SOURCE.name, vocab_size=VOCAB_SIZE,
-                      max_seq_len=MAX_SEQ_LEN, eval_tokens=EVAL_TOKENS),
-            training=dict(time_budget_s=TIME_BUDGET, **training),
+            data=dict(dataset=_FIXED.dataset, tokenizer=SOURCE.name, vocab_size=_FIXED.vocab_size,
+                      max_seq_len=_FIXED.max_seq_len, eval_tokens=_FIXED.eval_tokens),
+            training=dict(time_budget_s=_FIXED.time_budget_s, **training),
             timing_sample=[],
         )
         t = self.record["training"]
         blas = f", BLAS: {hardware['blas']}" if hardware.get("blas") else ""
-        print(f"device: {hardware['device_name']} ({hardware['device_type']}{blas}) | dataset: {DATASET} | "
+        print(f"device: {hardware['device_name']} ({hardware['device_type']}{blas}) | dataset: {_FIXED.dataset} | "
               f"params: {model['num_params'] / 1e6:.2f}M | depth {model['depth']} width {model['width']} | "
-              f"batch {t['tokens_per_step']:,} tokens ({t['device_batch_size']}x{MAX_SEQ_LEN}"
-              f"x{t['grad_accum_steps']}) | budget {TIME_BUDGET:g}s | compile {t['compiled']}", flush=True)
+              f"batch {t['tokens_per_step']:,} tokens ({t['device_batch_size']}x{_FIXED.max_seq_len}"
+              f"x{t['grad_accum_steps']}) | budget {_FIXED.time_budget_s:g}s | compile {t['compiled']}", flush=True)
 
     def step(self, step, dt, loss, counted, training_time, lrm):
         """One optimizer step done: check the loss, keep a timing sample, print progress now and then."""
@@ -311,16 +525,19 @@ class RunReport:
             self.last_log = now
             tokens = self.record["training"]["tokens_per_step"]
             tok_s = self.counted_steps * tokens / training_time if training_time else tokens / dt
-            print(f"step {step + 1:05d} ({100 * min(training_time / TIME_BUDGET, 1.0):.1f}%) | loss {loss:.4f} | "
+            budget = _FIXED.time_budget_s
+            print(f"step {step + 1:05d} ({100 * min(training_time / budget, 1.0):.1f}%) | loss {loss:.4f} | "
                   f"lrm {lrm:.2f} | dt {dt * 1000:.0f}ms | tok/s {tok_s:,.0f} | "
-                  f"remaining {max(0, TIME_BUDGET - training_time):.0f}s", flush=True)
+                  f"remaining {max(0, budget - training_time):.0f}s", flush=True)
 
     def fail(self, message):
         """End the run now: a `FAIL:` line, the record with status failed, exit status 1."""
         print(f"FAIL: {message}", flush=True)
         self.record["training"]["total_steps"] = self.steps
         self.record["result"] = dict(status="failed", val_bpb=None, error=message)
+        self._add_measurements(None)
         write_run_record(self.record)
+        _send_result(self._result_document("failed", None, message))
         sys.exit(1)
 
     def finish(self, val_bpb, training_seconds, train_peak_mb, peak_memory_mb):
@@ -341,7 +558,9 @@ class RunReport:
             training_peak_mb=round(train_peak_mb, 1), peak_memory_mb=round(peak_memory_mb, 1),
             mfu_percent=round(mfu, 2) if mfu is not None else None, final_train_loss=round(self.last_loss, 4))
         self.record["result"] = dict(status="ok", val_bpb=val_bpb)
+        self._add_measurements(val_bpb)
         write_run_record(self.record)
+        _send_result(self._result_document("ok", val_bpb))
         # The summary block: `key: value`, one per line, values in one column. Keys and
         # formats are fixed: parse-metrics and tools written for the original read them.
         # dmodel_scale is (WIDTH / 768) ** -0.5, the factor on the AdamW learning rates.
@@ -360,6 +579,61 @@ class RunReport:
         print(f"depth:            {model['depth']}")
         scale = t.get("dmodel_scale")
         print(f"dmodel_scale:     {scale:.4f}" if scale is not None else "dmodel_scale:     n/a", flush=True)
+
+    def _add_measurements(self, val_bpb):
+        """The record's copy of what the harness measured: the last evaluation (with the
+        harness's own value, and whether the template reported that value) and the
+        tokens its loaders served."""
+        if _LEDGER.eval is not None:
+            self.record["eval"] = dict(_LEDGER.eval, calls=_LEDGER.eval_calls, val_bpb=_LEDGER.val_bpb,
+                                       val_bpb_source=_val_bpb_source(val_bpb))
+        self.record["served"] = dict(_LEDGER.served)
+
+    def _result_document(self, status, val_bpb, error=None):
+        """The result channel's document (its fields are described in the module docstring)."""
+        t, model = self.record["training"], self.record["model"]
+        ok = status == "ok"
+        summary = dict(
+            training_seconds=t.get("training_seconds"), total_seconds=t.get("total_seconds"),
+            eval_seconds=t.get("eval_seconds"), train_peak_mb=t.get("training_peak_mb"),
+            peak_memory_mb=t.get("peak_memory_mb"), mfu_percent=t.get("mfu_percent"),
+            avg_tok_sec=t.get("avg_tok_sec"), total_tokens=t.get("total_tokens"), num_steps=self.steps,
+            num_params=model.get("num_params") if ok else None, depth=model.get("depth") if ok else None,
+            dmodel_scale=t.get("dmodel_scale") if ok else None, final_train_loss=t.get("final_train_loss"))
+        evaluated = None if _LEDGER.eval is None else dict(_LEDGER.eval, calls=_LEDGER.eval_calls)
+        return dict(version=RESULT_VERSION, status=status, error=error, val_bpb=_LEDGER.val_bpb,
+                    template_val_bpb=val_bpb, val_bpb_source=_val_bpb_source(val_bpb),
+                    eval=evaluated, served=dict(_LEDGER.served), harness=_FIXED._asdict(),
+                    template=self.record["template"], **summary)
+
+
+def _val_bpb_source(val_bpb):
+    """"harness" when the number a template reported is the one evaluate_bpb last
+    returned here, "template" when it is not (or evaluate_bpb never ran), None
+    when it reported none (a failed run)."""
+    if val_bpb is None:
+        return None
+    return "harness" if _LEDGER.val_bpb is not None and val_bpb == _LEDGER.val_bpb else "template"
+
+
+def _send_result(document):
+    """Write the result channel's one document and close the channel; later calls,
+    and runs whose runner opened no channel, write nothing. A channel that cannot
+    be written costs a warning, not the run: the runner sees no document."""
+    fd, _LEDGER.result_fd = _LEDGER.result_fd, None
+    if fd is None:
+        return
+    data = (json.dumps(document) + "\n").encode()
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError as e:
+        print(f"warning: the result channel ({RESULT_FD_ENV}) could not be written: {e}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def write_run_record(record):
@@ -389,6 +663,37 @@ def write_run_record(record):
 
 
 # ---------------------------------------------------------------------------
+# Fixed names. A template that sets a harness name (to evaluate fewer tokens, to
+# swap the metric, to move the budget) gets an error that says so at once, instead
+# of a result that looks real. The check is on the module object: the module's own
+# code, and importlib.reload, write its namespace directly and are not affected.
+# ---------------------------------------------------------------------------
+
+# The attributes the import system sets on a module (importlib.reload sets them again).
+_IMPORT_ATTRIBUTES = frozenset({"__name__", "__loader__", "__package__", "__spec__", "__path__", "__file__",
+                                "__cached__", "__doc__"})
+
+
+class _FixedModule(types.ModuleType):
+    """This module's type: its names can be read, never set or deleted from outside."""
+
+    def __setattr__(self, name, value):
+        if name not in _IMPORT_ATTRIBUTES:
+            raise AttributeError(_fixed_message(name))
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name):
+        raise AttributeError(_fixed_message(name))
+
+
+def _fixed_message(name):
+    return (f"prepare.{name} is fixed by the harness; a template reads it and never sets it "
+            "(the dataset, budget and seed come from AUTORESEARCH_* variables set by whoever starts the run)")
+
+
+types.ModuleType.__setattr__(sys.modules[__name__], "__class__", _FixedModule)  # past our own __setattr__
+
+# ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
 
@@ -402,9 +707,20 @@ def main(argv=None):
     parser.add_argument("--download-workers", type=int, default=8, help="parallel downloads")
     parser.add_argument("--verify", action="store_true",
                         help="only check the cache: exit 0 if complete and intact, else print the fix")
+    parser.add_argument("--eval-fingerprint", action="store_true",
+                        help="print, as one JSON line, what an honest evaluate_bpb evaluates on this dataset "
+                             "(tokens, bytes, rows, batches, digest): the values a run's result must match")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="with --eval-fingerprint: the template's evaluation batch size (default 1: the same "
+                             "fingerprint as every batch size that divides EVAL_TOKENS // MAX_SEQ_LEN)")
     args = parser.parse_args(argv)
     try:
         source = data_sources.get_source(args.dataset)
+        if args.eval_fingerprint:
+            if args.batch_size < 1:
+                raise ValueError(f"--batch-size {args.batch_size}: give a positive number of rows")
+            print(json.dumps(eval_fingerprint(args.dataset, args.batch_size)))
+            return 0
         if args.verify:
             manifest = dataset_cache.load_manifest(source, full=True)
             print(f"ok: {dataset_cache.source_label(source)} verified ({len(manifest['files'])} files) "

@@ -16,6 +16,7 @@ What cannot run off its hardware, and what runs in its place:
 - Metal kernels (mx.fast on the GPU): MLX runs its CPU versions of the same ops.
 """
 
+import importlib
 import math
 import os
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 from test_train import REPO, parse_summary, patched_copy, run_template, validate_record
 
 EVAL_TOKENS = 4096
-SMALL_EVAL = (r"^import prepare  # noqa: E402$", f"import prepare  # noqa: E402\nprepare.EVAL_TOKENS = {EVAL_TOKENS}")
+SMALL_EVAL = {"AUTORESEARCH_EVAL_TOKENS": str(EVAL_TOKENS)}   # the harness's own knob: fewer, never more
 # Toy size, set right after the device's own sizes (so the device's code still runs).
 TORCH_TOY = (r"^(WINDOW_PATTERN = .*)$", "DEPTH, WIDTH, HEAD_DIM = 2, 64, 32\n"
                                          "DEVICE_BATCH_TOKENS, TOTAL_BATCH_TOKENS = 2**9, 2**10\n\\1")
@@ -36,7 +37,8 @@ MLX_TOY = (r"^(WINDOW_PATTERN = .*)$", "DEPTH, WIDTH, HEAD_DIM = 2, 64, 32\nDEVI
 
 def untrained_bpb(harness, monkeypatch):
     """val_bpb of uniform predictions over the small eval set."""
-    monkeypatch.setattr(harness, "EVAL_TOKENS", EVAL_TOKENS)
+    monkeypatch.setenv("AUTORESEARCH_EVAL_TOKENS", str(EVAL_TOKENS))
+    harness = importlib.reload(harness)
     return harness.evaluate_bpb(lambda x, y: np.full(x.shape, math.log(harness.VOCAB_SIZE)), 8)
 
 
@@ -54,8 +56,8 @@ MPS_STEPS = (r"^WARMUP_STEPS = .*$", "WARMUP_STEPS = 5")
 ], ids=["cuda", "mps"])
 def test_torch_device_code_trains_on_cpu(tmp_path, classics_cache, harness, monkeypatch, device, toy,
                                          attention, training):
-    script = patched_copy(tmp_path, "train.py", [SMALL_EVAL, *toy])
-    result = run_template(script, tmp_path, classics_cache, {
+    script = patched_copy(tmp_path, "train.py", toy)
+    result = run_template(script, tmp_path, classics_cache, {**SMALL_EVAL,
         "AUTORESEARCH_DEVICE": device, "AUTORESEARCH_TIME_BUDGET": "1",
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
     out = result.stdout
@@ -108,9 +110,9 @@ def test_flex_attention_forward_matches_the_mask(tmp_path, classics_cache):
 def test_mlx_metal_code_trains_on_cpu(tmp_path, classics_cache, harness, monkeypatch):
     """train_mlx.py's GPU code: its mx.compile'd training step and evaluation."""
     pytest.importorskip("mlx.core")
-    script = patched_copy(tmp_path, "train_mlx.py", [SMALL_EVAL, MLX_TOY])
+    script = patched_copy(tmp_path, "train_mlx.py", [MLX_TOY])
     result = run_template(script, tmp_path, classics_cache,
-                          {"AUTORESEARCH_DEVICE": "metal", "AUTORESEARCH_TIME_BUDGET": "1"})
+                          {**SMALL_EVAL, "AUTORESEARCH_DEVICE": "metal", "AUTORESEARCH_TIME_BUDGET": "1"})
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "code: metal (AUTORESEARCH_DEVICE), arrays on the cpu: no Metal here" in out

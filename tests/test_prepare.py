@@ -3,6 +3,7 @@
 import dataclasses
 import hashlib
 import http.server
+import importlib
 import io
 import json
 import math
@@ -21,33 +22,29 @@ from conftest import REPO, run_prepare
 # The metric
 
 
-def test_bpb_exact_on_a_hand_built_toy(harness, monkeypatch):
+def test_bpb_exact_on_a_hand_built_toy(harness):
     """Two batches of 1 x 4 targets; special tokens (0 bytes) are in neither sum."""
     BOS = 3
     token_bytes = np.array([1, 2, 3, 0, 9, 4], dtype=np.int32)  # id 3 is the special BOS
     batches = [
-        (np.array([[3, 5, 1, 3]]), np.array([[5, 1, 3, 2]])),
-        (np.array([[2, 1, 1, 2]]), np.array([[1, 1, 2, 3]])),
+        (np.array([[3, 5, 1, 3]], dtype=np.int32), np.array([[5, 1, 3, 2]], dtype=np.int32)),
+        (np.array([[2, 1, 1, 2]], dtype=np.int32), np.array([[1, 1, 2, 3]], dtype=np.int32)),
     ]
     # Loss 1 nat per target, except 100 nats on every BOS target: those must not count.
     losses = {5: 1.0, 1: 2.0, 2: 0.5, BOS: 100.0}
-
-    class Toy:
-        bos_token_id = BOS
-
-    monkeypatch.setattr(harness, "MAX_SEQ_LEN", 4)
-    monkeypatch.setattr(harness, "EVAL_TOKENS", 8)
-    monkeypatch.setattr(harness.Tokenizer, "load", classmethod(lambda cls, dataset=None: Toy()))
-    monkeypatch.setattr(harness, "get_token_bytes", lambda dataset=None: token_bytes)
-    monkeypatch.setattr(harness, "make_dataloader", lambda tok, B, T, split, seed=0: iter(batches))
 
     def per_token_loss(x, y):
         assert x.shape == y.shape == (1, 4)
         return [[losses[int(t)] for t in row] for row in y]  # a plain list: np.asarray accepts it
 
+    # The metric's arithmetic, on these batches (evaluate_bpb feeds it the fixed val batches).
+    trace = harness._EvalTrace()
+    bpb = harness._bits_per_byte(((x, y, token_bytes[y]) for x, y in batches), per_token_loss, trace)
     # Targets with bytes > 0: 5,1,2 | 1,1,2 -> nats 1+2+0.5 + 2+2+0.5 = 8.0; bytes 4+2+3 + 2+2+3 = 16
-    expected = 8.0 / (math.log(2) * 16)
-    assert harness.evaluate_bpb(per_token_loss, batch_size=1) == pytest.approx(expected, rel=1e-12)
+    assert bpb == pytest.approx(8.0 / (math.log(2) * 16), rel=1e-12)
+    rows = b"".join(np.concatenate([x, y], axis=1).astype("<i4").tobytes() for x, y in batches)
+    assert trace.summary(1) == dict(tokens=8, bytes=16, rows=2, batches=2, batch_size=1,
+                                    digest=hashlib.sha256(rows).hexdigest())
 
 
 def test_bpb_of_a_uniform_model_is_log2_vocab_over_bytes_per_token(harness):
@@ -64,6 +61,28 @@ def test_bpb_of_a_uniform_model_is_log2_vocab_over_bytes_per_token(harness):
         total_bytes += int(token_bytes[y].sum())
     assert bpb == pytest.approx(counted * math.log2(tok.vocab_size) / total_bytes, rel=1e-9)
     assert 2.0 < bpb < 4.5  # ~12 bits per token over ~4 bytes per token
+
+
+def test_eval_fingerprint_is_what_evaluate_bpb_evaluates_however_rows_are_batched(harness):
+    """The fingerprint a plugin pins, from the data alone, equals an evaluation's trace;
+    batch sizes that divide the eval rows (256 here) share it, one that does not
+    evaluates fewer rows and gets its own."""
+    prints = {B: harness.eval_fingerprint(batch_size=B) for B in (1, 8, 16, 3)}
+    same = ("tokens", "bytes", "rows", "digest")
+    for B in (8, 16):
+        assert {k: prints[B][k] for k in same} == {k: prints[1][k] for k in same}
+        assert prints[B]["batches"] * B == prints[1]["rows"] == harness.EVAL_TOKENS // harness.MAX_SEQ_LEN
+    assert prints[3]["rows"] == 255 and prints[3]["digest"] != prints[1]["digest"]
+    harness.evaluate_bpb(lambda x, y: np.zeros(y.shape), batch_size=16)
+    trace = {k: v for k, v in prints[16].items() if k not in ("dataset", "eval_tokens", "max_seq_len", "vocab_size")}
+    assert harness._LEDGER.eval == trace
+
+
+def test_eval_tokens_can_be_lowered_for_tests_but_never_raised(harness, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_EVAL_TOKENS", "4096")
+    assert importlib.reload(harness).EVAL_TOKENS == 4096
+    monkeypatch.setenv("AUTORESEARCH_EVAL_TOKENS", str(10**9))
+    assert importlib.reload(harness).EVAL_TOKENS == 2**16   # the dataset's own size
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """train_mlx.py on the MLX CPU backend: a short run that learns and writes a
 valid record, and the abort on a NaN loss. MLX's Linux CPU backend is slow, so
-the copies used here evaluate on fewer validation tokens than a real run."""
+the run here evaluates on fewer validation tokens than a real run."""
 
+import importlib
 import math
 import os
 import re
@@ -13,22 +14,27 @@ from test_train import REPO, parse_summary, patched_copy, run_template, validate
 
 pytest.importorskip("mlx.core")
 
-EVAL_TOKENS = 4096
-SMALL_EVAL = (r"^import prepare  # noqa: E402$", f"import prepare  # noqa: E402\nprepare.EVAL_TOKENS = {EVAL_TOKENS}")
+# The harness's names are fixed, so the eval set is made smaller the one sanctioned way:
+# AUTORESEARCH_EVAL_TOKENS, read when prepare is imported (the result channel reports it).
+SMALL_EVAL = {"AUTORESEARCH_EVAL_TOKENS": "4096"}
 
 
 def test_short_run_learns_and_writes_a_valid_record(tmp_path, classics_cache, harness, monkeypatch):
-    script = patched_copy(tmp_path, "train_mlx.py", [SMALL_EVAL])
-    result = run_template(script, tmp_path, classics_cache, {"AUTORESEARCH_TIME_BUDGET": "15"})
+    result = run_template(os.path.join(REPO, "train_mlx.py"), tmp_path, classics_cache,
+                          {"AUTORESEARCH_TIME_BUDGET": "15", **SMALL_EVAL})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = parse_summary(result.stdout)
     val_bpb = float(summary["val_bpb"])
-    monkeypatch.setattr(harness, "EVAL_TOKENS", EVAL_TOKENS)
+    for key, value in SMALL_EVAL.items():
+        monkeypatch.setenv(key, value)
+    harness = importlib.reload(harness)
+    assert harness.EVAL_TOKENS == 4096
     untrained = harness.evaluate_bpb(lambda x, y: np.full(x.shape, math.log(harness.VOCAB_SIZE)), 8)
     assert math.isfinite(val_bpb) and val_bpb < untrained - 0.05, (val_bpb, untrained)
     assert summary["mfu_percent"] == "n/a"
     record = validate_record(tmp_path / "data" / "last_run.json")
     assert record["framework"].startswith("mlx")
+    assert record["data"]["eval_tokens"] == 4096   # the record says the eval set was small
     assert record["result"]["status"] == "ok"
     assert abs(record["result"]["val_bpb"] - val_bpb) < 1e-6
     assert len(list((tmp_path / "data").glob("run_*.json"))) == 1
