@@ -78,11 +78,12 @@ def main(argv=None):
         previous = {}
     seed = stats.next_seed(log.runs, target_sha, previous)
 
-    code, seconds, reading = runner.run_target(root, config, timeout, seed, worker=worker)
+    results = []
+    code, seconds, reading = runner.run_target(root, config, timeout, seed, worker=worker,
+                                               results=results)
     with open(os.path.join(root, common.RUN_LOG), encoding="utf-8", errors="replace") as f:
         text = f.read()
-    metrics = parsing.parse_metrics(text)
-    status, detail = runner.classify(code, text, metrics, config["metric"])
+    status, detail, metrics = runner.verdict(config, code, text, results)
     if status == "ok" and config.get("checks"):
         status, detail, text = runner.run_checks(root, config["checks"], timeout, status, detail, text)
     if runner.tampered(root, config):       # the run itself changed a fixed file
@@ -114,6 +115,10 @@ def main(argv=None):
         if load:
             print(load)
         print(f"recommend: {decision}: {reason}")
+    elif status == "invalid":
+        print(f"status: invalid {when} ({detail})")
+        print("the run's result cannot be judged: what it measured is not the fixed evaluation. "
+              "Undo what caused it; record it with: log-experiment --status crash --description '...'")
     elif status != "tampered":
         limit = f" (limit {timeout:g}s, process group killed)" if status == "timeout" else ""
         print(f"status: {status} {when}{limit}" + (f" ({detail})" if detail else ""))

@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, harness, devices, records, policy, session, skypilot  # noqa: E402
+from core import common, git, harness, devices, measure, records, policy, session, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -252,6 +252,11 @@ def main(argv=None):
     python = a.python or sys.executable
     if a.backend == "local":    # on SkyPilot each cluster prepares the data in its setup
         verify_data(root, python, a.dataset)
+    # Who measures: the harness on its result channel where the harness and the target
+    # support it (this project's templates), else the run's printed output.
+    measured_by = ("harness" if a.metric == "val_bpb" and a.backend == "local"
+                   and measure.harness_measures(root, target) else "output")
+    pinned = measure.pin_eval(root, python, a.dataset) if measured_by == "harness" else None
 
     # All checks passed: from here on, change things.
     rule = policy.policy_name({"policy": a.policy})
@@ -278,6 +283,9 @@ def main(argv=None):
         "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
         "bestDirection": a.direction,
     }
+    config["measure"] = measured_by
+    if pinned:
+        config["eval"] = pinned
     if a.backend == "skypilot":
         config["skypilot"] = {"prefix": f"ar-{a.tag.lower().replace('_', '-').replace('.', '-')}"[:40],
                               "clusters": a.clusters or a.workers, "accelerators": a.accelerators,
@@ -296,6 +304,9 @@ def main(argv=None):
     if added:
         print(f"added {', '.join(added)} to .git/info/exclude so git never touches them")
     print(f"session {a.tag}: branch {branch} at {base[:7]}; guard and loop hooks on")
+    print("measured by: " + ("the harness (its result channel; the target's printed numbers "
+                             "are shown, never judged)" if measured_by == "harness" else
+                             "the run's printed output (a target can print any number there)"))
     print(session.research_config(config))
     if a.worker_note:
         print(a.worker_note)

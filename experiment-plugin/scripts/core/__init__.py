@@ -10,6 +10,8 @@ LAYERS = (
     "git",          # every git command the loop runs
     "harness",      # the fixed files and their hashes; the hash of the measured code
     "parsing",      # THE metric parser
+    "measure",      # the harness's result channel and the checks a result must pass
+    "launch",       # the measured run's first code: the harness from verified bytes
     "monitor",      # machine load around a run: disturbed or quiet
     "devices",      # platform, GPUs, cores, Apple Silicon, worker slots
     "records",      # the log: schema, reading, appending, results.tsv

@@ -10,11 +10,73 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 from .common import COMPILE_CACHE, finite, read_json, RUN_LOG, STATE_DIR, UserError, write_atomic
 from .harness import changed_fixed_files, TAMPER_REPAIR
+from .parsing import parse_metrics
 from .monitor import LoadMonitor
+from .measure import CHANNEL_ENV, check as check_result, documents, STRIPPED_ENV
+
+LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of every orphan among its descendants (Linux): a
+    process the run starts in a session of its own leaves the run's process group,
+    but when its parent dies it becomes our child, and the sweep below finds it."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid`, from /proc (empty where there is none)."""
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid and fields[0] != b"Z":
+            found.append(int(name))
+    return found
+
+
+def sweep(spared: set[int] = frozenset()) -> int:
+    """Kill every descendant of this process that outlived the run's group (a
+    subreaper inherits them), until none is left; returns how many were killed."""
+    killed = 0
+    for _ in range(50):
+        found = [p for p in children(os.getpid()) if p not in spared]
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        for pid in found:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)             # let the next generation be re-parented to us
+    return killed
 
 
 def compile_cache_env(root: str, config: dict) -> dict:
@@ -82,9 +144,15 @@ class Stopped(BaseException):
 
 
 def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None,
-               running=None, siblings=None):
+               running=None, siblings=None, results=None):
     """Start the target in its own session (so its process group is ours to kill);
     returns (exit code or None on timeout, seconds, the machine's load reading).
+
+    A session measured by the harness (config "measure": "harness") starts the target
+    through launch.py, with the harness's result channel: a pipe whose write end only
+    the harness holds. The documents read from it are appended to `results`. This
+    process is the subreaper of the run: whatever the run started is killed with it,
+    in its group or not.
 
     A wave's candidate runs the same way from its own worktree (`cwd`), with its own
     log and running file, on one `worker` of the local backend: that worker's
@@ -94,7 +162,8 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         raise UserError(f"interpreter {python} from the session config is gone: recreate "
                             "it, or set up a new session with --python")
     worker = worker or {}
-    env = {**os.environ, **compile_cache_env(root, config), "AUTORESEARCH_DATASET": config["dataset"],
+    caller = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
+    env = {**caller, **compile_cache_env(root, config), "AUTORESEARCH_DATASET": config["dataset"],
            "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
            "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
     cpus = worker.get("cpus")
@@ -113,11 +182,37 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
             raise Stopped(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
+    command, fds, reader = [python, config["target"]], (), None
+    if config.get("measure") == "harness":
+        pins = {f: h for f, h in config["fixed_files"].items() if f.endswith(".py") and "/" not in f}
+        command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(pins)]
+        read_end, write_end = os.pipe()
+        fds, env[CHANNEL_ENV] = (write_end,), str(write_end)
+        chunks: list[bytes] = []
+
+        def drain():
+            while True:
+                block = os.read(read_end, 65536)
+                if not block:
+                    break
+                if sum(map(len, chunks)) < (1 << 20):      # a flood is cut, not stored
+                    chunks.append(block)
+            os.close(read_end)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+    become_subreaper()
+    spared = set(children(os.getpid()))
+    os.makedirs(os.path.dirname(running), exist_ok=True)
     with open(log_path or os.path.join(root, RUN_LOG), "wb") as out:
-        proc = subprocess.Popen([python, config["target"]], cwd=cwd or root, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True,
-                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        try:
+            proc = subprocess.Popen(command, cwd=cwd or root, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, pass_fds=fds,
+                                    preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        finally:
+            for fd in fds:
+                os.close(fd)
         monitor = LoadMonitor(proc.pid, cpus=cpus, siblings=siblings).start()
         write_atomic(running, json.dumps({"pgid": proc.pid, "target": config["target"]}) + "\n")
 
@@ -152,9 +247,14 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         for sig in STOP_SIGNALS:                  # a second signal must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN if stopped else previous[sig])
         kill_group()
+        sweep(spared)
         reading = monitor.stop()
         if os.path.exists(running):
             os.unlink(running)
+    if reader is not None:
+        reader.join(timeout=5)
+        if results is not None:
+            results.extend(documents(b"".join(chunks)))
     if stopped:
         sys.exit(128 + stopped)
     return code, time.monotonic() - start, reading
@@ -171,6 +271,23 @@ def classify(code, text, metrics, name):
     if not finite(value):
         return "crash", f"no {name} in the output"
     return "ok", None
+
+
+def verdict(config, code, text, results):
+    """(status, detail, metrics) of a finished run. Measured by the harness, the
+    metrics are the ones on its channel (what the target printed is not judged), and a
+    result that fails measure.check is `invalid`; otherwise they are parsed from the
+    output."""
+    metrics = parse_metrics(text)
+    if config.get("measure") != "harness":
+        return (*classify(code, text, metrics, config["metric"]), metrics)
+    why, measured = check_result(config, results)
+    status, detail = classify(code, text, measured, config["metric"])
+    if status == "ok" and why:
+        return "invalid", why, measured
+    if status == "crash" and code == 0 and why:
+        return "invalid", why, measured
+    return status, detail, measured
 
 
 def run_checks(root, command, timeout, status, detail, text):

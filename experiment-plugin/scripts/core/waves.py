@@ -24,13 +24,13 @@ from .common import (editable_files, fmt, now_iso, read_json, SCRIPTS_DIR, UserE
     write_atomic)
 from .git import apply_change, last_kept_commit, reset_to, save_ref, tracked_changes
 from .harness import changed_fixed_files
-from .parsing import json_safe, parse_metrics
+from .parsing import json_safe
 from .monitor import disturbed
 from .devices import workers
 from .stats import add_sample
 from .candidates import (candidates, commit, create, forget, load, log_path, running_path,
     save, worktree)
-from .runner import classify, run_checks, run_target, stop_leftover_run
+from .runner import run_checks, run_target, stop_leftover_run, verdict
 from .skypilot import sky_run, sky_teardown
 
 WAIT_SECONDS = 540              # wait-wave returns before a 600 s Bash call would time out
@@ -138,7 +138,9 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     if changed_fixed_files(path, config["fixed_files"]):
         return {"run_status": "tampered", "detail": "fixed files differ in its worktree",
                 "finished": now_iso()}
+    results = []
     if config.get("backend") == "skypilot":
+        config = {**config, "measure": "output"}    # the channel does not cross machines
         try:
             code, seconds, reading = sky_run(root, config, cand, worker, timeout)
         except (UserError, OSError, subprocess.SubprocessError) as e:
@@ -148,11 +150,11 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     else:
         code, seconds, reading = run_target(
             root, config, timeout, seed, worker=worker, cwd=path, log_path=log_path(root, name),
-            running=running_path(root, name), siblings=lambda: sibling_groups(root, name))
+            running=running_path(root, name), siblings=lambda: sibling_groups(root, name),
+            results=results)
     with open(log_path(root, name), encoding="utf-8", errors="replace") as f:
         text = f.read()
-    metrics = parse_metrics(text)
-    status, detail = classify(code, text, metrics, config["metric"])
+    status, detail, metrics = verdict(config, code, text, results)
     if status == "ok" and config.get("checks"):
         status, detail, _ = run_checks(path, config["checks"], timeout, status, detail, text)
     if changed_fixed_files(path, config["fixed_files"]):
