@@ -823,6 +823,7 @@ def test_a_log_in_the_first_format_still_resumes(project):
                  "metrics": {"avg_tok_sec": 1000000}, "description": "baseline",
                  "timestamp": "2026-03-05T22:01:07Z", "run_status": "ok", "seconds": 1.2,
                  "recommendation": "keep", "notes": {"learned": "the stand-in gives 1.0"}}]
+    git(project, "update-ref", "-d", "refs/autoresearch/t1/log")   # that release kept no copy in git
     (project / "autoresearch.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in [old_config, *old_runs]))
     out = ok(script(project, "resume-session")).stdout

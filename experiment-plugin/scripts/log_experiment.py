@@ -43,7 +43,10 @@ def parse_args(argv):
     p.add_argument("--status", required=True, choices=["keep", "discard", "crash", "checks_failed"])
     p.add_argument("--description", help="what this run changed, one sentence (required but "
                                           "with --candidate)")
-    p.add_argument("--metric", type=float, help="the session metric, if not from the last run")
+    p.add_argument("--metric", type=float, help="the session metric, if not from the last run "
+                                                "(in a session the harness measures: crashes only)")
+    p.add_argument("--reason", help="why a keep goes against the recommendation (recorded as "
+                                    "an override; default: the description)")
     p.add_argument("--metrics", help="JSON object of further metrics, e.g. '{\"peak_memory_mb\": 812}'")
     p.add_argument("--unlogged", metavar="FILE",
                    help="record a run that finished but was never logged, as resume-session "
@@ -85,13 +88,13 @@ def restore_unlogged(root, config, runs, path):
         raise common.UserError(f"uncommitted changes in {', '.join(git.tracked_changes(root)[:3])}: "
                             "run resume-session first (nothing was recorded)")
     git.git(root, "checkout", ref, "--", *files)
-    common.write_atomic(os.path.join(root, common.STATE_DIR, "pending.json"), json.dumps(data, indent=1) + "\n")
+    records.write_pending(root, config["tag"], data)
     os.unlink(os.path.join(root, path))
 
 
 def take_pending(root, config, a):
     """The result to record: the waiting run, checked against what is asked."""
-    pending = common.read_json(os.path.join(root, common.STATE_DIR, "pending.json"), default=None)
+    pending = records.read_pending(root, config["tag"])
     if pending is None:
         if a.metric is None and a.status != "crash":
             raise common.UserError("no finished run to log: run run-experiment first "
@@ -111,6 +114,9 @@ def take_pending(root, config, a):
         if a.status == "keep" and run_status != "ok":
             raise common.UserError(f"the last run ended with status {run_status}: log it with "
                                 "--status crash (nothing was recorded)")
+        if run_status == "invalid" and a.status != "crash":
+            raise common.UserError("the last run's result is invalid (not the fixed evaluation): "
+                                "log it with --status crash (nothing was recorded)")
         if a.status in ("crash", "checks_failed") and run_status == "ok":
             raise common.UserError("the last run finished ok: log it as keep or discard "
                                 "(nothing was recorded)")
@@ -153,6 +159,10 @@ def main(argv=None):
         if git.current_branch(root) != config["branch"]:
             raise common.UserError(f"not on the session branch {config['branch']}: run "
                                 "resume-session first (nothing was recorded)")
+        if a.metric is not None and a.status != "crash" and config.get("measure") == "harness":
+            raise common.UserError(f"--metric is only for a crash here: the harness measures this "
+                                f"session, so a {a.status} records what run-experiment measured "
+                                "(run it, then log without --metric); nothing was recorded")
         if a.unlogged:
             restore_unlogged(root, config, log.runs, a.unlogged)
         cand = waves.take_result(root, config, a.candidate, a.status) if a.candidate else None
@@ -205,6 +215,12 @@ def main(argv=None):
                 record["disturbed"] = pending["disturbed"]
             if pending.get("recommendation"):
                 record["recommendation"] = pending["recommendation"]
+                if a.status == "keep" and pending["recommendation"] != "keep":
+                    # The agent's call (simplicity, a known gain), but on the record.
+                    record["override"] = {"recommendation": pending["recommendation"],
+                                          "reason": " ".join((a.reason or a.description).split())}
+            if pending["run_status"] == "invalid" and pending.get("detail"):
+                record["invalid"] = pending["detail"]
         if cand:
             record.update(candidate=cand["name"], base=cand["base"], worker=cand.get("worker"),
                           backend=cand.get("backend", "local"), seed=cand.get("seed"))
@@ -218,7 +234,7 @@ def main(argv=None):
         if cand:
             candidates.forget(root, cand["name"])
         elif pending:
-            os.unlink(os.path.join(root, common.STATE_DIR, "pending.json"))
+            records.clear_pending(root, config["tag"])
         if not cand:
             moved = ""
         if a.status != "keep" and not cand:

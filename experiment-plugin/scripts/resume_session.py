@@ -45,8 +45,7 @@ def set_aside(root, config, runs, label, refs, kept):
     """Move a finished but unlogged result out of the way, with what is needed to record
     it later: the ref holding the change it measured (one of `refs`, or the kept commit
     itself). Returns the lines to print."""
-    pending_path = os.path.join(root, common.STATE_DIR, "pending.json")
-    pending = common.read_json(pending_path, default=None)
+    pending = records.read_pending(root, config["tag"])
     if pending is None:
         return []
     files = " ".join(common.editable_files(config))
@@ -54,7 +53,7 @@ def set_aside(root, config, runs, label, refs, kept):
                 if harness.code_hash(root, config, r) == pending.get("target_sha")), None)
     dest = os.path.join(root, common.STATE_DIR, f"unlogged-run-{label}.json")
     common.write_atomic(dest, json.dumps({**pending, "ref": ref, "after_runs": len(runs)}, indent=1) + "\n")
-    os.unlink(pending_path)
+    records.clear_pending(root, config["tag"])
     rel = os.path.relpath(dest, root)
     name, number = config["metric"], len(runs) + 1
     if pending.get("run_status") == "ok":
@@ -89,9 +88,15 @@ def main(argv=None):
     root = common.find_root()
     common.use_project_python(root)
     notes = []
+    label = common.now_iso().replace(":", "").replace("-", "")
     with common.Lock(root):
+        restored = records.restore_log(root, git.current_branch(root), label)
+        if restored:
+            notes.append(restored)
         root, log = records.load_session(root)
         config, runs = log.config, log.runs
+        if restored:
+            records.write_results(root, config, runs)
         tag, branch = config["tag"], config["branch"]
         cap, done = a.max_iterations or config.get("max_iterations"), stats.experiments(runs)
         if a.max_iterations is not None and a.max_iterations <= done:
@@ -101,7 +106,6 @@ def main(argv=None):
             raise common.UserError(f"the iteration cap is reached ({done} of {cap} runs): "
                                 f"to go on, resume with --max-iterations {done + 20} "
                                 "(or any number above the runs logged)")
-        label = common.now_iso().replace(":", "").replace("-", "")
         if not git.branch_exists(root, branch):
             raise common.UserError(f"branch {branch} is gone: nothing to resume; start a new "
                                 "session with setup-session")

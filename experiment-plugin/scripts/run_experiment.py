@@ -52,7 +52,6 @@ def main(argv=None):
     common.use_project_python(root)
     root, log = records.load_session(root)
     config = log.config
-    pending_path = os.path.join(root, common.STATE_DIR, "pending.json")
     leftover = runner.stop_leftover_run(root)
     if leftover:
         print(leftover)
@@ -73,7 +72,7 @@ def main(argv=None):
     number = len(log.runs) + 1
     # Runs of this same code since the last log (baseline repeats, confirmations,
     # re-measures) add up; a run of different code starts afresh.
-    previous = common.read_json(pending_path, default=None) or {}
+    previous = records.read_pending(root, config["tag"]) or {}
     if previous.get("target_sha") != target_sha:
         previous = {}
     seed = stats.next_seed(log.runs, target_sha, previous)
@@ -96,6 +95,7 @@ def main(argv=None):
     samples, seeds = list(previous.get("samples", [])), list(previous.get("seeds", []))
     disturbed = list(previous.get("disturbed", []))
     pending = {"run_status": status, "metrics": parsing.json_safe(metrics), "seconds": round(seconds, 1),
+               **({"detail": detail} if status == "invalid" else {}),
                "target_sha": target_sha, "samples": samples, "seeds": seeds,
                "disturbed": disturbed, "load": reading, "finished": common.now_iso()}
     why = monitor.disturbed(reading)
@@ -129,7 +129,7 @@ def main(argv=None):
         kind = "checks_failed" if status == "checks_failed" else "crash"
         print(f"next: fix and run again, or record it: log-experiment --status {kind} "
               "--description '...'")
-    common.write_atomic(pending_path, json.dumps(pending, indent=1) + "\n")
+    records.write_pending(root, config["tag"], pending)
     return 0 if status == "ok" else (3 if status == "tampered" else 1)
 
 

@@ -293,6 +293,7 @@ def main(argv=None):
     records.validate(config, where="config")
     with common.Lock(root):
         common.write_atomic(os.path.join(root, common.LOG), json.dumps(config) + "\n")
+        records.back_up_log(root, a.tag)
         records.write_results(root, config, [])
         common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
         session.start_loop(root)

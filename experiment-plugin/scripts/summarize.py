@@ -203,7 +203,14 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
     crashes = [r for r in runs if r["status"] == "crash"]
     out += ["", "## Crashes", ""]
     out += ([f"- run {r['run']} `{r['commit'][:7]}` {r.get('run_status', 'crash')}: "
-             f"{one_line(r['description'])}" for r in crashes] or ["None."])
+             f"{one_line(r['description'])}"
+             + (f" (invalid: {one_line(r['invalid'])})" if r.get("invalid") else "")
+             for r in crashes] or ["None."])
+    overrides = [r for r in runs if r.get("override")]
+    if overrides:
+        out += ["", "## Kept against the recommendation", ""]
+        out += [f"- run {r['run']} `{r['commit'][:7]}`: recommended {r['override']['recommendation']}; "
+                f"kept because: {one_line(r['override']['reason'])}" for r in overrides]
     if warnings:
         out += ["", "## Log warnings", ""] + [f"- {w}" for w in warnings]
     out += ["", NEXT_STEPS, "", next_steps or PLACEHOLDER, ""]

@@ -80,11 +80,16 @@ def save_ref(root: str, tag: str, name: str, commit: str) -> str:
     """Keep `commit` reachable as refs/autoresearch/<tag>/<name>; a name already taken
     by another commit (two saves in one second) gets a suffix, never overwritten."""
     ref, n = f"refs/autoresearch/{tag}/{name}", 1
-    while git(root, "rev-parse", "--verify", "--quiet", ref, check=False) not in ("", commit):
+    while True:
+        found = git(root, "rev-parse", "--verify", "--quiet", ref, check=False)
+        if found == commit:
+            return ref
+        if found == "":
+            # The zero old value: created only if still absent, so a ref is never moved.
+            git(root, "update-ref", ref, commit, "0" * 40)
+            return ref
         n += 1
         ref = f"refs/autoresearch/{tag}/{name}-{n}"
-    git(root, "update-ref", ref, commit)
-    return ref
 
 
 def reset_to(root: str, commit: str) -> None:
@@ -159,3 +164,27 @@ def ensure_ignored(root: str) -> list[str]:
             f.write("\n# autoresearch session files\n" +
                     "".join(f"/{n}\n" if n != TEMP_PATTERN else f"{n}\n" for n in missing))
     return missing
+
+
+def store_blob(root: str, ref: str, data: bytes) -> str:
+    """Keep `data` as a git object named by `ref` (a ref may name a blob): a copy of a
+    session file that `git clean`, `rm` and a truncating write do not reach."""
+    import subprocess
+    proc = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=root, input=data,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise UserError(f"git hash-object failed: {proc.stderr.decode(errors='replace').strip()[-200:]}")
+    blob = proc.stdout.decode().strip()
+    git(root, "update-ref", ref, blob)
+    return blob
+
+
+def blob_at(root: str, ref: str) -> bytes | None:
+    """The content of the blob `ref` names, or None when there is no such ref."""
+    import subprocess
+    proc = subprocess.run(["git", "cat-file", "blob", ref], cwd=root, capture_output=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def drop_ref(root: str, ref: str) -> None:
+    git(root, "update-ref", "-d", ref, check=False)

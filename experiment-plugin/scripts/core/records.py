@@ -10,6 +10,7 @@ import re
 import sys
 
 from .common import find_root, LOG, RESULTS, SCHEMA_PATH, STATE_DIR, UserError, write_atomic
+from .git import blob_at, drop_ref, store_blob
 
 
 def read_config(root: str) -> dict | None:
@@ -128,6 +129,115 @@ def read_log(root: str, required: bool = True) -> SessionLog:
     return SessionLog(config, runs, events, warnings)
 
 
+# ---------------------------------------------------------------- the log's copy in git
+# After every write the whole log is also stored as a git object under
+# refs/autoresearch/<tag>/log, out of reach of `git clean`, `rm` and a target that
+# truncates files. Every write and every script checks that the log on disk still
+# begins with that copy: a line rewritten, removed or truncated is refused, and
+# resume-session puts the copy back.
+
+def log_ref(tag: str) -> str:
+    return f"refs/autoresearch/{tag}/log"
+
+
+def tag_of(data: bytes) -> str | None:
+    try:
+        config = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return config.get("tag") if isinstance(config, dict) and config.get("type") == "config" else None
+
+
+def back_up_log(root: str, tag: str, data: bytes | None = None) -> None:
+    if data is None:
+        with open(os.path.join(root, LOG), "rb") as f:
+            data = f.read()
+    store_blob(root, log_ref(tag), data)
+
+
+def check_intact(root: str, data: bytes, tag: str | None = None) -> None:
+    """Refuse a log that no longer begins with its copy in git (it was rewritten,
+    shortened or replaced since the scripts last wrote it)."""
+    tag = tag or tag_of(data)
+    copy = blob_at(root, log_ref(tag)) if tag else None
+    if copy is None or data.startswith(copy):
+        return
+    kept, found = len(copy.splitlines()), len(data.splitlines())
+    raise UserError(f"{LOG} is not the log the scripts wrote ({kept} lines recorded in "
+                    f"{log_ref(tag)}, {found} here, and they differ): run resume-session, which "
+                    "restores the recorded log (this file is kept aside); nothing was recorded")
+
+
+def restore_log(root: str, branch: str | None, label: str) -> str | None:
+    """Put the log's copy in git back when the log is gone or no longer begins with
+    it (a replaced file is kept aside); returns what was done, or None. The session
+    is the log's own, else the one the branch (autoresearch/<tag>) names."""
+    path = os.path.join(root, LOG)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        data = None
+    tag = tag_of(data) if data else None
+    if tag is None and branch and branch.startswith("autoresearch/"):
+        tag = branch[len("autoresearch/"):]
+    copy = blob_at(root, log_ref(tag)) if tag else None
+    if copy is None or (data is not None and data.startswith(copy)):
+        return None
+    note = f"restored {LOG} from {log_ref(tag)} ({len(copy.splitlines())} lines)"
+    if data is not None:
+        aside = os.path.join(STATE_DIR, f"replaced-{label}.jsonl")
+        os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)
+        os.replace(path, os.path.join(root, aside))
+        note += f"; the file found there is kept as {aside}"
+    write_atomic(path, copy)
+    return note
+
+
+# The run waiting to be logged (.autoresearch/pending.json) has a copy in git too, so
+# a process that rewrites it between the run and the log is caught, and a deleted one
+# comes back.
+
+def pending_path(root: str) -> str:
+    return os.path.join(root, STATE_DIR, "pending.json")
+
+
+def write_pending(root: str, tag: str, pending: dict) -> None:
+    data = json.dumps(pending, indent=1) + "\n"
+    write_atomic(pending_path(root), data)
+    store_blob(root, f"refs/autoresearch/{tag}/pending", data.encode())
+
+
+def read_pending(root: str, tag: str) -> dict | None:
+    """The waiting run as run-experiment wrote it; a missing file is restored from its
+    copy, a changed one refused."""
+    copy = blob_at(root, f"refs/autoresearch/{tag}/pending")
+    try:
+        with open(pending_path(root), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        data = None
+    if copy is not None and data is None:
+        write_atomic(pending_path(root), copy)
+        print(f"note: restored {STATE_DIR}/pending.json from its copy in git", file=sys.stderr)
+        data = copy
+    if data is None:
+        return None
+    if copy is not None and data != copy:
+        raise UserError(f"{STATE_DIR}/pending.json changed after run-experiment wrote it: run "
+                        "run-experiment again; nothing was recorded")
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UserError(f"{STATE_DIR}/pending.json is not valid JSON: run run-experiment again") from None
+
+
+def clear_pending(root: str, tag: str) -> None:
+    if os.path.exists(pending_path(root)):
+        os.unlink(pending_path(root))
+    drop_ref(root, f"refs/autoresearch/{tag}/pending")
+
+
 def append_record(root: str, record: dict, check: bool = True) -> None:
     """Append one line to the log. Call with the Lock held. A partial last line left by
     a killed writer is moved to .autoresearch/salvaged.jsonl first, so the new record
@@ -155,10 +265,16 @@ def append_record(root: str, record: dict, check: bool = True) -> None:
                     os.ftruncate(fd, size - len(fragment))
                     print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
                           f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
+        os.lseek(fd, 0, os.SEEK_SET)
+        before = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+        check_intact(root, before)
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+    tag = tag_of(before) or record.get("tag")
+    if tag:
+        back_up_log(root, tag, before + line)
 
 
 def tsv_field(text: str) -> str:
@@ -193,6 +309,8 @@ def write_results(root: str, config: dict, runs: list[dict]) -> None:
 def load_session(start: str | None = None) -> tuple[str, SessionLog]:
     root = find_root(start)
     log = read_log(root)
+    with open(os.path.join(root, LOG), "rb") as f:
+        check_intact(root, f.read(), log.config.get("tag"))
     for w in log.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return root, log
