@@ -17,6 +17,8 @@ active session (no .autoresearch/state.json saying so) it allows everything.
 It is a safety net, not a sandbox: run-experiment also checks the fixed files'
 hashes around every run and refuses to record a run that changed them.
 """
+import fnmatch
+import glob
 import json
 import os
 import re
@@ -66,11 +68,46 @@ def is_fixed(root, rel):
             or rel in (session_config(root).get("read_only") or []))
 
 
+# What a session's tools must never write, besides the harness and the session files:
+# the plugin itself (its hooks are this guard), Claude Code's settings (they load the
+# hooks), and git's own store (the session's refs and the log's copy live there).
+GUARDS = {"experiment-plugin": "the plugin (its scripts and hooks, this guard included)",
+          ".claude": "Claude Code's settings, which load this guard",
+          ".git": "git's own store (the session's branch, refs and the log's copy)"}
+GLOB = re.compile(r"[*?[]")
+
+
+def outside_guards(path):
+    """Why an absolute path outside the project may not be written, or None: the plugin's
+    own folder wherever it is installed, and the user's Claude Code settings."""
+    real = os.path.realpath(path)
+    for folder, what in ((common.PLUGIN_ROOT, GUARDS["experiment-plugin"]),
+                         (os.path.expanduser("~/.claude"), GUARDS[".claude"])):
+        folder = os.path.realpath(folder)
+        if real == folder or real.startswith(folder + os.sep):
+            return what
+    return None
+
+
 def protected(root, cwd, path):
-    """Why `path` may not be written, or None if it may."""
+    """Why `path` may not be written, or None if it may. A glob is judged by every
+    name it matches, here and among the names it protects."""
+    if GLOB.search(path):
+        for match in glob.glob(os.path.join(cwd, os.path.expanduser(path))) + named_by(path):
+            reason = protected(root, cwd, match)
+            if reason:
+                return reason
+        return None
     rel = relative(root, cwd, path)
     if rel.startswith(".."):
-        return None
+        what = outside_guards(os.path.join(cwd, os.path.expanduser(path)))
+        return (f"{path} is {what}: it cannot change during a session." if what else None)
+    if rel.split(os.sep)[0] in GUARDS:
+        return (f"{rel} is {GUARDS[rel.split(os.sep)[0]]}: it cannot change during a session. "
+                "The loop changes only the session's target; git moves only through the scripts.")
+    what = outside_guards(os.path.join(root, rel))
+    if what:
+        return f"{rel} is {what}: it cannot change during a session."
     inside = candidates.candidate_root(root, rel)
     if inside:                  # a candidate's worktree: judged like the project itself
         rel = inside[1]
@@ -141,12 +178,90 @@ def simple_commands(command):
     return out
 
 
-def check_bash(root, cwd, command):
+def protected_names(root):
+    """The names this guard protects, as they appear in a command."""
+    config = session_config(root)
+    return (*harness.FIXED_FILES, *harness.FIXED_DIRS, *common.SESSION_FILES, *GUARDS,
+            *harness.DEPENDENCY_FILES, *(config.get("read_only") or []))
+
+
+def named_by(pattern):
+    """The protected names a glob matches (the file may be gone already)."""
+    base = os.path.basename(pattern.rstrip("/"))
+    return [n for n in (*harness.FIXED_FILES, *harness.FIXED_DIRS, *common.SESSION_FILES, *GUARDS)
+            if fnmatch.fnmatchcase(n, base)]
+
+
+def mentioned(root, text):
+    """A protected name `text` mentions once quotes, backslashes and string joins
+    ('auto' + 'research.jsonl') are taken out, or None."""
+    flat = re.sub(r"""['"]\s*\+\s*['"]|['"\\]""", "", text)
+    for name in protected_names(root):
+        if name in flat:
+            return name
+    for word in re.findall(r"[\w.*?\[\]/-]+", flat):
+        if GLOB.search(word) and named_by(word):
+            return named_by(word)[0]
+    return None
+
+
+def strip_comments(command):
+    """The command without its shell comments: `#` at the start of a word, outside
+    quotes, to the end of the line (shlex would take `# don't` for an open quote)."""
+    out, quote, i = [], None, 0
+    while i < len(command):
+        c = command[i]
+        if quote:
+            if c == "\\" and quote == '"' and i + 1 < len(command):
+                out.append(command[i:i + 2])
+                i += 2
+                continue
+            if c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c == "\\" and i + 1 < len(command):
+            out.append(command[i:i + 2])
+            i += 2
+            continue
+        elif c == "#" and (i == 0 or command[i - 1] in " \t\n;&|()"):
+            end = command.find("\n", i)
+            i = len(command) if end < 0 else end
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def expand_braces(word):
+    """`x{,.bak}` -> x, x.bak (one level, as the shell does for the common case)."""
+    m = re.match(r"^(.*?)\{([^{}]*,[^{}]*)\}(.*)$", word)
+    if not m:
+        return [word]
+    return [m.group(1) + part + m.group(3) for part in m.group(2).split(",")]
+
+
+def substitute(words, variables):
+    """$NAME and ${NAME} replaced by values assigned earlier in the same command."""
+    def one(w):
+        return re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: variables.get(m.group(1), m.group(0)), w)
+    return [x for w in words for x in expand_braces(one(w))]
+
+
+def check_bash(root, cwd, command, depth=0):
     try:
-        commands = simple_commands(command)
-    except ValueError:          # unbalanced quotes: the shell would reject it too
-        return None
+        commands = simple_commands(strip_comments(command))
+    except ValueError:
+        # The shell would reject it too, but fail closed on what this guard protects.
+        name = mentioned(root, command)
+        return (f"this command could not be parsed (an unbalanced quote?) and it names {name}, "
+                "which the guard protects: write it so it parses." if name else None)
+    variables = {}
     for words in commands:
+        if all(re.match(r"^[A-Za-z_]\w*=", w) for w in words):      # NAME=value on its own
+            variables.update(w.split("=", 1) for w in words)
+            continue
+        words = substitute(words, variables)
         if words[0] == "cd" and len(words) == 2:     # follow `cd dir && ...`
             cwd = os.path.normpath(os.path.join(cwd, os.path.expanduser(words[1])))
             continue
@@ -157,25 +272,125 @@ def check_bash(root, cwd, command):
                         "are fixed, so every run is comparable. Work with what is installed "
                         "(see pyproject.toml); if an idea truly needs a new package, note it in "
                         "autoresearch.md for the person to decide.")
-        reason = check_words(root, cwd, words)
+        reason = check_words(root, cwd, words, command, depth)
         if reason:
             return reason
     return None
 
 
-def check_words(root, cwd, words):
+SHELLS = {"bash", "sh", "zsh", "dash", "ksh"}
+GIT_OPTIONS_WITH_VALUE = {"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--exec-path"}
+GIT_MOVES = ("git {sub} moves the work tree behind the scripts' back, and the branch "
+             "must stay on the last kept commit: log-experiment commits a keep and "
+             "resets a discard or crash by itself, and resume-session restores the "
+             "last kept commit (saving any change under refs/autoresearch/). To undo "
+             "an edit of the target, `git checkout -- <target>`.")
+GIT_REFS = ("git {sub} here could delete or move the session's records (its branch, the "
+            "refs/autoresearch/ refs that keep every tried commit and the log's copy): the "
+            "scripts own them. Read them freely (git log, git show, git for-each-ref).")
+
+
+def strip_prefixes(args):
+    """The command word and its arguments, past VAR=value, sudo, env, nice, timeout, ..."""
+    while args:
+        w = os.path.basename(args[0])
+        if re.match(r"^[A-Za-z_]\w*=", args[0]) or w in PREFIXES:
+            args = args[1:]
+            while args and args[0].startswith("-") and w != "xargs":
+                args = args[1:]
+        elif w in ("timeout", "nice", "ionice", "stdbuf", "setsid", "chrt", "taskset", "flock"):
+            args = args[1:]
+            while args and args[0].startswith("-"):
+                flag, args = args[0], args[1:]
+                if flag in ("-n", "-s", "-k", "-c", "-p", "-o", "-e", "-i") and args:
+                    args = args[1:]
+            if w in ("timeout", "chrt", "taskset", "flock") and args:
+                args = args[1:]              # the duration, priority, mask or lock file
+        else:
+            break
+    return args
+
+
+def check_git(root, cwd, rest):
+    """A deny reason for a git command (global options such as -C and -c skipped)."""
+    while rest and rest[0].startswith("-"):
+        opt, rest = rest[0], rest[1:]
+        if opt == "-C" and rest:
+            cwd = os.path.normpath(os.path.join(cwd, os.path.expanduser(rest[0])))
+        if opt in GIT_OPTIONS_WITH_VALUE and rest:
+            rest = rest[1:]
+    if not rest:
+        return None, cwd, []
+    sub, flags = rest[0], rest[1:]
+    if sub in ("reset", "stash", "clean") and not (sub == "clean" and dry_run(flags)):
+        return GIT_MOVES.format(sub=sub), cwd, []
+    deleting = {"-d", "-D", "--delete", "-m", "-M", "--move", "-f", "--force"}
+    if (sub == "update-ref" or sub == "filter-branch" or sub == "filter-repo"
+            or (sub == "branch" and deleting & set(flags))
+            or (sub == "push" and ({"-d", "--delete", "-f", "--force", "--mirror", "--prune"} & set(flags)
+                                   or any(f.startswith((":", "+")) for f in flags)))
+            or (sub == "reflog" and flags[:1] in (["expire"], ["delete"]))
+            or (sub == "gc" and any(f.startswith("--prune") for f in flags))
+            or (sub == "worktree" and flags[:1] in (["remove"], ["prune"]))
+            or (sub == "tag" and "-d" in flags)):
+        return GIT_REFS.format(sub=sub), cwd, []
+    if sub in ("checkout", "restore") and "--" in flags:
+        revs = [f for f in flags[:flags.index("--")] if not f.startswith("-")]
+        fixed = [w for w in flags[flags.index("--") + 1:] if is_fixed(root, relative(root, cwd, w))]
+        if (revs or any(f.startswith("--source") for f in flags)) and fixed:
+            return (f"checking out {fixed[0]} from another commit leaves the branch where "
+                    "it is: run resume-session, which restores the last kept commit and "
+                    "checks the fixed files."), cwd, []
+    if sub in ("rm", "mv"):
+        return None, cwd, [w for w in flags if not w.startswith("-")]
+    return None, cwd, []
+
+
+def check_find(root, cwd, rest):
+    """find ... -delete / -exec: its start folders, and what its -name tests match."""
+    if not {"-delete", "-exec", "-execdir", "-ok", "-okdir"} & set(rest):
+        return None
+    starts = []
+    for w in rest:
+        if w.startswith("-") or w in ("(", "!", ")"):
+            break
+        starts.append(w)
+    patterns = [rest[i + 1] for i, w in enumerate(rest[:-1])
+                if w in ("-name", "-iname", "-path", "-ipath", "-wholename")]
+    for start in starts or ["."]:
+        reason = protected(root, cwd, start)
+        if reason:
+            return reason
+        folder = os.path.realpath(os.path.join(cwd, os.path.expanduser(start)))
+        if not patterns and (os.path.realpath(root) + os.sep).startswith(folder.rstrip(os.sep) + os.sep):
+            return ("find with -delete or -exec over the whole project would reach the session's "
+                    "files: name what to delete (-name ...) or run it in a folder of your own.")
+    for pattern in patterns:
+        for name in named_by(pattern):
+            return protected(root, root, name)
+    return None
+
+
+def check_words(root, cwd, words, command, depth):
     # Redirections: `> file`, `>> file`, `2> file`, `&> file`, `>| file`.
     for i, w in enumerate(words[:-1]):
         if set(w) <= set(">&|") and ">" in w:
             reason = protected(root, cwd, words[i + 1])
             if reason:
                 return reason
-    args = list(words)
-    while args and (args[0] in PREFIXES or re.match(r"^[A-Za-z_]\w*=", args[0])):
-        args = args[1:]             # VAR=value, sudo, env, ... before the command word
+    args = strip_prefixes(list(words))
     if not args:
         return None
     cmd, rest = os.path.basename(args[0]), args[1:]
+    if (cmd in SHELLS and "-c" in rest) or cmd == "eval":
+        inner = rest[rest.index("-c") + 1] if cmd in SHELLS and rest.index("-c") + 1 < len(rest) else " ".join(rest)
+        return check_bash(root, cwd, inner, depth + 1) if depth < 5 else None
+    if "xargs" in words[:len(words) - len(args)] and (cmd in WRITERS_ANY or cmd in WRITERS_LAST):
+        name = mentioned(root, command)     # what xargs feeds it comes from elsewhere in the line
+        if name:
+            return protected(root, root, name) or f"xargs {cmd} here may reach {name}, which the guard protects."
+    if cmd == "find":
+        return check_find(root, cwd, rest)
     paths = [w for w in rest if not w.startswith("-")]
     targets = []
     if cmd in WRITERS_ANY:
@@ -187,31 +402,22 @@ def check_words(root, cwd, words):
         targets = paths
     elif cmd == "dd":
         targets = [w[3:] for w in rest if w.startswith("of=")]
+    elif cmd in ("sort", "shuf") and ("-o" in rest or any(w.startswith("--output") for w in rest)):
+        targets = [rest[i + 1] for i, w in enumerate(rest[:-1]) if w == "-o"]
+        targets += [w.split("=", 1)[1] for w in rest if w.startswith("--output=")]
     elif cmd == "git" and rest:
-        sub, flags = rest[0], rest[1:]
-        if sub in ("reset", "stash", "clean") and not (sub == "clean" and dry_run(flags)):
-            return (f"git {sub} moves the work tree behind the scripts' back, and the branch "
-                    "must stay on the last kept commit: log-experiment commits a keep and "
-                    "resets a discard or crash by itself, and resume-session restores the "
-                    "last kept commit (saving any change under refs/autoresearch/). To undo "
-                    "an edit of the target, `git checkout -- <target>`.")
-        if sub in ("checkout", "restore") and "--" in flags:
-            revs = [f for f in flags[:flags.index("--")] if not f.startswith("-")]
-            fixed = [w for w in flags[flags.index("--") + 1:]
-                     if is_fixed(root, relative(root, cwd, w))]
-            if (revs or any(f.startswith("--source") for f in flags)) and fixed:
-                return (f"checking out {fixed[0]} from another commit leaves the branch where "
-                        "it is: run resume-session, which restores the last kept commit and "
-                        "checks the fixed files.")
-        if sub in ("rm", "mv"):
-            targets = [w for w in flags if not w.startswith("-")]
-    elif re.match(r"^python[\d.]*$", cmd) and "-c" in rest:
-        code = " ".join(rest[rest.index("-c") + 1:])
-        if PY_WRITE.search(code):
-            for token in re.findall(r"[\w./-]+", code):
-                reason = protected(root, cwd, token) if "." in token else None
-                if reason:
-                    return reason
+        reason, cwd, targets = check_git(root, cwd, rest)
+        if reason:
+            return reason
+    elif re.match(r"^python[\d.]*$", cmd):
+        # Inline code (-c, or a here-document on stdin): a write call and a protected
+        # name anywhere in it, however the name is spelled in pieces.
+        code = " ".join(rest[rest.index("-c") + 1:]) if "-c" in rest else command
+        if ("-c" in rest or "<<" in command or "-" in rest) and PY_WRITE.search(code):
+            name = mentioned(root, code)
+            if name:
+                return (protected(root, cwd, name)
+                        or f"this Python code writes files and names {name}, which the guard protects.")
     for t in targets:
         reason = protected(root, cwd, t)
         if reason:
@@ -237,14 +443,31 @@ def decide(payload):
     return reason
 
 
+def failed_closed(payload, error):
+    if not isinstance(payload, dict):
+        return None
+    text = json.dumps(payload.get("tool_input") or {})
+    try:
+        root = session.active_root(payload) or common.find_root(payload.get("cwd") or os.getcwd())
+        name = mentioned(root, text)
+    except Exception:
+        name = next((n for n in (*harness.FIXED_FILES, *common.SESSION_FILES, *GUARDS) if n in text), None)
+    return (f"this tool call could not be checked ({error}) and it names {name}, which the "
+            "guard protects: nothing was done." if name else None)
+
+
 def main():
     try:
         payload = json.load(sys.stdin)
         reason = decide(payload)
-    except Exception as e:  # a broken guard must not wedge the session: allow, and say so
-        print(f"autoresearch guard: could not check this tool call ({e}); allowing it",
-              file=sys.stderr)
-        return 0
+    except Exception as e:
+        # A broken guard must not wedge the session, nor open what it protects: a call
+        # that names a protected file is denied, anything else allowed, both said.
+        reason = failed_closed(payload if "payload" in locals() else None, e)
+        if not reason:
+            print(f"autoresearch guard: could not check this tool call ({e}); allowing it",
+                  file=sys.stderr)
+            return 0
     if reason:
         print(json.dumps({"hookSpecificOutput": {
             "hookEventName": "PreToolUse",

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import os
 
-from .common import (editable_files, find_root, finite, fmt, Lock, NOTES, now_iso, PLUGIN_ROOT,
-    read_json, STATE_DIR, STOP_FILE, UserError, write_atomic)
-from .records import append_record, asi, lesson, read_log
+from .common import (editable_files, find_root, finite, fmt, Lock, LOG, NOTES, now_iso, PLUGIN_ROOT,
+    read_json, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
+from .records import append_record, asi, lesson, read_config, read_log
 from .stats import (baseline_run, best_run, better, experiments, improvement, noise_line,
     standing_keeps, undone_runs)
 from .candidates import wave_line
@@ -61,12 +61,63 @@ def read_state(root: str) -> dict:
 
 
 def active_root(payload: dict) -> str | None:
-    """For a hook: the project root of the tool call's cwd when a session is active there."""
+    """For a hook: the project root when a session is active there. The project is
+    Claude Code's (CLAUDE_PROJECT_DIR), not the tool call's cwd: a `cd` into a folder
+    that holds its own .git (a candidate's worktree) must not leave the session."""
+    starts = [os.environ.get("CLAUDE_PROJECT_DIR"), payload.get("cwd") or os.getcwd()]
+    for start in filter(None, starts):
+        try:
+            root = find_root(start)
+        except UserError:
+            continue
+        outer = root.split(os.sep + WORKTREES + os.sep)[0]   # a candidate's worktree: its project
+        for candidate in dict.fromkeys((outer, root)):
+            if is_active(candidate):
+                return candidate
+    return None
+
+
+def is_active(root: str) -> bool:
+    """Whether a session is active in `root`. state.json says so; where it is gone or
+    says otherwise, the log decides (a session is active from its config line until
+    an "end" event), and where the log is gone too, the session branch with its log's
+    copy in git: deleting a file never switches the guard off."""
+    if read_state(root).get("active"):
+        return True
     try:
-        root = find_root(payload.get("cwd") or os.getcwd())
-    except UserError:
-        return None
-    return root if read_state(root).get("active") else None
+        with open(os.path.join(root, LOG), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            tail = f.read()
+    except OSError:
+        tail = None
+    if tail is None:
+        try:
+            with open(os.path.join(root, ".git", "HEAD"), encoding="utf-8") as f:
+                head = f.read().strip()
+        except OSError:
+            return False
+        tag = head.removeprefix("ref: refs/heads/autoresearch/")
+        return tag != head and (os.path.exists(os.path.join(root, ".git", "refs", "autoresearch", tag, "log"))
+                                or _packed(root, f"refs/autoresearch/{tag}/log"))
+    for line in reversed(tail.splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("type") == "event" and record.get("event") in ("end", "resume"):
+            return record["event"] == "resume"
+        if isinstance(record, dict) and record.get("type") == "config":
+            return True
+    return read_config(root) is not None
+
+
+def _packed(root: str, ref: str) -> bool:
+    try:
+        with open(os.path.join(root, ".git", "packed-refs"), encoding="utf-8") as f:
+            return any(line.rstrip().endswith(" " + ref) for line in f)
+    except OSError:
+        return False
 
 
 def write_state(root: str, **changes) -> dict:
@@ -294,6 +345,6 @@ def ended_message(config: dict, runs: list[dict], reason: str) -> str:
 
 def open_elsewhere_note(config: dict) -> str:
     """For a conversation that does not run the loop of an active session."""
-    return (f"autoresearch session {config['tag']} is open in this project but not running "
+    return (f"autoresearch session {config.get('tag', '(its log is missing)')} is open in this project but not running "
             f"in this conversation (the guard still protects the harness): /experiment:resume "
             f"continues it here, /experiment:end closes it.")
