@@ -305,8 +305,9 @@ def main(argv=None):
     if added:
         print(f"added {', '.join(added)} to .git/info/exclude so git never touches them")
     print(f"session {a.tag}: branch {branch} at {base[:7]}; guard and loop hooks on")
-    print("measured by: " + ("the harness (its result channel; the target's printed numbers "
-                             "are shown, never judged)" if measured_by == "harness" else
+    print("measured by: " + (f"the harness (its result channel, on {pinned['eval_tokens']:,} "
+                             "pinned eval tokens; the target's printed numbers are shown, never "
+                             "judged)" if measured_by == "harness" else
                              "the run's printed output (a target can print any number there)"))
     print(session.research_config(config))
     if a.worker_note:

@@ -19,9 +19,10 @@ import subprocess
 from .common import UserError
 
 CHANNEL_ENV = "AUTORESEARCH_RESULT_FD"
+EVAL_TOKENS_ENV = "AUTORESEARCH_EVAL_TOKENS"
 # Variables a run never inherits from the caller: the channel is the runner's to
-# open, and a smaller evaluation is for the harness's own tests.
-STRIPPED_ENV = (CHANNEL_ENV, "AUTORESEARCH_EVAL_TOKENS")
+# open, and the eval size is the one pinned at setup (the runner sets it).
+STRIPPED_ENV = (CHANNEL_ENV, EVAL_TOKENS_ENV)
 PINNED = ("tokens", "bytes", "rows", "digest")
 # The harness's summary numbers, under the names its printed summary block uses.
 SUMMARY = {"training_seconds": "training_seconds", "total_seconds": "total_seconds",
@@ -46,9 +47,11 @@ def harness_measures(root: str, target: str) -> bool:
 
 def pin_eval(root: str, python: str, dataset: str) -> dict:
     """What an honest evaluation on `dataset` reads, from the harness itself."""
+    # AUTORESEARCH_EVAL_TOKENS, if the caller set it, lowers the eval set for the whole
+    # session (a slow machine's choice, recorded in the config); it can never raise it.
     proc = subprocess.run([python, "-B", "prepare.py", "--dataset", dataset, "--eval-fingerprint"],
                           cwd=root, capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k not in STRIPPED_ENV})
+                          env={k: v for k, v in os.environ.items() if k != CHANNEL_ENV})
     try:
         pin = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

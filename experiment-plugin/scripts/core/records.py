@@ -10,7 +10,7 @@ import re
 import sys
 
 from .common import find_root, LOG, RESULTS, SCHEMA_PATH, STATE_DIR, UserError, write_atomic
-from .git import blob_at, drop_ref, store_blob
+from .git import blob_at, current_branch, drop_ref, store_blob
 
 
 def read_config(root: str) -> dict | None:
@@ -307,10 +307,23 @@ def write_results(root: str, config: dict, runs: list[dict]) -> None:
 
 
 def load_session(start: str | None = None) -> tuple[str, SessionLog]:
+    """The project root and its session log, refused when the log is not the one the
+    scripts wrote (see check_intact) or is gone while its copy is not."""
     root = find_root(start)
+    try:
+        with open(os.path.join(root, LOG), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        data = None
+    branch = current_branch(root)
+    tag = (tag_of(data) if data else None) or (branch[len("autoresearch/"):]
+                                                if branch.startswith("autoresearch/") else None)
+    if data is not None and tag:
+        check_intact(root, data, tag)
+    elif tag and blob_at(root, log_ref(tag)) is not None:
+        raise UserError(f"{LOG} is gone, but its copy is in {log_ref(tag)}: run resume-session, "
+                        "which restores it")
     log = read_log(root)
-    with open(os.path.join(root, LOG), "rb") as f:
-        check_intact(root, f.read(), log.config.get("tag"))
     for w in log.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return root, log

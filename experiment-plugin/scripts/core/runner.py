@@ -17,7 +17,7 @@ from .common import COMPILE_CACHE, finite, read_json, RUN_LOG, STATE_DIR, UserEr
 from .harness import changed_fixed_files, TAMPER_REPAIR
 from .parsing import parse_metrics
 from .monitor import LoadMonitor
-from .measure import CHANNEL_ENV, check as check_result, documents, STRIPPED_ENV
+from .measure import CHANNEL_ENV, check as check_result, documents, EVAL_TOKENS_ENV, STRIPPED_ENV
 
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 PR_SET_CHILD_SUBREAPER = 36
@@ -188,6 +188,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(pins)]
         read_end, write_end = os.pipe()
         fds, env[CHANNEL_ENV] = (write_end,), str(write_end)
+        env[EVAL_TOKENS_ENV] = str(config["eval"]["eval_tokens"])     # the pinned eval size
         chunks: list[bytes] = []
 
         def drain():

@@ -1,0 +1,455 @@
+"""The night's number and records, attacked the way a hostile or careless agent would.
+
+Each case is one attack with the outcome it must have now: denied by the guard,
+recorded as `invalid` or `tampered` (never judged), or recovered with nothing lost.
+The runs are real: the PyTorch template on `classics` in a fresh clone, a small CPU
+model and a 2 s budget, run by run-experiment exactly as the agent runs it.
+"""
+
+import json
+import os
+import py_compile
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from plugin_helpers import PLUGIN, make_project, ok, script
+
+sys.path.insert(0, str(PLUGIN / "scripts"))
+from core import git as core_git, records as core_records  # noqa: E402
+
+TAG = "honest"
+GUARD = PLUGIN / "hooks" / "guard.py"
+
+
+class Project:
+    """A clone of this repository with a session on the real template."""
+
+    def __init__(self, root, env):
+        self.root, self.env = root, env
+
+    def path(self, name):
+        return os.path.join(self.root, name)
+
+    def read(self, name):
+        with open(self.path(name), encoding="utf-8") as f:
+            return f.read()
+
+    def write(self, name, text):
+        with open(self.path(name), "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def script(self, name, *args, timeout=300):
+        return subprocess.run([str(PLUGIN / "scripts" / name), *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def git(self, *args):
+        return subprocess.run(["git", *args], cwd=self.root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def records(self):
+        with open(self.path("autoresearch.jsonl"), encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def pending(self):
+        with open(self.path(".autoresearch/pending.json"), encoding="utf-8") as f:
+            return json.load(f)
+
+    def attack(self, old, new):
+        """Edit train.py (one exact string, as the Edit tool does) and run it."""
+        text = self.read("train.py")
+        assert text.count(old) == 1, old
+        self.write("train.py", text.replace(old, new))
+        return self.script("run-experiment")
+
+    def undo(self):
+        """Put the target back and forget the attacked run (the test's hand, not the agent's)."""
+        self.git("checkout", "--", "train.py")
+        core_records.clear_pending(self.root, TAG)
+
+
+def status(proc):
+    found = re.search(r"^status: (\w+)", proc.stdout, re.M)
+    return found.group(1) if found else None
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, classics_cache):
+    base = tmp_path_factory.mktemp("integrity")
+    root = str(base / "project")
+    subprocess.run(["git", "clone", "-q", REPO, root], check=True)
+    for key, value in (("user.name", "Integrity Test"), ("user.email", "integrity@example.com")):
+        subprocess.run(["git", "config", key, value], cwd=root, check=True)
+    # A private copy of the prepared cache: one case changes it.
+    cache = str(base / "cache")
+    shutil.copytree(classics_cache["AUTORESEARCH_CACHE"], cache)
+    env = {**os.environ, **classics_cache, "AUTORESEARCH_CACHE": cache, "AUTORESEARCH_QUIET": "1",
+           "AUTORESEARCH_LOAD_CHECK": "0",
+           "AUTORESEARCH_EVAL_TOKENS": "8192",      # the session's eval set, pinned at setup: 32 rows
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    p = Project(root, env)
+    text = p.read("train.py")
+    for old, new in (("    DEPTH, WIDTH, HEAD_DIM = 2, 256, 64\n", "    DEPTH, WIDTH, HEAD_DIM = 2, 64, 32\n"),
+                     ("    TOTAL_BATCH_TOKENS = 2**12\n", "    TOTAL_BATCH_TOKENS = 2**11\n")):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    p.write("train.py", text)
+    p.git("commit", "-qam", "A small CPU model")
+    proc = p.script("setup-session", "--tag", TAG, "--dataset", "classics", "--budget", "2",
+                    "--policy", "strict")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    p.setup_output = proc.stdout
+    base_run = p.script("run-experiment")
+    assert status(base_run) == "ok", base_run.stdout + base_run.stderr
+    p.baseline = p.pending()["metrics"]["val_bpb"]
+    assert p.script("log-experiment", "--status", "keep", "--description", "baseline").returncode == 0
+    return p
+
+
+def test_the_session_says_the_harness_measures_it(project):
+    assert ("measured by: the harness (its result channel, on 8,192 pinned eval tokens"
+            in project.setup_output)
+
+
+def honest_value(p, proc):
+    """The val_bpb run-experiment recorded as waiting, and the harness's own (its run record)."""
+    with open(p.path("data/last_run.json"), encoding="utf-8") as f:
+        harness = json.load(f)["eval"]["val_bpb"]
+    assert p.pending()["metrics"]["val_bpb"] == harness, proc.stdout
+    return harness
+
+
+# ------------------------------------------------------ 1. the metric leaves the target
+
+def test_numbers_the_target_prints_are_shown_never_judged(project):
+    proc = project.attack("import prepare  # noqa: E402\n",
+                          "import prepare  # noqa: E402\nprint('METRIC val_bpb=0.1', flush=True)\n")
+    try:
+        assert status(proc) == "ok", proc.stdout
+        value = honest_value(project, proc)
+        assert value != 0.1 and abs(value - project.baseline) < 0.3
+    finally:
+        project.undo()
+    # Its own summary block after the harness's, as a template copying the format would.
+    text = project.read("train.py")
+    project.write("train.py", text + "\nprint('---\\nval_bpb:          0.200000')\n")
+    proc = project.script("run-experiment")
+    try:
+        assert status(proc) == "ok"
+        assert honest_value(project, proc) != 0.2
+    finally:
+        project.undo()
+
+
+def test_replacing_the_evaluation_is_refused_or_invalid(project):
+    proc = project.attack("import prepare  # noqa: E402\n",
+                          "import prepare  # noqa: E402\nprepare.evaluate_bpb = lambda *a, **k: 0.3\n")
+    try:
+        assert status(proc) == "crash" and "is fixed by the harness" in proc.stdout
+    finally:
+        project.undo()
+    # Behind the module's back: the template then reports a number the harness never measured.
+    proc = project.attack("import prepare  # noqa: E402\n",
+                          "import prepare  # noqa: E402\nvars(prepare)['evaluate_bpb'] = lambda *a, **k: 0.3\n")
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "not the one the harness's evaluate_bpb returned" in proc.stdout
+        refused = project.script("log-experiment", "--status", "keep", "--description", "x")
+        assert refused.returncode == 2 and "crash" in refused.stderr
+    finally:
+        project.undo()
+
+
+def test_a_smaller_evaluation_is_refused_or_invalid(project):
+    proc = project.attack("import prepare  # noqa: E402\n",
+                          "import prepare  # noqa: E402\nprepare.EVAL_TOKENS = 2048\n")
+    try:
+        assert status(proc) == "crash" and "is fixed by the harness" in proc.stdout
+    finally:
+        project.undo()
+    proc = project.attack("import prepare  # noqa: E402\n",
+                          "import importlib, os\nimport prepare  # noqa: E402\n"
+                          "os.environ['AUTORESEARCH_EVAL_TOKENS'] = '2048'\nimportlib.reload(prepare)\n")
+    try:
+        assert status(proc) == "invalid" and "2048 eval tokens, expected classics with 8192" in proc.stdout, \
+            proc.stdout
+    finally:
+        project.undo()
+
+
+def test_a_harness_rewritten_during_the_run_never_runs(project):
+    """Rewritten at import, reloaded, restored before exit: both hash checks would pass."""
+    proc = project.attack("import prepare  # noqa: E402\n", """import prepare  # noqa: E402
+import atexit, importlib
+_original = open('prepare.py').read()
+open('prepare.py', 'w').write(_original.replace('    return bpb\\n', '    return 0.4\\n', 1))
+atexit.register(lambda: open('prepare.py', 'w').write(_original))
+importlib.reload(prepare)
+""")
+    try:
+        assert status(proc) == "crash", proc.stdout
+        assert "prepare.py changed since the session was set up" in proc.stdout
+        assert project.git("status", "--porcelain", "prepare.py") == ""     # restored, as promised
+    finally:
+        project.undo()
+
+
+def test_training_on_validation_data_is_invalid(project):
+    proc = project.attack('MAX_SEQ_LEN, "train")', 'MAX_SEQ_LEN, "val")')
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "validation tokens" in proc.stdout
+    finally:
+        project.undo()
+
+
+def test_a_process_that_leaves_the_group_dies_with_the_run(project):
+    """A child in a session of its own outlives a group kill; it would rewrite the
+    waiting result once run-experiment is done."""
+    marker = project.path("escaped.pid")
+    proc = project.attack("import prepare  # noqa: E402\n", f"""import prepare  # noqa: E402
+import subprocess as _sp, sys as _sys
+_sp.Popen([_sys.executable, '-c', '''
+import json, os, time
+open({marker!r}, "w").write(str(os.getpid()))
+parent = os.getppid()
+while os.getppid() == parent:      # until the run is over and this one is an orphan
+    time.sleep(0.1)
+time.sleep(1)
+json.dump({{"run_status": "ok", "metrics": {{"val_bpb": 0.5}}}}, open(".autoresearch/pending.json", "w"))
+'''], start_new_session=True)
+""")
+    try:
+        assert status(proc) == "ok", proc.stdout
+        pid = int(open(marker).read())
+        time.sleep(3)
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        assert honest_value(project, proc) != 0.5
+    finally:
+        project.undo()
+        os.unlink(marker)
+
+
+# --------------------------------------- 2. past the hash check without changing a file
+
+def test_a_shadowing_package_or_bytecode_is_never_imported(project):
+    shadow = project.path("prepare")
+    os.makedirs(shadow)
+    with open(os.path.join(shadow, "__init__.py"), "w") as f:
+        f.write("raise SystemExit('the shadow package was imported')\n")
+    fake = project.path("fake_prepare.py")
+    with open(fake, "w") as f:
+        f.write("raise SystemExit('the planted bytecode was imported')\n")
+    cache = project.path(f"__pycache__/prepare.{sys.implementation.cache_tag}.pyc")
+    py_compile.compile(fake, cfile=cache, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    os.unlink(fake)
+    try:
+        proc = project.script("run-experiment")
+        assert status(proc) == "ok", proc.stdout
+        assert "imported" not in project.read("run.log")
+        assert abs(honest_value(project, proc) - project.baseline) < 0.3
+    finally:
+        shutil.rmtree(shadow)
+        os.unlink(cache)
+        project.undo()
+
+
+def test_a_changed_dataset_cache_is_invalid(project):
+    """The validation split pointed at training data, in the cache outside the project:
+    prepare.py --verify still passes, the eval set's digest does not."""
+    folder = next(os.path.join(d, "") for d, _, files in os.walk(project.env["AUTORESEARCH_CACHE"])
+                  if "manifest.json" in files)
+    manifest_path = os.path.join(folder, "manifest.json")
+    original = open(manifest_path).read()
+    manifest = json.loads(original)
+    manifest["splits"]["val"] = manifest["splits"]["train"][:len(manifest["splits"]["val"])]
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f, indent=2)
+    try:
+        proc = project.script("run-experiment")
+        assert status(proc) in ("invalid", "crash"), proc.stdout
+        if status(proc) == "invalid":
+            assert "eval:" in proc.stdout
+    finally:
+        with open(manifest_path, "w") as f:
+            f.write(original)
+        project.undo()
+
+
+# ------------------------------------------------------------------ 3. forged records
+
+def test_a_keep_with_no_run_is_refused(project):
+    before = project.records()
+    refused = project.script("log-experiment", "--status", "keep", "--metric", "0.1", "--description", "x")
+    assert refused.returncode == 2 and "--metric is only for a crash" in refused.stderr
+    assert project.records() == before
+
+
+def test_a_rewritten_log_line_is_refused_and_restored(project):
+    """Approving a changed harness by rewriting the hashes in the log's first line."""
+    path = project.path("autoresearch.jsonl")
+    original = open(path, "rb").read()
+    config, rest = original.split(b"\n", 1)
+    forged = json.loads(config)
+    forged["fixed_files"]["prepare.py"] = "0" * 64
+    with open(path, "wb") as f:
+        f.write(json.dumps(forged).encode() + b"\n" + rest)
+    refused = project.script("run-experiment")
+    assert refused.returncode == 2 and "not the log the scripts wrote" in refused.stderr
+    restored = project.script("resume-session")
+    assert restored.returncode == 0, restored.stderr
+    assert "restored autoresearch.jsonl" in restored.stdout
+    assert open(path, "rb").read().startswith(original)
+
+
+def test_a_rewritten_waiting_result_is_refused(project):
+    proc = project.script("run-experiment")
+    assert status(proc) == "ok"
+    pending = project.pending()
+    pending["metrics"]["val_bpb"] = pending["samples"][-1] = 0.1
+    with open(project.path(".autoresearch/pending.json"), "w") as f:
+        json.dump(pending, f)
+    before = project.records()
+    refused = project.script("log-experiment", "--status", "keep", "--description", "x")
+    assert refused.returncode == 2 and "changed after run-experiment wrote it" in refused.stderr
+    assert project.records() == before
+    project.undo()
+
+
+# --------------------------------------------------------------- 5. records lost
+
+def test_git_clean_loses_nothing(project):
+    log_before = open(project.path("autoresearch.jsonl"), "rb").read()
+    proc = project.script("run-experiment")                 # a result waiting to be logged
+    assert status(proc) == "ok"
+    waiting = project.pending()
+    project.git("clean", "-fdxq")
+    assert not os.path.exists(project.path("autoresearch.jsonl"))
+    resumed = project.script("resume-session")
+    assert resumed.returncode == 0, resumed.stderr
+    assert open(project.path("autoresearch.jsonl"), "rb").read().startswith(log_before)
+    assert os.path.exists(project.path("results.tsv"))
+    assert "finished but was never logged" in resumed.stdout     # the waiting run, set aside
+    assert f"val_bpb {waiting['metrics']['val_bpb']:.6f}" in resumed.stdout
+
+
+def test_a_target_that_truncates_the_log_loses_nothing(project):
+    runs_before = [r for r in project.records() if r["type"] == "run"]
+    proc = project.attack("import prepare  # noqa: E402\n",
+                          "import prepare  # noqa: E402\nopen('autoresearch.jsonl', 'w').close()\n")
+    assert status(proc) == "ok"
+    refused = project.script("log-experiment", "--status", "discard", "--description", "truncates")
+    assert refused.returncode == 2 and "not the log the scripts wrote" in refused.stderr
+    project.undo()
+    resumed = project.script("resume-session")
+    assert resumed.returncode == 0 and "restored autoresearch.jsonl" in resumed.stdout
+    assert [r for r in project.records() if r["type"] == "run"] == runs_before
+    assert f"next is run {len(runs_before) + 1}" in resumed.stdout
+
+
+def test_a_missing_state_folder_is_made_before_the_run(project):
+    shutil.rmtree(project.path(".autoresearch"))
+    proc = project.script("run-experiment")
+    try:
+        assert status(proc) == "ok", proc.stdout + proc.stderr
+        assert not os.path.exists(project.path(".autoresearch/running.json"))
+    finally:
+        project.undo()
+
+
+# --------------------------------------------------------------- 4. the guard
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    p = make_project(tmp_path_factory.mktemp("guard") / "p")
+    ok(script(p, "setup-session", "--tag", "g1", "--dataset", "classics", "--budget", "1"))
+    worktree = p / ".autoresearch" / "worktrees" / "c1"
+    worktree.mkdir(parents=True)
+    (worktree / ".git").write_text("gitdir: elsewhere\n")
+    return p
+
+
+def guard(cwd, command=None, tool="Bash", file_path=None, env=None):
+    tool_input = {"command": command} if tool == "Bash" else {"file_path": file_path, "old_string": "a",
+                                                               "new_string": "b"}
+    payload = {"tool_name": tool, "tool_input": tool_input, "cwd": str(cwd), "session_id": "someone"}
+    proc = subprocess.run([sys.executable, str(GUARD)], input=json.dumps(payload), capture_output=True,
+                          text=True, timeout=30, env={**os.environ, **(env or {})})
+    return "deny" if '"deny"' in proc.stdout else "allow"
+
+
+DENIED = [
+    "echo 'x' > experiment-plugin/hooks/guard.py",                # switching the guard off
+    "python3 -c \"open('experiment-plugin/hooks/guard.py', 'w')\"",
+    "rm -rf .autoresearc?",
+    "git -C . clean -fdxq",
+    "echo \"it's\"; git clean -fdx",
+    "rm autoresearch.jsonl  # don't",
+    "echo autoresearch.jsonl | xargs rm",
+    "find . -name '*.jsonl' -delete",
+    "find . -delete",
+    "f=autoresearch.jsonl; rm $f",
+    "bash -c 'rm results.tsv'",
+    "timeout 5 rm autoresearch.jsonl",
+    "nice -n 5 rm autoresearch.jsonl",
+    "mv autoresearch.jsonl{,.bak}",
+    "sort -o autoresearch.jsonl notes.txt",
+    "python3 -c \"import os; os.remove('autoresearch' + '.jsonl')\"",
+    "python3 - <<'PY'\nimport os\nos.remove('results.tsv')\nPY",
+    "git update-ref -d refs/autoresearch/g1/run-1",
+    "git -c user.name=x reset --hard",
+    "git branch -D autoresearch/g1",
+    "git push origin --delete autoresearch/g1",
+    "git reflog expire --expire=now --all",
+    "rm -rf .claude",
+    "true a#; rm autoresearch.jsonl",
+]
+ALLOWED = ["ls -la", "git status", "git log --oneline", "cat autoresearch.jsonl", "python train.py",
+           "echo idea >> notes.txt", "find . -name '*.pyc' -delete", "git checkout -- train.py",
+           "rm -rf __pycache__", "git diff HEAD~1"]
+
+
+@pytest.mark.parametrize("command", DENIED)
+def test_the_guard_denies_writes_and_deletions_of_what_it_protects(guarded, command):
+    assert guard(guarded, command) == "deny"
+
+
+@pytest.mark.parametrize("command", ALLOWED)
+def test_the_guard_still_allows_ordinary_work(guarded, command):
+    assert guard(guarded, command) == "allow"
+
+
+def test_the_guard_protects_its_own_files_from_the_edit_tools(guarded):
+    for path in ("experiment-plugin/hooks/guard.py", ".claude/settings.json", ".git/config"):
+        assert guard(guarded, tool="Write", file_path=str(guarded / path)) == "deny", path
+
+
+def test_the_guard_follows_the_project_not_the_cwd(guarded):
+    """A cd into a candidate's worktree (it holds a .git of its own) stays in the session."""
+    worktree = guarded / ".autoresearch" / "worktrees" / "c1"
+    assert guard(worktree, "rm ../../../autoresearch.jsonl") == "deny"
+    assert guard("/", "rm " + str(guarded / "autoresearch.jsonl"),
+                 env={"CLAUDE_PROJECT_DIR": str(guarded)}) == "deny"
+
+
+def test_deleting_the_switch_or_the_log_does_not_switch_the_guard_off(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "g2", "--dataset", "classics", "--budget", "1"))
+    (p / ".autoresearch" / "state.json").unlink()
+    assert guard(p, "rm results.tsv") == "deny"
+    (p / "autoresearch.jsonl").unlink()
+    assert guard(p, "rm results.tsv") == "deny"
+    assert guard(p, tool="Edit", file_path=str(p / "prepare.py")) == "deny"
+
+
+def test_run_refs_are_never_moved(project):
+    head, parent = project.git("rev-parse", "HEAD"), project.git("rev-parse", "HEAD~1")
+    first = core_git.save_ref(project.root, TAG, "run-999", head)
+    second = core_git.save_ref(project.root, TAG, "run-999", parent)
+    assert first != second and project.git("rev-parse", first) == head
+    assert project.git("rev-parse", second) == parent
