@@ -407,7 +407,8 @@ def evaluate_bpb(per_token_loss, batch_size):
 def eval_fingerprint(dataset=None, batch_size=1):
     """What an honest evaluate_bpb(..., batch_size) on `dataset` (default: the active
     one) evaluates, from the validation data alone (no model): a dict of dataset,
-    eval_tokens, max_seq_len, vocab_size and the trace (tokens, bytes, rows,
+    eval_tokens, max_seq_len, vocab_size, cache_dir (the folder the data is read
+    from, for a runner to watch) and the trace (tokens, bytes, rows,
     batches, batch_size, digest), as the result channel's `eval` reports it.
 
     How it depends on the batch size: the validation rows come in a fixed order
@@ -425,7 +426,8 @@ def eval_fingerprint(dataset=None, batch_size=1):
     for x, y, nbytes in _eval_batches(name, batch_size, eval_tokens, source.max_seq_len):
         trace.add(x, y, nbytes)
     return dict(dataset=name, eval_tokens=eval_tokens, max_seq_len=source.max_seq_len,
-                vocab_size=source.vocab_size, **trace.summary(batch_size))
+                vocab_size=source.vocab_size, cache_dir=dataset_cache.cache_dir(source),
+                **trace.summary(batch_size))
 
 
 # ---------------------------------------------------------------------------

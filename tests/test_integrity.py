@@ -78,14 +78,13 @@ def status(proc):
     return found.group(1) if found else None
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, classics_cache):
-    base = tmp_path_factory.mktemp("integrity")
+def fresh_session(base, classics_cache):
+    """A clone with a small CPU model, a private copy of the prepared cache, and a
+    session set up on it (nothing run yet)."""
     root = str(base / "project")
     subprocess.run(["git", "clone", "-q", REPO, root], check=True)
     for key, value in (("user.name", "Integrity Test"), ("user.email", "integrity@example.com")):
         subprocess.run(["git", "config", key, value], cwd=root, check=True)
-    # A private copy of the prepared cache: one case changes it.
     cache = str(base / "cache")
     shutil.copytree(classics_cache["AUTORESEARCH_CACHE"], cache)
     env = {**os.environ, **classics_cache, "AUTORESEARCH_CACHE": cache, "AUTORESEARCH_QUIET": "1",
@@ -103,7 +102,13 @@ def project(tmp_path_factory, classics_cache):
     proc = p.script("setup-session", "--tag", TAG, "--dataset", "classics", "--budget", "2",
                     "--policy", "strict")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    p.setup_output = proc.stdout
+    p.setup_output, p.cache = proc.stdout, cache
+    return p
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, classics_cache):
+    p = fresh_session(tmp_path_factory.mktemp("integrity"), classics_cache)
     base_run = p.script("run-experiment")
     assert status(base_run) == "ok", base_run.stdout + base_run.stderr
     p.baseline = p.pending()["metrics"]["val_bpb"]
@@ -259,26 +264,28 @@ def test_a_shadowing_package_or_bytecode_is_never_imported(project):
         project.undo()
 
 
-def test_a_changed_dataset_cache_is_invalid(project):
-    """The validation split pointed at training data, in the cache outside the project:
-    prepare.py --verify still passes, the eval set's digest does not."""
-    folder = next(os.path.join(d, "") for d, _, files in os.walk(project.env["AUTORESEARCH_CACHE"])
-                  if "manifest.json" in files)
-    manifest_path = os.path.join(folder, "manifest.json")
-    original = open(manifest_path).read()
-    manifest = json.loads(original)
-    manifest["splits"]["val"] = manifest["splits"]["train"][:len(manifest["splits"]["val"])]
-    with open(manifest_path, "w") as f:
-        json.dump(manifest, f, indent=2)
-    try:
-        proc = project.script("run-experiment")
-        assert status(proc) in ("invalid", "crash"), proc.stdout
-        if status(proc) == "invalid":
-            assert "eval:" in proc.stdout
-    finally:
-        with open(manifest_path, "w") as f:
-            f.write(original)
-        project.undo()
+@pytest.mark.parametrize("change", ["val split on training data", "a shard rewritten"])
+def test_a_changed_dataset_cache_is_tampered(tmp_path, classics_cache, change):
+    """The cache lives outside the project. Pointing the validation split at training
+    data (prepare.py --verify still passes), or rewriting a shard with bytes of the same
+    size, is seen before the run: the session's data is not what it was measured on."""
+    p = fresh_session(tmp_path, classics_cache)
+    folder = next(d for d, _, files in os.walk(p.cache) if "manifest.json" in files)
+    if change == "val split on training data":
+        path = os.path.join(folder, "manifest.json")
+        manifest = json.loads(open(path).read())
+        manifest["splits"]["val"] = manifest["splits"]["train"][:len(manifest["splits"]["val"])]
+        content = json.dumps(manifest, indent=2)
+    else:
+        path = next(os.path.join(d, f) for d, _, files in os.walk(p.cache) for f in sorted(files)
+                    if f != "manifest.json")
+        content = open(path, "rb").read()
+    with open(path, "w" if isinstance(content, str) else "wb") as f:
+        f.write(content)
+    proc = p.script("run-experiment")
+    assert proc.returncode == 3 and status(proc) == "tampered", proc.stdout
+    assert "the dataset cache" in proc.stdout and "set up a new session" in proc.stdout
+    assert not os.path.exists(p.path("run.log"))          # nothing ran
 
 
 # ------------------------------------------------------------------ 3. forged records

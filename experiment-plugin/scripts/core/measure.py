@@ -58,7 +58,36 @@ def pin_eval(root: str, python: str, dataset: str) -> dict:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"prepare.py --eval-fingerprint failed ({last}): check the dataset "
                         f"with python prepare.py --dataset {dataset} --verify") from None
-    return {k: pin[k] for k in ("dataset", "eval_tokens", "max_seq_len", "vocab_size", *PINNED)}
+    out = {k: pin[k] for k in ("dataset", "eval_tokens", "max_seq_len", "vocab_size", *PINNED)}
+    if pin.get("cache_dir"):
+        out.update(cache_dir=pin["cache_dir"], cache_state=cache_state(pin["cache_dir"]))
+    return out
+
+
+def cache_state(folder: str) -> str:
+    """One digest of every file in the dataset cache: its path, size and change time.
+    The change time (ctime) moves with every write, rename or utime and cannot be set
+    back, so a shard swapped for one of the same size (validation text in a training
+    shard), or a manifest rewritten, shows; nothing is read or hashed, so it costs a
+    stat per file."""
+    import hashlib
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(path, folder)}\0{st.st_size}\0{st.st_ctime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_changed(config: dict) -> bool:
+    """Whether the dataset cache the session pinned changed since setup."""
+    pin = config.get("eval") or {}
+    return bool(pin.get("cache_state")) and cache_state(pin["cache_dir"]) != pin["cache_state"]
 
 
 def documents(data: bytes) -> list:

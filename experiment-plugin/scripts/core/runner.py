@@ -17,7 +17,7 @@ from .common import COMPILE_CACHE, finite, read_json, RUN_LOG, STATE_DIR, UserEr
 from .harness import changed_fixed_files, TAMPER_REPAIR
 from .parsing import parse_metrics
 from .monitor import LoadMonitor
-from .measure import CHANNEL_ENV, check as check_result, documents, EVAL_TOKENS_ENV, STRIPPED_ENV
+from .measure import cache_changed, CHANNEL_ENV, check as check_result, documents, EVAL_TOKENS_ENV, STRIPPED_ENV
 
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 PR_SET_CHILD_SUBREAPER = 36
@@ -126,7 +126,14 @@ NAN = re.compile(r"\bnan\b|explod", re.IGNORECASE)   # the harness: "loss is NaN
 
 def tampered(root, config):
     changed = changed_fixed_files(root, config["fixed_files"])
-    if changed:
+    if cache_changed(config):
+        changed.append(f"the dataset cache in {config['eval']['cache_dir']}")
+    if changed and cache_changed(config):
+        print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
+        print(f"repair: the data this session is measured on changed, so later runs are not "
+              f"comparable with earlier ones: check it (python prepare.py --dataset "
+              f"{config['dataset']} --verify) and set up a new session; a tampered run is never recorded")
+    elif changed:
         print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
         print(f"repair: {TAMPER_REPAIR}, then run again; a tampered run is never recorded")
     return bool(changed)

@@ -30,6 +30,7 @@ from .devices import workers
 from .stats import add_sample
 from .candidates import (candidates, commit, create, forget, load, log_path, running_path,
     save, worktree)
+from .measure import cache_changed
 from .runner import run_checks, run_target, stop_leftover_run, verdict
 from .skypilot import sky_run, sky_teardown
 
@@ -135,7 +136,7 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     that kills the whole process group, crash / nan / timeout / checks_failed."""
     name, path = cand["name"], worktree(root, cand["name"])
     timeout, seed = config["timeout"], cand["seed"]
-    if changed_fixed_files(path, config["fixed_files"]):
+    if changed_fixed_files(path, config["fixed_files"]) or cache_changed(config):
         return {"run_status": "tampered", "detail": "fixed files differ in its worktree",
                 "finished": now_iso()}
     results = []
@@ -157,7 +158,7 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     status, detail, metrics = verdict(config, code, text, results)
     if status == "ok" and config.get("checks"):
         status, detail, _ = run_checks(path, config["checks"], timeout, status, detail, text)
-    if changed_fixed_files(path, config["fixed_files"]):
+    if changed_fixed_files(path, config["fixed_files"]) or cache_changed(config):
         status, detail = "tampered", "the run changed a fixed file"
     samples, seeds, set_apart = list(cand["samples"]), list(cand["seeds"]), list(cand["disturbed"])
     why = disturbed(reading)
