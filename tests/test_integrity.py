@@ -454,6 +454,21 @@ def test_deleting_the_switch_or_the_log_does_not_switch_the_guard_off(tmp_path):
     assert guard(p, tool="Edit", file_path=str(p / "prepare.py")) == "deny"
 
 
+def test_a_rewritten_guard_makes_the_next_run_tampered(tmp_path):
+    """A Bash write the guard missed (a program building the path at run time) that
+    switches the guard off shows at the next run: the plugin's code is fixed too."""
+    plugin = tmp_path / "plugin"
+    shutil.copytree(PLUGIN, plugin, ignore=shutil.ignore_patterns("__pycache__"))
+    p = make_project(tmp_path / "p")
+    run = lambda name, *args: subprocess.run([str(plugin / "scripts" / name), *args], cwd=p,
+                                             capture_output=True, text=True, timeout=120)
+    assert run("setup-session", "--tag", "g3", "--dataset", "classics", "--budget", "1").returncode == 0
+    guard_file = plugin / "hooks" / "guard.py"
+    guard_file.write_text(guard_file.read_text().replace("def decide(payload):", "def decide(payload):\n    return None\n\n\ndef _decide(payload):"))
+    proc = run("run-experiment")
+    assert proc.returncode == 3 and "status: tampered (the plugin's scripts or hooks" in proc.stdout
+
+
 def test_run_refs_are_never_moved(project):
     head, parent = project.git("rev-parse", "HEAD"), project.git("rev-parse", "HEAD~1")
     first = core_git.save_ref(project.root, TAG, "run-999", head)

@@ -275,6 +275,7 @@ def main(argv=None):
         "max_iterations": a.max_iterations,
         "python": python, "base_commit": base, "start_branch": start if start != "HEAD" else None,
         "fixed_files": harness.hash_fixed_files(root, a.read_only), "scope": a.scope,
+        "plugin_digest": harness.plugin_digest(common.PLUGIN_ROOT),
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
         "platform": devices.platform_info(python, target),
         "checks": a.checks, "progress_every": a.progress_every, "created": common.now_iso(),

@@ -71,3 +71,22 @@ def changed_fixed_files(root: str, recorded: dict) -> list[str]:
 # a checkout of single files would leave the branch wherever it had been moved.
 TAMPER_REPAIR = ("run resume-session (it saves the work tree under refs/autoresearch/, "
                  "restores the last kept commit and checks the fixed files again)")
+
+
+# The plugin's own code (the scripts that measure and record, the hooks that guard) is
+# fixed for a session too: a guard switched off by rewriting it, or a runner that no
+# longer checks, shows at the next run. One digest, wherever the plugin is installed.
+PLUGIN_PARTS = ("scripts", "hooks")
+
+
+def plugin_digest(plugin_root: str) -> str:
+    h = hashlib.sha256()
+    for part in PLUGIN_PARTS:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(plugin_root, part)):
+            dirnames[:] = sorted(n for n in dirnames if n != "__pycache__")
+            for name in sorted(filenames):
+                if name.endswith(".pyc"):
+                    continue
+                path = os.path.join(dirpath, name)
+                h.update(f"{os.path.relpath(path, plugin_root)}\0{hash_file(path)}\n".encode())
+    return h.hexdigest()

@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 
-from .common import COMPILE_CACHE, finite, read_json, RUN_LOG, STATE_DIR, UserError, write_atomic
-from .harness import changed_fixed_files, TAMPER_REPAIR
+from .common import COMPILE_CACHE, finite, PLUGIN_ROOT, read_json, RUN_LOG, STATE_DIR, UserError, write_atomic
+from .harness import changed_fixed_files, plugin_digest, TAMPER_REPAIR
 from .parsing import parse_metrics
 from .monitor import LoadMonitor
 from .measure import cache_changed, CHANNEL_ENV, check as check_result, documents, EVAL_TOKENS_ENV, STRIPPED_ENV
@@ -128,7 +128,13 @@ def tampered(root, config):
     changed = changed_fixed_files(root, config["fixed_files"])
     if cache_changed(config):
         changed.append(f"the dataset cache in {config['eval']['cache_dir']}")
-    if changed and cache_changed(config):
+    if config.get("plugin_digest") and plugin_digest(PLUGIN_ROOT) != config["plugin_digest"]:
+        changed.append(f"the plugin's scripts or hooks in {PLUGIN_ROOT}")
+    if any(c.startswith("the plugin") for c in changed):
+        print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
+        print("repair: put the plugin back as it was (git checkout -- experiment-plugin, or "
+              "reinstall it); the guard and the checks are only as good as their code")
+    elif changed and cache_changed(config):
         print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
         print(f"repair: the data this session is measured on changed, so later runs are not "
               f"comparable with earlier ones: check it (python prepare.py --dataset "
