@@ -66,6 +66,10 @@ none, and a reader must treat "no document" as a failed run. Version 1:
         digest       sha256 hex of the token ids evaluated: per row, in order,
                      x's ids then y's, as little-endian int32
         calls        how many times evaluate_bpb ran (an honest run: 1)
+        probe        {tokens, nats, floor}: per_token_loss on rows whose second
+                     half is uniformly random tokens; any model's mean there is
+                     at least floor = ln(VOCAB_SIZE) (see _probe), so less means
+                     the loss was not the model's cross-entropy
     served           tokens that make_dataloader yielded to the template, per
                      split: {"train": n, "val": n}; evaluate_bpb's own reading
                      of the validation data is not counted, so an honest run
@@ -79,7 +83,8 @@ none, and a reader must treat "no document" as a failed run. Version 1:
     num_params, depth, dmodel_scale, final_train_loss
 
 A run is trustworthy when status is ok, val_bpb_source is harness, served.val is
-0, eval.calls is 1, harness matches the session, and eval's tokens, bytes, rows
+0, eval.calls is 1, eval.probe.nats is near or above its floor, harness matches
+the session, and eval's tokens, bytes, rows
 and digest equal `python prepare.py --dataset D --eval-fingerprint
 --batch-size B` computed beforehand (see eval_fingerprint: any batch size that
 divides EVAL_TOKENS // MAX_SEQ_LEN gives the same values).
@@ -397,11 +402,40 @@ def evaluate_bpb(per_token_loss, batch_size):
     The value and what was evaluated (the trace) are kept for the run's report.
     """
     trace = _EvalTrace()
-    batches = _eval_batches(_FIXED.dataset, batch_size, _FIXED.eval_tokens, _FIXED.max_seq_len)
-    bpb = _bits_per_byte(batches, per_token_loss, trace)
-    _LEDGER.val_bpb, _LEDGER.eval = bpb, trace.summary(batch_size)
+    first = []   # the first batch's inputs, for the probe
+
+    def batches():
+        for x, y, nbytes in _eval_batches(_FIXED.dataset, batch_size, _FIXED.eval_tokens, _FIXED.max_seq_len):
+            first[:] = first or [x]
+            yield x, y, nbytes
+
+    bpb = _bits_per_byte(batches(), per_token_loss, trace)
+    _LEDGER.val_bpb, _LEDGER.eval = bpb, dict(trace.summary(batch_size), probe=_probe(per_token_loss, first[0]))
     _LEDGER.eval_calls += 1
     return bpb
+
+
+def _probe(per_token_loss, x):
+    """A check that per_token_loss is a model's cross-entropy, not a number made up
+    from the targets it is handed.
+
+    The rows of one validation batch, with their second half replaced by uniformly
+    random tokens (the targets shifted along, as in every row). From there on the
+    next token is uniform and independent of everything before it, so for ANY
+    model the expected loss is at least ln(VOCAB_SIZE): for a distribution p over
+    the vocabulary, the mean of -log p(u) over all u is at least ln V (Jensen), and
+    equal only when p is uniform. A loss that looks at its targets (returns 0, or
+    puts the mass on y), or scales the loss down, gives much less. The runner
+    compares `nats` with `floor`; the value is never part of val_bpb.
+    """
+    rng = np.random.default_rng(0)
+    rows, width = x.shape
+    half = width // 2
+    seq = np.concatenate([x, x[:, -1:]], axis=1)
+    seq[:, half:] = rng.integers(0, _FIXED.vocab_size, size=(rows, width + 1 - half))
+    px, py = np.ascontiguousarray(seq[:, :-1], dtype=np.int32), np.ascontiguousarray(seq[:, 1:], dtype=np.int32)
+    nats = np.asarray(per_token_loss(px, py), dtype=np.float64).reshape(py.shape)[:, half - 1:]
+    return dict(tokens=int(nats.size), nats=round(float(nats.mean()), 4), floor=round(math.log(_FIXED.vocab_size), 4))
 
 
 def eval_fingerprint(dataset=None, batch_size=1):

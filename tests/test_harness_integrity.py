@@ -9,11 +9,13 @@ data. The template runs are shared between tests where one run shows several
 things."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 
 from conftest import REPO, run_prepare
@@ -248,3 +250,20 @@ print("parent:", os.environ.get("AUTORESEARCH_RESULT_FD"), "child:", child.stdou
     ran_ok(result)
     assert "parent: None child: None closed" in result.stdout.splitlines(), result.stdout
     assert document is None   # this target never finishes: nothing was written
+
+
+def test_a_loss_made_up_from_the_targets_fails_the_probe(harness):
+    """Any model's loss on random next tokens averages at least ln V; a loss that reads
+    its targets, or is scaled down, does not."""
+    V = harness.VOCAB_SIZE
+    logits = np.random.default_rng(1).normal(size=V) * 3          # some fixed, peaky model
+    logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    honest = lambda x, y: -logp[y]
+    cheats = {"zero": lambda x, y: np.zeros(y.shape), "halved": lambda x, y: -logp[y] / 2,
+              "peeks": lambda x, y: np.where(y == y, 0.01, 9.0)}
+    harness.evaluate_bpb(honest, 8)
+    probe = harness._LEDGER.eval["probe"]
+    assert probe["floor"] == round(math.log(V), 4) and probe["nats"] >= 0.9 * probe["floor"]
+    for name, loss in cheats.items():
+        harness.evaluate_bpb(loss, 8)
+        assert harness._LEDGER.eval["probe"]["nats"] < 0.9 * probe["floor"], name

@@ -204,6 +204,20 @@ importlib.reload(prepare)
         project.undo()
 
 
+def test_a_loss_made_up_from_the_targets_is_invalid(project):
+    """The model's losses halved on their way to the harness: the value is the
+    harness's own, computed from made-up losses. The probe (random next tokens, where
+    any model averages at least ln V nats) shows it."""
+    proc = project.attack("val_bpb = prepare.evaluate_bpb(per_token_loss, DEVICE_BATCH_SIZE)",
+                          "val_bpb = prepare.evaluate_bpb(lambda x, y: per_token_loss(x, y) * 0.5, "
+                          "DEVICE_BATCH_SIZE)")
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "not the model's cross-entropy" in proc.stdout
+    finally:
+        project.undo()
+
+
 def test_training_on_validation_data_is_invalid(project):
     proc = project.attack('MAX_SEQ_LEN, "train")', 'MAX_SEQ_LEN, "val")')
     try:

@@ -24,6 +24,9 @@ EVAL_TOKENS_ENV = "AUTORESEARCH_EVAL_TOKENS"
 # open, and the eval size is the one pinned at setup (the runner sets it).
 STRIPPED_ENV = (CHANNEL_ENV, EVAL_TOKENS_ENV)
 PINNED = ("tokens", "bytes", "rows", "digest")
+# The probe's bound (prepare._probe): any model averages at least ln V nats on random
+# next tokens; the margin leaves room for the sample's spread (~1,000 tokens).
+PROBE_MARGIN = 0.9
 # The harness's summary numbers, under the names its printed summary block uses.
 SUMMARY = {"training_seconds": "training_seconds", "total_seconds": "total_seconds",
            "eval_seconds": "eval_seconds", "train_peak_mb": "train_peak_mb",
@@ -135,6 +138,11 @@ def check(config: dict, docs: list) -> tuple[str | None, dict]:
             return (f"eval: {key} {shown}, expected {want} (evaluate with a batch size that "
                     f"divides {pin['rows']} rows)" if key == "rows" else
                     f"eval: {key} {shown}, expected {want}"), {}
+    probe = evaluated.get("probe") or {}
+    if not probe or probe.get("nats") is None or probe["nats"] < PROBE_MARGIN * probe["floor"]:
+        return (f"the evaluation's losses are not the model's cross-entropy: on random next tokens "
+                f"they average {probe.get('nats')} nats, below ln(vocab) = {probe.get('floor')}, "
+                "which no model can"), {}
     served = (doc.get("served") or {}).get("val")
     if served:
         return f"the template's loader served {served:,} validation tokens (train only on train)", {}
