@@ -409,7 +409,7 @@ DENIED = [
     "python3 -c \"open('experiment-plugin/hooks/guard.py', 'w')\"",
     "rm -rf .autoresearc?",
     "git -C . clean -fdxq",
-    "echo \"it's\"; git clean -fdx",
+    "echo it's; git clean -fdx",                                  # an open quote: unparseable
     "rm autoresearch.jsonl  # don't",
     "echo autoresearch.jsonl | xargs rm",
     "find . -name '*.jsonl' -delete",

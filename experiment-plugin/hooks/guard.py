@@ -252,10 +252,17 @@ def check_bash(root, cwd, command, depth=0):
     try:
         commands = simple_commands(strip_comments(command))
     except ValueError:
-        # The shell would reject it too, but fail closed on what this guard protects.
+        # The shell may read it otherwise (or reject it), but fail closed on what this
+        # guard protects: judge it again with the quotes taken out, and deny a command
+        # that names a protected file.
+        unquoted = re.sub(r"['\"]", " ", command)
+        reason = check_bash(root, cwd, unquoted, depth + 1) if depth < 5 else None
         name = mentioned(root, command)
-        return (f"this command could not be parsed (an unbalanced quote?) and it names {name}, "
-                "which the guard protects: write it so it parses." if name else None)
+        if reason or name:
+            return ("this command could not be parsed (an unbalanced quote?) and " +
+                    (f"it names {name}, which the guard protects" if name else
+                     f"read without its quotes it is refused: {reason}") + ". Write it so it parses.")
+        return None
     variables = {}
     for words in commands:
         if all(re.match(r"^[A-Za-z_]\w*=", w) for w in words):      # NAME=value on its own
