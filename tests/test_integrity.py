@@ -483,6 +483,27 @@ def test_a_rewritten_guard_makes_the_next_run_tampered(tmp_path):
     assert proc.returncode == 3 and "status: tampered (the plugin's scripts or hooks" in proc.stdout
 
 
+def test_a_keep_against_the_recommendation_is_recorded_as_an_override(tmp_path):
+    """The simplicity criterion is the agent's call; the record and the summary say so."""
+    from plugin_helpers import edit_target
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "o1", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict"))
+    ok(script(p, "run-experiment"))
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline"))
+    edit_target(p, VAL_BPB=1.01)
+    assert "recommend: discard" in ok(script(p, "run-experiment")).stdout
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "drop the warmup code",
+              "--reason", "the same val_bpb with 40 fewer lines"))
+    with open(p / "autoresearch.jsonl", encoding="utf-8") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert last["override"] == {"recommendation": "discard", "reason": "the same val_bpb with 40 fewer lines"}
+    ok(script(p, "summarize", "--no-plot"))
+    summary = (p / "autoresearch-summary.md").read_text()
+    assert "## Kept against the recommendation" in summary
+    assert "recommended discard; kept because: the same val_bpb with 40 fewer lines" in summary
+
+
 def test_run_refs_are_never_moved(project):
     head, parent = project.git("rev-parse", "HEAD"), project.git("rev-parse", "HEAD~1")
     first = core_git.save_ref(project.root, TAG, "run-999", head)
