@@ -280,17 +280,17 @@ def make_dataloader(tokenizer, B, T, split, seed=0, buffer_size=1000):
 
     The tokens yielded are counted per split for the result channel (`served`):
     a template that trains on `val` scores well by having seen the answers, so a
-    runner refuses a run that was served any. evaluate_bpb reads the validation
-    rows on its own, uncounted.
+    runner refuses a run that was served any. The count is taken in the packing
+    itself, whoever asks for it (this function or a private one); evaluate_bpb
+    and eval_fingerprint take back exactly the validation tokens they read.
     """
-    served = _LEDGER.served
-    for x, y in _packed_rows(tokenizer, B, T, split, seed, buffer_size):
-        served[split] += x.size
-        yield x, y
+    yield from _packed_rows(tokenizer, B, T, split, seed, buffer_size)
 
 
 def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
-    """make_dataloader's batches, uncounted: the packing itself."""
+    """make_dataloader's batches: the packing itself, each batch counted in `served`
+    as it is yielded."""
+    served = _LEDGER.served
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     slices = [tuple(s) for s in tokenizer.manifest["splits"][split]]
@@ -335,6 +335,7 @@ def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
                     lengths.pop(0)
                     rows[r, pos:] = doc[:room]
                     pos = width
+        served[split] += B * T
         yield np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
 
 
@@ -410,6 +411,7 @@ def evaluate_bpb(per_token_loss, batch_size):
             yield x, y, nbytes
 
     bpb = _bits_per_byte(batches(), per_token_loss, trace)
+    _LEDGER.served["val"] -= trace.tokens           # the evaluation's own reading
     _LEDGER.val_bpb, _LEDGER.eval = bpb, dict(trace.summary(batch_size), probe=_probe(per_token_loss, first[0]))
     _LEDGER.eval_calls += 1
     return bpb
@@ -459,6 +461,7 @@ def eval_fingerprint(dataset=None, batch_size=1):
     trace = _EvalTrace()
     for x, y, nbytes in _eval_batches(name, batch_size, eval_tokens, source.max_seq_len):
         trace.add(x, y, nbytes)
+    _LEDGER.served["val"] -= trace.tokens
     return dict(dataset=name, eval_tokens=eval_tokens, max_seq_len=source.max_seq_len,
                 vocab_size=source.vocab_size, cache_dir=dataset_cache.cache_dir(source),
                 **trace.summary(batch_size))

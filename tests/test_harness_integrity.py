@@ -267,3 +267,15 @@ def test_a_loss_made_up_from_the_targets_fails_the_probe(harness):
     for name, loss in cheats.items():
         harness.evaluate_bpb(loss, 8)
         assert harness._LEDGER.eval["probe"]["nats"] < 0.9 * probe["floor"], name
+
+
+def test_validation_rows_are_counted_whoever_asks_for_them(harness):
+    """The count is in the packing itself: a template that reaches past make_dataloader
+    for the private packer is counted too; the evaluation's own reading is not."""
+    tokenizer = harness.Tokenizer.load()
+    before = dict(harness._LEDGER.served)
+    harness.evaluate_bpb(lambda x, y: np.zeros(y.shape), 8)
+    harness.eval_fingerprint()
+    assert harness._LEDGER.served == before
+    next(harness._packed_rows(tokenizer, 2, harness.MAX_SEQ_LEN, "val"))
+    assert harness._LEDGER.served["val"] == before["val"] + 2 * harness.MAX_SEQ_LEN
