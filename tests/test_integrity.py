@@ -137,7 +137,7 @@ def test_numbers_the_target_prints_are_shown_never_judged(project):
     try:
         assert status(proc) == "ok", proc.stdout
         value = honest_value(project, proc)
-        assert value != 0.1 and abs(value - project.baseline) < 0.3
+        assert value != 0.1 and value > 1.0            # a real measurement of a barely trained model
     finally:
         project.undo()
     # Its own summary block after the harness's, as a template copying the format would.
@@ -271,7 +271,7 @@ def test_a_shadowing_package_or_bytecode_is_never_imported(project):
         proc = project.script("run-experiment")
         assert status(proc) == "ok", proc.stdout
         assert "imported" not in project.read("run.log")
-        assert abs(honest_value(project, proc) - project.baseline) < 0.3
+        assert honest_value(project, proc) > 1.0
     finally:
         shutil.rmtree(shadow)
         os.unlink(cache)
