@@ -1,5 +1,6 @@
 """The guard (PreToolUse) and loop keeper (Stop) hooks, fed the JSON Claude Code sends
 them on stdin, against a real session in a temporary git repository."""
+
 import json
 import subprocess
 import sys
@@ -65,8 +66,6 @@ def test_hooks_json_uses_exec_form_with_the_plugin_root():
     matcher = config["hooks"]["PreToolUse"][0]["matcher"].split("|")
     assert set(matcher) == {"Edit", "Write", "MultiEdit", "NotebookEdit", "Bash"}
 
-
-# ---------------------------------------------------------------------------- guard
 
 @pytest.mark.parametrize("tool,key,path,says", [
     ("Edit", "file_path", "prepare.py", "fixed harness"),
@@ -200,8 +199,6 @@ def test_guard_fails_open_on_garbage_input():
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 0 and proc.stdout == "" and "allowing it" in proc.stderr
 
-
-# ----------------------------------------------------------------------------- stop
 
 def test_stop_is_blocked_while_the_loop_should_continue(project):
     answer = stop(project)
@@ -349,8 +346,6 @@ def test_stop_fails_open_on_a_broken_log(project):
     answer = stop(project)
     assert "decision" not in answer and "letting Claude stop" in answer["systemMessage"]
 
-
-# ---------------------------------------------------------------------- session start
 
 def session_start(project, source="compact", conversation="s"):
     from plugin_helpers import hook
