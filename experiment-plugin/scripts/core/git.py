@@ -186,5 +186,10 @@ def blob_at(root: str, ref: str) -> bytes | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def file_at(root: str, commit: str, path: str) -> bytes | None:
+    """The bytes of `path` as committed at `commit`, or None where it has no such file."""
+    return blob_at(root, f"{commit}:{path}")
+
+
 def drop_ref(root: str, ref: str) -> None:
     git(root, "update-ref", "-d", ref, check=False)
