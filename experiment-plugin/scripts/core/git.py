@@ -126,6 +126,23 @@ def apply_change(worktree: str, old: str, new: str, paths: list[str]) -> bool:
     return True
 
 
+def applies_cleanly(root: str, onto: str, parent: str, commit: str) -> bool:
+    """Would the change parent..commit apply cleanly on top of `onto`? Checked in a
+    throwaway index, so neither the work tree nor any branch is touched (finalize's plan)."""
+    import subprocess
+    index = os.path.join(root, STATE_DIR, "finalize.index")
+    env = {**os.environ, "GIT_INDEX_FILE": index}
+    try:
+        subprocess.run(["git", "read-tree", onto], cwd=root, env=env, check=True, capture_output=True)
+        diff = subprocess.run(["git", "diff", "--binary", parent, commit], cwd=root,
+                              capture_output=True, check=True).stdout
+        return subprocess.run(["git", "apply", "--cached", "--check"], cwd=root, env=env,
+                              input=diff, capture_output=True).returncode == 0
+    finally:
+        if os.path.exists(index):
+            os.unlink(index)
+
+
 def commit_of(record: dict) -> str:
     """The full hash of a run's commit. Seed 001's `commit` is the short hash; the
     full one is kept beside it as `commit_sha` (logs of the first format held the full
