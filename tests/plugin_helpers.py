@@ -9,6 +9,7 @@ an agent edits the real template.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -18,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from core import common, git as core_git, records as core_records
@@ -82,8 +84,7 @@ def git(cwd, *args) -> str:
                           text=True).stdout.strip()
 
 
-def make_project(path: Path) -> Path:
-    """A committed project: fixed harness stand-ins, embedded data, the stand-in target."""
+def _build_project(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "prepare.py").write_text(STUB_PREPARE)
     (path / "data_sources.py").write_text("DATASETS = {'classics': {}}\n")
@@ -97,7 +98,41 @@ def make_project(path: Path) -> Path:
     git(path, "config", "user.name", "Test")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "project")
+
+
+
+# Building a project (a git repository and its first commit) and setting up a session in
+# it (a subprocess) cost a few tenths of a second each; a few hundred tests need one. Each
+# is built once per test process and copied into the test's own directory: a copy is the
+# same files and the same git repository, independent of every other copy.
+_BUILT: dict[str, Path] = {}
+_BUILD_DIR: list[str] = []
+
+
+def _copy_of(key: str, build, path: Path) -> Path:
+    if key not in _BUILT:
+        if not _BUILD_DIR:
+            _BUILD_DIR.append(tempfile.mkdtemp(prefix="plugin-tests-"))
+            atexit.register(shutil.rmtree, _BUILD_DIR[0], True)
+        built = Path(_BUILD_DIR[0]) / str(len(_BUILT)) / path.name
+        build(built)
+        _BUILT[key] = built
+    shutil.copytree(_BUILT[key], path, symlinks=True, dirs_exist_ok=True)
     return path
+
+
+def make_project(path: Path) -> Path:
+    """A committed project: fixed harness stand-ins, embedded data, the stand-in target."""
+    return _copy_of("project", _build_project, path)
+
+
+def set_up_project(path: Path, *args: str, env=None) -> Path:
+    """A project in which `setup-session ARGS` has run (with `env` added), as if it had
+    just been run there."""
+    def build(built):
+        _build_project(built)
+        ok(script(built, "setup-session", *args, env=env))
+    return _copy_of(json.dumps(["setup-session", args, env]), build, path)
 
 
 def edit_target(project: Path, name: str = "train.py", **constants) -> None:
@@ -190,10 +225,8 @@ def fill_log(project: Path, n: int) -> None:
 def strict_session(tmp_path):
     """A session whose every verdict comes from one run (Karpathy's rule), for tests of
     what happens around a verdict rather than of the verdict itself."""
-    p = make_project(tmp_path / "proj")
-    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
-              "--policy", "strict"))
-    return p
+    return set_up_project(tmp_path / "proj", "--tag", "t1", "--dataset", "classics", "--budget", "1",
+                          "--policy", "strict")
 
 
 def run_and_log(p, status, description, **constants):

@@ -12,14 +12,13 @@ import sys
 
 import pytest
 
-from plugin_helpers import REPO, make_project, ok, script
+from plugin_helpers import REPO, make_project, ok, script, set_up_project
 
 
 @pytest.fixture
 def project(tmp_path):
-    p = make_project(tmp_path / "proj")
-    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1"))
-    return p
+    """A project with a session set up: tag t1, classics, 1 s budget, the default policy."""
+    return set_up_project(tmp_path / "proj", "--tag", "t1", "--dataset", "classics", "--budget", "1")
 
 
 # A stand-in whose metric depends on the seed it is given, as a real run's does.

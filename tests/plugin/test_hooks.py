@@ -8,17 +8,15 @@ import sys
 import pytest
 
 from core import common, records as core_records
-from plugin_helpers import HOOKS, git, make_project, ok, records, script
+from plugin_helpers import HOOKS, git, make_project, ok, records, script, set_up_project
 
 
 OWNER = {"CLAUDE_CODE_SESSION_ID": "s"}     # the conversation that runs the loop
 
 
 def new_session(path):
-    p = make_project(path)
-    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
-              "--max-iterations", "3", env=OWNER))
-    return p
+    return set_up_project(path, "--tag", "t1", "--dataset", "classics", "--budget", "1",
+                          "--max-iterations", "3", env=OWNER)
 
 
 @pytest.fixture
