@@ -235,11 +235,12 @@ def test_diverging_loss_aborts_with_a_clear_line(tmp_path, classics_cache, repla
 
 
 def test_real_template_with_two_seeds_gives_two_val_bpb(tmp_path, classics_cache):
-    """The real train.py, a few seconds on classics: the seed reaches the model."""
+    """The real train.py, a second on classics: the seed reaches the model. What is
+    checked is only that the two results differ, so the run and its evaluation are short."""
     values = []
     for seed in ("42", "43"):
-        env = {**os.environ, **classics_cache, "PYTHONPATH": REPO, "AUTORESEARCH_TIME_BUDGET": "3",
-               "AUTORESEARCH_SEED": seed}
+        env = {**os.environ, **classics_cache, "PYTHONPATH": REPO, "AUTORESEARCH_TIME_BUDGET": "1",
+               "AUTORESEARCH_EVAL_TOKENS": "4096", "AUTORESEARCH_SEED": seed}
         proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py")], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
