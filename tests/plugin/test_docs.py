@@ -15,8 +15,6 @@ from plugin_helpers import PLUGIN, REPO, SCRIPTS
 
 DOCS = sorted([*PLUGIN.glob("commands/*.md"), *PLUGIN.glob("skills/**/*.md"),
                PLUGIN / "README.md", REPO / "program.md", REPO / "CLAUDE.md"])
-
-
 CALL = re.compile(r"scripts/([a-z][a-z-]+)[\"`]?((?:[ \t]+(?:--[a-z-]+|[^\s`|]+))*)")
 
 

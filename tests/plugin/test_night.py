@@ -17,14 +17,8 @@ from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_t
 
 
 BUDGET = 10          # seconds of training per run: enough for a visible learning signal
-
-
 TAG = "night"
-
-
 BRANCH = f"autoresearch/{TAG}"
-
-
 HANG_MARKER = "autoresearch-night-hang-child"
 
 
