@@ -9,13 +9,17 @@ an agent edits the real template.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from core import common, git as core_git, records as core_records
@@ -80,8 +84,7 @@ def git(cwd, *args) -> str:
                           text=True).stdout.strip()
 
 
-def make_project(path: Path) -> Path:
-    """A committed project: fixed harness stand-ins, embedded data, the stand-in target."""
+def _build_project(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "prepare.py").write_text(STUB_PREPARE)
     (path / "data_sources.py").write_text("DATASETS = {'classics': {}}\n")
@@ -95,7 +98,41 @@ def make_project(path: Path) -> Path:
     git(path, "config", "user.name", "Test")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "project")
+
+
+
+# Building a project (a git repository and its first commit) and setting up a session in
+# it (a subprocess) cost a few tenths of a second each; a few hundred tests need one. Each
+# is built once per test process and copied into the test's own directory: a copy is the
+# same files and the same git repository, independent of every other copy.
+_BUILT: dict[str, Path] = {}
+_BUILD_DIR: list[str] = []
+
+
+def _copy_of(key: str, build, path: Path) -> Path:
+    if key not in _BUILT:
+        if not _BUILD_DIR:
+            _BUILD_DIR.append(tempfile.mkdtemp(prefix="plugin-tests-"))
+            atexit.register(shutil.rmtree, _BUILD_DIR[0], True)
+        built = Path(_BUILD_DIR[0]) / str(len(_BUILT)) / path.name
+        build(built)
+        _BUILT[key] = built
+    shutil.copytree(_BUILT[key], path, symlinks=True, dirs_exist_ok=True)
     return path
+
+
+def make_project(path: Path) -> Path:
+    """A committed project: fixed harness stand-ins, embedded data, the stand-in target."""
+    return _copy_of("project", _build_project, path)
+
+
+def set_up_project(path: Path, *args: str, env=None) -> Path:
+    """A project in which `setup-session ARGS` has run (with `env` added), as if it had
+    just been run there."""
+    def build(built):
+        _build_project(built)
+        ok(script(built, "setup-session", *args, env=env))
+    return _copy_of(json.dumps(["setup-session", args, env]), build, path)
 
 
 def edit_target(project: Path, name: str = "train.py", **constants) -> None:
@@ -181,3 +218,109 @@ def fill_log(project: Path, n: int) -> None:
     with open(project / common.LOG, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in runs)
     core_records.write_results(str(project), config, runs)
+
+
+# ----------------------------------------------------------- sessions and verdicts
+
+def strict_session(tmp_path):
+    """A session whose every verdict comes from one run (Karpathy's rule), for tests of
+    what happens around a verdict rather than of the verdict itself."""
+    return set_up_project(tmp_path / "proj", "--tag", "t1", "--dataset", "classics", "--budget", "1",
+                          "--policy", "strict")
+
+
+def run_and_log(p, status, description, **constants):
+    if constants:
+        edit_target(p, **constants)
+    run = script(p, "run-experiment")
+    log = script(p, "log-experiment", "--status", status, "--description", description)
+    return run, ok(log)
+
+
+def recommendation(proc):
+    return next(l for l in proc.stdout.splitlines() if l.startswith("recommend: "))
+
+
+def set_constant(p, name, value):
+    text = (p / "train.py").read_text()
+    text = "\n".join(f"{name} = {value!r}" if line.startswith(f"{name} = ") else line
+                     for line in text.splitlines()) + "\n"
+    (p / "train.py").write_text(text)
+
+
+# ------------------------------------------------------------------------- waves
+
+WAVE_TARGET = '''\
+"""Stand-in for train.py in a wave: the gains of two ideas add up."""
+import os, subprocess, sys, time
+
+GAIN_A = 0.0         # the first idea's line
+MODE = "ok"          # ok | crash | hang | nan | tamper
+
+print("cores", sorted(os.sched_getaffinity(0)), "threads", os.environ.get("OMP_NUM_THREADS"),
+      "cuda", os.environ.get("CUDA_VISIBLE_DEVICES"), "seed", os.environ["AUTORESEARCH_SEED"], flush=True)
+budget = float(os.environ["AUTORESEARCH_TIME_BUDGET"])
+dataset = os.environ["AUTORESEARCH_DATASET"]
+
+# (far enough from the first idea's line that the two edits merge)
+GAIN_B = 0.0         # the second idea's line
+SLEEP = 0.0
+time.sleep(SLEEP)
+while os.path.exists("slow.flag"):
+    time.sleep(0.2)
+if MODE == "crash":
+    raise RuntimeError("shape mismatch in attention")
+if MODE == "tamper":
+    with open("prepare.py", "a") as f:
+        f.write("EVAL_TOKENS = 1024  # a smaller eval looks better\\n")
+if MODE == "nan":
+    print("FAIL: loss is NaN at step 12", flush=True)
+    sys.exit(1)
+if MODE == "hang":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open("hang_child.pid", "w") as f:
+        f.write(str(child.pid))
+    time.sleep(600)
+print("---")
+print(f"val_bpb:          {1.0 - GAIN_A - GAIN_B:.6f}")
+print("training_seconds: 1.0")
+print("peak_memory_mb:   100.0")
+'''
+
+
+def stop_workers(p: Path):
+    """Leave no worker behind a test (each is its own process group)."""
+    for f in (p / ".autoresearch" / "wave").glob("worker-*.pid"):
+        try:
+            os.killpg(int(f.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    for f in (p / ".autoresearch" / "wave").glob("*.running"):
+        try:
+            os.killpg(json.loads(f.read_text())["pgid"], signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
+def gone_now(pid: int) -> bool:
+    """No such process, or only its zombie (killed, waiting for init to reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait(p, timeout=60, env=None) -> str:
+    return ok(script(p, "wait-wave", "--timeout", str(timeout), timeout=timeout + 30, env=env)).stdout
+
+
+def log_as_told(p, out: str, env=None) -> str:
+    """Run the log-experiment line wait-wave printed."""
+    line = re.search(r"^next: (log-experiment .*)$", out, re.M)
+    assert line, out
+    return ok(script(p, *shlex.split(line.group(1)), env=env)).stdout
+
+
+def runs(p):
+    return [r for r in records(p) if r["type"] == "run"]

@@ -12,6 +12,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from core import parsing
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = os.path.join(REPO, "schemas", "last_run.schema.json")
 SUMMARY_KEYS = ["val_bpb", "training_seconds", "total_seconds", "eval_seconds", "train_peak_mb", "peak_memory_mb",
@@ -230,3 +232,17 @@ def test_diverging_loss_aborts_with_a_clear_line(tmp_path, classics_cache, repla
     assert "---" not in result.stdout.splitlines()
     record = validate_record(tmp_path / "data" / "last_run.json")
     assert record["result"]["status"] == "failed" and record["result"]["val_bpb"] is None
+
+
+def test_real_template_with_two_seeds_gives_two_val_bpb(tmp_path, classics_cache):
+    """The real train.py, a second on classics: the seed reaches the model. What is
+    checked is only that the two results differ, so the run and its evaluation are short."""
+    values = []
+    for seed in ("42", "43"):
+        env = {**os.environ, **classics_cache, "PYTHONPATH": REPO, "AUTORESEARCH_TIME_BUDGET": "1",
+               "AUTORESEARCH_EVAL_TOKENS": "4096", "AUTORESEARCH_SEED": seed}
+        proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py")], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        values.append(parsing.parse_metrics(proc.stdout)["val_bpb"])
+    assert values[0] != values[1]

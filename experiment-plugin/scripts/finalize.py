@@ -19,7 +19,6 @@ work tree must be clean.
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
@@ -42,22 +41,6 @@ def kept_changes(root, config, runs):
             out.append((r, git.commit_of(r), parent, gain))
         previous = git.commit_of(r)
     return out
-
-
-def applies(root, onto, parent, commit):
-    """Would the change parent..commit apply cleanly on top of `onto`? Checked in a
-    throwaway index, so neither the work tree nor any branch is touched."""
-    index = os.path.join(root, common.STATE_DIR, "finalize.index")
-    env = {**os.environ, "GIT_INDEX_FILE": index}
-    try:
-        subprocess.run(["git", "read-tree", onto], cwd=root, env=env, check=True, capture_output=True)
-        diff = subprocess.run(["git", "diff", "--binary", parent, commit], cwd=root,
-                              capture_output=True, check=True).stdout
-        return subprocess.run(["git", "apply", "--cached", "--check"], cwd=root, env=env,
-                              input=diff, capture_output=True).returncode == 0
-    finally:
-        if os.path.exists(index):
-            os.unlink(index)
 
 
 def message(config, runs, changes):
@@ -103,7 +86,7 @@ def main(argv=None):
     if a.split:
         commands, dependent = [], []
         for r, commit, parent, _ in changes:
-            if not applies(root, base, parent, commit):
+            if not git.applies_cleanly(root, base, parent, commit):
                 dependent.append(r)
                 continue
             name = f"{branch}-run{r['run']}"
@@ -124,7 +107,7 @@ def main(argv=None):
                                 "pass --onto BRANCH")
         if not git.branch_exists(root, onto):
             raise common.UserError(f"branch {onto} not found: pass --onto BRANCH")
-        if not applies(root, onto, base, branch):
+        if not git.applies_cleanly(root, onto, base, branch):
             raise common.UserError(f"{onto} has changed since the session started and the kept "
                                 f"changes do not apply to it cleanly: merge {branch} by hand, "
                                 "or finalize --split")

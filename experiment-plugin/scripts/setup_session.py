@@ -18,7 +18,6 @@ that the session is ready.
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -50,8 +49,7 @@ results.tsv, written only by the scripts.
 
 def default_target(root):
     """MLX on Apple Silicon, PyTorch everywhere else."""
-    if sys.platform == "darwin" and platform.machine() == "arm64" \
-            and os.path.exists(os.path.join(root, "train_mlx.py")):
+    if devices.apple_silicon() and os.path.exists(os.path.join(root, "train_mlx.py")):
         return "train_mlx.py"
     return "train.py"
 

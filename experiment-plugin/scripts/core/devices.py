@@ -27,7 +27,7 @@ def platform_info(python: str, target: str) -> dict:
     if gpus:
         names = gpus.splitlines()
         info["device"] = f"cuda: {len(names)} x {names[0]}"
-    elif sys.platform == "darwin" and platform.machine() == "arm64":
+    elif apple_silicon():
         chip = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
                               text=True).stdout.strip()
         info["device"] = f"mps/metal: {chip or 'Apple Silicon'}"

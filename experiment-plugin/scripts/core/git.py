@@ -126,6 +126,23 @@ def apply_change(worktree: str, old: str, new: str, paths: list[str]) -> bool:
     return True
 
 
+def applies_cleanly(root: str, onto: str, parent: str, commit: str) -> bool:
+    """Would the change parent..commit apply cleanly on top of `onto`? Checked in a
+    throwaway index, so neither the work tree nor any branch is touched (finalize's plan)."""
+    import subprocess
+    index = os.path.join(root, STATE_DIR, "finalize.index")
+    env = {**os.environ, "GIT_INDEX_FILE": index}
+    try:
+        subprocess.run(["git", "read-tree", onto], cwd=root, env=env, check=True, capture_output=True)
+        diff = subprocess.run(["git", "diff", "--binary", parent, commit], cwd=root,
+                              capture_output=True, check=True).stdout
+        return subprocess.run(["git", "apply", "--cached", "--check"], cwd=root, env=env,
+                              input=diff, capture_output=True).returncode == 0
+    finally:
+        if os.path.exists(index):
+            os.unlink(index)
+
+
 def commit_of(record: dict) -> str:
     """The full hash of a run's commit. Seed 001's `commit` is the short hash; the
     full one is kept beside it as `commit_sha` (logs of the first format held the full
@@ -184,6 +201,11 @@ def blob_at(root: str, ref: str) -> bytes | None:
     import subprocess
     proc = subprocess.run(["git", "cat-file", "blob", ref], cwd=root, capture_output=True)
     return proc.stdout if proc.returncode == 0 else None
+
+
+def file_at(root: str, commit: str, path: str) -> bytes | None:
+    """The bytes of `path` as committed at `commit`, or None where it has no such file."""
+    return blob_at(root, f"{commit}:{path}")
 
 
 def drop_ref(root: str, ref: str) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import os
 
 from .common import editable_files
+from .git import file_at
 
 # The fixed harness: hashed at setup, verified around every run, guarded by the hook.
 FIXED_FILES = ("prepare.py", "dataset_cache.py", "data_sources.py")
@@ -40,15 +41,14 @@ def code_hash(root: str, config: dict, ref: str | None = None) -> str:
     """What identifies the code a run measured: the target's sha256, or with --scope
     files one hash over all of them (runs of identical code are repeats). From the work
     tree, or as committed at `ref` (a file missing there hashes as "-")."""
-    import subprocess
     files, hashes = editable_files(config), []
     for f in files:
         if ref is None:
             path = os.path.join(root, f)
             hashes.append(hash_file(path) if os.path.isfile(path) else "-")
             continue
-        proc = subprocess.run(["git", "show", f"{ref}:{f}"], cwd=root, capture_output=True)
-        hashes.append(hashlib.sha256(proc.stdout).hexdigest() if proc.returncode == 0 else "-")
+        data = file_at(root, ref, f)
+        hashes.append(hashlib.sha256(data).hexdigest() if data is not None else "-")
     if len(files) == 1:
         return hashes[0]
     return hashlib.sha256(" ".join(f"{f}:{h}" for f, h in zip(files, hashes)).encode()).hexdigest()

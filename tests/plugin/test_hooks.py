@@ -1,5 +1,6 @@
 """The guard (PreToolUse) and loop keeper (Stop) hooks, fed the JSON Claude Code sends
 them on stdin, against a real session in a temporary git repository."""
+
 import json
 import subprocess
 import sys
@@ -7,17 +8,15 @@ import sys
 import pytest
 
 from core import common, records as core_records
-from plugin_helpers import HOOKS, git, make_project, ok, records, script
+from plugin_helpers import HOOKS, git, make_project, ok, records, script, set_up_project
 
 
 OWNER = {"CLAUDE_CODE_SESSION_ID": "s"}     # the conversation that runs the loop
 
 
 def new_session(path):
-    p = make_project(path)
-    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
-              "--max-iterations", "3", env=OWNER))
-    return p
+    return set_up_project(path, "--tag", "t1", "--dataset", "classics", "--budget", "1",
+                          "--max-iterations", "3", env=OWNER)
 
 
 @pytest.fixture
@@ -65,8 +64,6 @@ def test_hooks_json_uses_exec_form_with_the_plugin_root():
     matcher = config["hooks"]["PreToolUse"][0]["matcher"].split("|")
     assert set(matcher) == {"Edit", "Write", "MultiEdit", "NotebookEdit", "Bash"}
 
-
-# ---------------------------------------------------------------------------- guard
 
 @pytest.mark.parametrize("tool,key,path,says", [
     ("Edit", "file_path", "prepare.py", "fixed harness"),
@@ -200,8 +197,6 @@ def test_guard_fails_open_on_garbage_input():
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 0 and proc.stdout == "" and "allowing it" in proc.stderr
 
-
-# ----------------------------------------------------------------------------- stop
 
 def test_stop_is_blocked_while_the_loop_should_continue(project):
     answer = stop(project)
@@ -349,8 +344,6 @@ def test_stop_fails_open_on_a_broken_log(project):
     answer = stop(project)
     assert "decision" not in answer and "letting Claude stop" in answer["systemMessage"]
 
-
-# ---------------------------------------------------------------------- session start
 
 def session_start(project, source="compact", conversation="s"):
     from plugin_helpers import hook

@@ -2,20 +2,19 @@
 
 Each fault gets a clear message and loses nothing. Where the faults are tested:
 
-    concurrent log writers              test_plugin_scripts::test_concurrent_writers_lose_and_tear_nothing
+    concurrent log writers              test_log_experiment::test_concurrent_writers_lose_and_tear_nothing
     log-experiment killed mid-write     here: test_log_experiment_killed_at_any_moment_loses_nothing
-    a truncated last jsonl line         test_plugin_scripts::test_a_truncated_last_line_is_reported_kept_and_repaired
+    a truncated last jsonl line         test_log_experiment::test_a_truncated_last_line_is_reported_kept_and_repaired
     a corrupt or truncated shard        test_prepare::test_a_corrupt_shard_is_detected_and_repaired
     a download that drops               test_prepare::test_downloads_survive_drops_errors_and_truncation
     a download that keeps failing       test_prepare::test_a_download_that_keeps_failing_keeps_what_finished
-    tabs, newlines, $(...) in text      test_plugin_scripts::test_descriptions_with_tabs_newlines_and_shell_text_are_stored_exactly
-    a tag that is not a branch name     test_plugin_scripts::test_setup_rejects_a_tag_that_is_not_a_branch_name
-    a missing dataset cache             test_plugin_scripts::test_setup_prints_the_prepare_command_when_data_is_missing
+    tabs, newlines, $(...) in text      test_log_experiment::test_descriptions_with_tabs_newlines_and_shell_text_are_stored_exactly
+    a tag that is not a branch name     test_setup_session::test_setup_rejects_a_tag_that_is_not_a_branch_name
+    a missing dataset cache             test_setup_session::test_setup_prints_the_prepare_command_when_data_is_missing
                                         and test_prepare::test_bad_input_gets_one_clear_line
     a results file of 1,000 runs        here: test_a_log_of_a_thousand_runs_still_works
-    a hung run and its children         test_night (step 6) and test_plugin_scripts::test_run_timeout_kills_the_whole_process_group
-    a killed runner's orphaned run      test_plugin_scripts::test_a_run_orphaned_by_a_killed_runner_is_stopped_next_time
-"""
+    a hung run and its children         test_night (step 6) and test_run_experiment::test_run_timeout_kills_the_whole_process_group
+    a killed runner's orphaned run      test_run_experiment::test_a_run_orphaned_by_a_killed_runner_is_stopped_next_time"""
 
 import json
 import random
@@ -25,7 +24,8 @@ import time
 
 import pytest
 
-from plugin_helpers import SCRIPTS, edit_target, fill_log, git, make_project, ok, records, script, tsv_rows
+from plugin_helpers import (SCRIPTS, edit_target, fill_log, git, make_project, ok, records, script,
+                            tsv_rows)
 
 
 @pytest.fixture

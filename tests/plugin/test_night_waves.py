@@ -6,8 +6,8 @@ candidate crashes and one hangs, while the re-based winner waits in the queue. I
 middle of that wave the machine goes down (the CLI and the workers are killed outright);
 /experiment:resume lists what finished, what was lost and what to re-queue, and the
 night ends at its iteration cap with every run logged, the hung run killed with its
-whole process group each time, and the branch on the best combination.
-"""
+whole process group each time, and the branch on the best combination."""
+
 import json
 import os
 import re
@@ -16,9 +16,12 @@ import signal
 import subprocess
 import time
 
-from plugin_helpers import PLUGIN, git, make_project, records, require_claude
+import pytest
+
+from plugin_helpers import (PLUGIN, WAVE_TARGET, git, gone_now, make_project, records,
+                            require_claude, stop_workers)
 from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
-from test_waves import WAVE_TARGET, gone, stop_workers
+
 
 CAP = 6
 
@@ -85,6 +88,7 @@ class Agent:
         return step
 
 
+@pytest.mark.slow
 def test_a_wave_night_through_the_real_cli(tmp_path):
     claude = require_claude()
     project = make_project(tmp_path / "proj")
@@ -201,7 +205,7 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
         runs = [r for r in records(project) if r["type"] == "run"]
         assert [r["status"] for r in runs] == ["keep", "keep", "discard"]
         assert runs[1]["candidate"] == agent.names["A"] and runs[2]["recommendation"] == "rebase"
-        assert not gone(cli["hang_run"]), "the hung run outlived its killed worker"
+        assert not gone_now(cli["hang_run"]), "the hung run outlived its killed worker"
 
         # The morning after: /experiment:resume in a new conversation. -----------------
         seen = {}
@@ -248,13 +252,13 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
                                   env=model.client_env(str(home), CLAUDE_CODE_STOP_HOOK_BLOCK_CAP="0"))
         assert model.errors == [], model.errors
         assert model.finished, f"stopped after {model.step} of {len(second)} steps:\n{proc.stdout[-3000:]}"
-        assert gone(cli["hang_run"]), "resume stopped the run its killed worker left behind"
+        assert gone_now(cli["hang_run"]), "resume stopped the run its killed worker left behind"
         shown = "\n".join(seen["shown"])
         assert "status: crash candidate" in shown and "shape mismatch in attention" in shown
         assert re.search(r"^status: timeout candidate .*\(limit 6s, process group killed\)", shown, re.M), shown
         time.sleep(0.3)
-        assert gone(cli["hang_child"]), "the first hang's child went with its group at resume"
-        assert gone(seen["hang_child"]), "the second hang's child was killed with its group at the timeout"
+        assert gone_now(cli["hang_child"]), "the first hang's child went with its group at resume"
+        assert gone_now(seen["hang_child"]), "the second hang's child was killed with its group at the timeout"
         runs = [r for r in records(project) if r["type"] == "run"]
         assert len(runs) == CAP
         by = {r.get("candidate"): r for r in runs}

@@ -4,9 +4,7 @@ A stand-in target whose metric is 1.0 minus the gains its constants name (so two
 ideas on different lines combine), which prints the cores and thread count it was
 given, and can crash, hang with a child, or take its time while a flag file exists.
 Everything goes through the plugin's scripts, on a real git repository, with real
-background workers.
-"""
-from __future__ import annotations
+background workers."""
 
 import json
 import os
@@ -16,50 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from core import policy
-from plugin_helpers import edit_target, git, hook, make_project, ok, records, script
-from test_night import night  # noqa: F401  (the fixture: a clone of the repository, small CPU model)
-
-WAVE_TARGET = '''\
-"""Stand-in for train.py in a wave: the gains of two ideas add up."""
-import os, subprocess, sys, time
-
-GAIN_A = 0.0         # the first idea's line
-MODE = "ok"          # ok | crash | hang | nan | tamper
-
-print("cores", sorted(os.sched_getaffinity(0)), "threads", os.environ.get("OMP_NUM_THREADS"),
-      "cuda", os.environ.get("CUDA_VISIBLE_DEVICES"), "seed", os.environ["AUTORESEARCH_SEED"], flush=True)
-budget = float(os.environ["AUTORESEARCH_TIME_BUDGET"])
-dataset = os.environ["AUTORESEARCH_DATASET"]
-
-# (far enough from the first idea's line that the two edits merge)
-GAIN_B = 0.0         # the second idea's line
-SLEEP = 0.0
-time.sleep(SLEEP)
-while os.path.exists("slow.flag"):
-    time.sleep(0.2)
-if MODE == "crash":
-    raise RuntimeError("shape mismatch in attention")
-if MODE == "tamper":
-    with open("prepare.py", "a") as f:
-        f.write("EVAL_TOKENS = 1024  # a smaller eval looks better\\n")
-if MODE == "nan":
-    print("FAIL: loss is NaN at step 12", flush=True)
-    sys.exit(1)
-if MODE == "hang":
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    with open("hang_child.pid", "w") as f:
-        f.write(str(child.pid))
-    time.sleep(600)
-print("---")
-print(f"val_bpb:          {1.0 - GAIN_A - GAIN_B:.6f}")
-print("training_seconds: 1.0")
-print("peak_memory_mb:   100.0")
-'''
+from plugin_helpers import (REPO, WAVE_TARGET, edit_target, git, gone_now, hook, log_as_told,
+                            make_project, ok, records, runs, script, stop_workers, wait)
 
 
 @pytest.fixture
@@ -69,29 +28,6 @@ def project(tmp_path):
     git(p, "commit", "-qam", "wave stand-in")
     yield p
     stop_workers(p)
-
-
-def stop_workers(p: Path):
-    """Leave no worker behind a test (each is its own process group)."""
-    for f in (p / ".autoresearch" / "wave").glob("worker-*.pid"):
-        try:
-            os.killpg(int(f.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-    for f in (p / ".autoresearch" / "wave").glob("*.running"):
-        try:
-            os.killpg(json.loads(f.read_text())["pgid"], signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie (killed, waiting for init to reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def setup(p, *extra, workers=2):
@@ -106,21 +42,6 @@ def candidate(p, description, **constants) -> str:
     name = re.search(r"^candidate (c\d+): worktree (\S+)", out, re.M).group(1)
     edit_target(p / ".autoresearch" / "worktrees" / name, **constants)
     return name
-
-
-def wait(p, timeout=60, env=None) -> str:
-    return ok(script(p, "wait-wave", "--timeout", str(timeout), timeout=timeout + 30, env=env)).stdout
-
-
-def log_as_told(p, out: str, env=None) -> str:
-    """Run the log-experiment line wait-wave printed."""
-    line = re.search(r"^next: (log-experiment .*)$", out, re.M)
-    assert line, out
-    return ok(script(p, *shlex.split(line.group(1)), env=env)).stdout
-
-
-def runs(p):
-    return [r for r in records(p) if r["type"] == "run"]
 
 
 def test_two_workers_get_one_core_each_and_results_are_logged_as_they_come(project):
@@ -225,7 +146,7 @@ def test_crash_nan_hang_and_tampering_in_one_wave_the_hang_killed_with_its_group
     assert time.time() - started < 40
     child = int((p / ".autoresearch" / "worktrees" / hang / "hang_child.pid").read_text())
     time.sleep(0.3)
-    assert gone(child), "the hung run's child was killed with its group"
+    assert gone_now(child), "the hung run's child was killed with its group"
     for o in outs:
         assert "--status crash" in o
         log_as_told(p, o)
@@ -286,7 +207,7 @@ def test_a_kill_mid_wave_then_resume_lists_finished_and_lost_and_requeues(projec
     assert "submit-wave re-queues it" in out
     assert (p / "train.py").read_text() == WAVE_TARGET, "the kept state is restored"
     time.sleep(0.3)
-    assert gone(run), "resume stopped the run its killed worker left behind"
+    assert gone_now(run), "resume stopped the run its killed worker left behind"
     first = wait(p)
     assert f"candidate {quick}" in first and "recommend: keep" in first
     log_as_told(p, first)
@@ -357,6 +278,7 @@ def test_stop_hook_and_progress_count_candidates_in_flight(project):
     assert "in flight" not in answer["reason"]
 
 
+@pytest.mark.slow
 def test_two_workers_on_the_real_template(night):
     """The real train.py on the embedded data, two workers of one core each, a short
     budget: both candidates run at the same time, each on its own core."""
@@ -391,9 +313,8 @@ def test_two_workers_on_the_real_template(night):
 def test_the_simulation_of_many_workers_scales_runs_with_workers():
     """benchmarks/sim_waves.py through the real decision code: with an agent that takes
     no time, four workers stay busy and finish about four times the runs of one."""
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parent.parent / "benchmarks" /
-                                                "sim_waves.py"), "--sessions", "2", "--hours", "2",
-                           "--workers", "1", "4", "--agent", "0"],
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sim_waves.py"), "--sessions", "2",
+                           "--hours", "2", "--workers", "1", "4", "--agent", "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = {int(l.split()[0]): l.split() for l in proc.stdout.splitlines() if re.match(r"^\s+\d+\s", l)}
@@ -419,38 +340,6 @@ def test_a_new_session_archives_the_last_ones_open_candidates(project):
     fresh = re.search(r"candidate (c\d+)", ok(script(p, "new-candidate", "--unchanged",
                                                      "--description", "x")).stdout).group(1)
     assert (p / ".autoresearch" / "worktrees" / fresh).is_dir()
-
-
-def strict_config(base: str) -> dict:
-    """A session's config for policy.decide_candidate, under strict, started at `base`."""
-    return {"metric": "val_bpb", "direction": "lower", "policy": "strict", "baseline_runs": 1,
-            "base_commit": base}
-
-
-def kept_record(n: int, commit: str, sha: str, value: float) -> dict:
-    """A keep as log-experiment records it, of one sample on seed 42."""
-    return {"type": "run", "run": n, "commit": commit[:7], "commit_sha": commit, "status": "keep",
-            "metric": value, "samples": [value], "seeds": [42], "target_sha": sha * 64}
-
-
-def test_decisions_for_a_candidate_whose_base_moved():
-    """policy.decide_candidate against a kept state that moved while the candidate ran: better than
-    the new one replaces it, better only than its own base is re-based, a re-measure of
-    the old state is not needed any more."""
-    a, b = "a" * 40, "b" * 40
-    config = strict_config(a)
-    runs = [kept_record(1, a, "1", 1.0), kept_record(2, b, "2", 0.9)]
-
-    def cand(value, **extra):
-        return {"name": "c9", "base": a, "run_status": "ok", "target_sha": "3" * 64,
-                "samples": [value], "metrics": {}, **extra}
-
-    assert policy.decide_candidate(config, runs, cand(0.8))[0] == "keep"
-    assert "replaces that change" in policy.decide_candidate(config, runs, cand(0.8))[1]
-    assert policy.decide_candidate(config, runs, cand(0.95))[0] == "rebase"
-    assert policy.decide_candidate(config, runs, cand(1.05))[0] == "discard"
-    assert policy.decide_candidate(config, runs, cand(0.5, unchanged=True, target_sha="1" * 64))[0] == "discard"
-    assert policy.decide_candidate(config, runs[:1], cand(0.95))[0] == "keep", "base still kept: a plain keep"
 
 
 NOISY_TARGET = WAVE_TARGET.replace("import os, subprocess, sys, time",
@@ -505,17 +394,3 @@ def test_a_wave_undoes_a_keep_its_runs_do_not_bear_out_and_rebases_what_ran_on_i
     assert re.search(r"^GAIN_A = 0.0 ", text, re.M), "its own change, without the undone one"
     final = wait(p)
     assert f"candidate {rebased}" in final
-
-
-def test_a_candidate_built_on_an_undone_keep_is_never_kept():
-    """Its commit holds the undone change: better than its own base, its change is
-    re-based; otherwise it is discarded, even when it beats the state gone back to."""
-    a, b = "a" * 40, "b" * 40
-    config = strict_config(a)
-    runs = [kept_record(1, a, "1", 1.0), kept_record(2, b, "2", 0.9),
-            {**kept_record(3, a, "1", 1.0), "samples": [], "reverts": 2}]
-    cand = {"name": "c9", "base": b, "run_status": "ok", "target_sha": "3" * 64, "metrics": {}}
-    decision, why = policy.decide_candidate(config, runs, {**cand, "samples": [0.8]})
-    assert decision == "rebase" and "run 2's keep, undone since" in why
-    decision, why = policy.decide_candidate(config, runs, {**cand, "samples": [0.95]})
-    assert decision == "discard" and "undone since" in why, "better than the state gone back to, not kept"

@@ -4,6 +4,7 @@ commands and no errors, and a session driven through the CLI by a scripted model
 kept going by the Stop hook until the iteration cap.
 
 Needs the CLI (bash dev.sh test installs it); skipped without it, failed in CI."""
+
 import json
 import os
 import re
@@ -12,7 +13,8 @@ import subprocess
 
 import pytest
 
-from plugin_helpers import PLUGIN, edit_target, git, make_project, ok, records, require_claude, script
+from plugin_helpers import (PLUGIN, edit_target, git, make_project, ok, records, require_claude,
+                            script)
 from plugin_helpers_model import ScriptedModel, all_text, text, tool, tool_results, user_text
 
 
@@ -158,8 +160,6 @@ def test_a_session_through_the_real_cli(tmp_path):
     assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
     assert git(project, "status", "--porcelain") == ""
 
-
-# ------------------------------------------------------------------- the session's life
 
 def drive(claude, project, home, prompt, steps, *args, **env):
     """Run `claude -p PROMPT` with the plugin against a scripted model; returns

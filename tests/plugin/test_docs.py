@@ -2,6 +2,7 @@
 program.md or the README tells the agent to call exists, and every flag written next
 to it is one the script accepts. The manifest and command files have what Claude Code
 reads from them."""
+
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from plugin_helpers import PLUGIN, REPO, SCRIPTS
+
 
 DOCS = sorted([*PLUGIN.glob("commands/*.md"), *PLUGIN.glob("skills/**/*.md"),
                PLUGIN / "README.md", REPO / "program.md", REPO / "CLAUDE.md"])

@@ -2,7 +2,6 @@
 (skipped where SkyPilot is not installed), and the backend's command lines and their
 parsing against a fake `sky` first on PATH that runs each job on this machine. The
 real `sky` is never called: it would start an API server and want credentials."""
-from __future__ import annotations
 
 import json
 import os
@@ -13,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import PLUGIN, git, make_project, ok, records, script
-from test_waves import WAVE_TARGET, edit_target, log_as_told, runs, stop_workers, wait
+from plugin_helpers import (PLUGIN, WAVE_TARGET, edit_target, git, log_as_told, make_project, ok,
+                            records, runs, script, stop_workers, wait)
+
 
 TASK = PLUGIN / "skypilot" / "candidate.yaml"
+
 
 FAKE_SKY = r'''#!PYTHON
 """A stand-in for the sky CLI: records every call, runs each job here when its

@@ -1,0 +1,57 @@
+"""finalize: the plan, the squash onto the starting branch, one branch per change."""
+
+
+from plugin_helpers import git, ok, records, run_and_log, script
+
+
+def test_finalize_prints_the_plan_and_changes_nothing_without_yes(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    refused = script(project, "finalize")
+    assert refused.returncode == 2 and "still active: end it first" in refused.stderr
+    ok(script(project, "end-session"))
+    before = git(project, "rev-parse", "main")
+    out = ok(script(project, "finalize")).stdout
+    assert "the 1 kept changes as one commit on main" in out
+    assert "val_bpb 1.000000 -> 0.900000 (-10.00%)" in out and "- run 2 (+0.100000): lower lr" in out
+    assert "git merge --squash autoresearch/t1" in out and "--yes" in out
+    assert git(project, "rev-parse", "main") == before
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+
+
+def test_finalize_squashes_the_kept_changes_onto_the_starting_branch(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "keep", "lower lr", VAL_BPB=0.9)
+    run_and_log(project, "discard", "wider", VAL_BPB=0.95)
+    run_and_log(project, "keep", "even lower", VAL_BPB=0.8)
+    kept_tree = git(project, "rev-parse", "autoresearch/t1^{tree}")
+    before = git(project, "rev-parse", "main")
+    ok(script(project, "end-session"))
+    out = ok(script(project, "finalize", "--yes")).stdout
+    assert "done; nothing was pushed" in out
+    assert git(project, "rev-parse", "main~1") == before            # one new commit
+    assert git(project, "rev-parse", "main^{tree}") == kept_tree     # exactly the kept code
+    body = git(project, "log", "-1", "--format=%B", "main")
+    assert "2 kept changes" in body and "lower lr" in body and "even lower" in body
+    assert "wider" not in body
+    assert git(project, "status", "--porcelain") == ""
+
+
+def test_finalize_split_makes_one_branch_per_independent_change(project):
+    run_and_log(project, "keep", "baseline")
+    run_and_log(project, "keep", "lower loss", VAL_BPB=0.9)
+    with open(project / "train.py", "a") as f:                 # far from the first change
+        f.write("# a faster epilogue\n")
+    run_and_log(project, "keep", "epilogue", VAL_BPB=0.9)
+    run_and_log(project, "keep", "faster", VAL_BPB=0.9, TOK_SEC=2000000)   # next to run 2's line
+    ok(script(project, "end-session"))
+    out = ok(script(project, "finalize", "--split", "--yes")).stdout
+    base = records(project)[0]["base_commit"]
+    for run in (2, 3):
+        assert git(project, "rev-parse", f"autoresearch/t1-run{run}~1") == base
+    alone = git(project, "show", "autoresearch/t1-run3:train.py")
+    assert "a faster epilogue" in alone and "VAL_BPB = 1.0" in alone     # only its own change
+    assert "VAL_BPB = 0.9" in git(project, "show", "autoresearch/t1-run2:train.py")
+    assert "run 4 needs an earlier change" in out
+    assert not git(project, "branch", "--list", "autoresearch/t1-run4")
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
