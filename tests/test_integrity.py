@@ -3,7 +3,7 @@
 Each case is one attack with the outcome it must have now: denied by the guard,
 recorded as `invalid` or `tampered` (never judged), or recovered with nothing lost.
 The runs are real: the PyTorch template on `classics` in a fresh clone, a small CPU
-model and a 2 s budget, run by run-experiment exactly as the agent runs it.
+model and a 1 s budget, run by run-experiment exactly as the agent runs it.
 """
 
 import json
@@ -99,7 +99,7 @@ def fresh_session(base, classics_cache):
         text = text.replace(old, new)
     p.write("train.py", text)
     p.git("commit", "-qam", "A small CPU model")
-    proc = p.script("setup-session", "--tag", TAG, "--dataset", "classics", "--budget", "2",
+    proc = p.script("setup-session", "--tag", TAG, "--dataset", "classics", "--budget", "1",
                     "--policy", "strict")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     p.setup_output, p.cache = proc.stdout, cache
@@ -131,24 +131,56 @@ def honest_value(p, proc):
 
 # ------------------------------------------------------ 1. the metric leaves the target
 
-def test_numbers_the_target_prints_are_shown_never_judged(project):
-    proc = project.attack("import prepare  # noqa: E402\n",
-                          "import prepare  # noqa: E402\nprint('METRIC val_bpb=0.1', flush=True)\n")
-    try:
-        assert status(proc) == "ok", proc.stdout
-        value = honest_value(project, proc)
-        assert value != 0.1 and value > 1.0            # a real measurement of a barely trained model
-    finally:
-        project.undo()
-    # Its own summary block after the harness's, as a template copying the format would.
+@pytest.fixture(scope="module")
+def decoyed(project):
+    """One run that tries three things that must all come to nothing, so the run is
+    ok and its value the harness's: numbers printed to look like results (a METRIC
+    line at import, its own summary block after the harness's), a `prepare/` package
+    and a planted unchecked-hash .pyc beside prepare.py, and no .autoresearch/ at all."""
     text = project.read("train.py")
+    text = text.replace("import prepare  # noqa: E402\n",
+                        "import prepare  # noqa: E402\nprint('METRIC val_bpb=0.1', flush=True)\n", 1)
     project.write("train.py", text + "\nprint('---\\nval_bpb:          0.200000')\n")
-    proc = project.script("run-experiment")
+    shadow = project.path("prepare")
+    os.makedirs(shadow)
+    with open(os.path.join(shadow, "__init__.py"), "w") as f:
+        f.write("raise SystemExit('the shadow package was imported')\n")
+    fake = project.path("fake_prepare.py")
+    with open(fake, "w") as f:
+        f.write("raise SystemExit('the planted bytecode was imported')\n")
+    cache = project.path(f"__pycache__/prepare.{sys.implementation.cache_tag}.pyc")
+    py_compile.compile(fake, cfile=cache, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    os.unlink(fake)
+    shutil.rmtree(project.path(".autoresearch"))
     try:
-        assert status(proc) == "ok"
-        assert honest_value(project, proc) != 0.2
+        proc = project.script("run-experiment")
+        value = honest_value(project, proc) if status(proc) == "ok" else None
+        yield proc, value, project.read("run.log")
     finally:
+        shutil.rmtree(shadow)
+        os.unlink(cache)
         project.undo()
+
+
+def test_numbers_the_target_prints_are_shown_never_judged(decoyed):
+    proc, value, log = decoyed
+    assert status(proc) == "ok", proc.stdout
+    assert "METRIC val_bpb=0.1" in log and "val_bpb:          0.200000" in log    # printed, shown
+    assert value not in (0.1, 0.2) and value > 1.0     # a real measurement of a barely trained model
+    assert f"METRIC val_bpb={value}" in proc.stdout
+
+
+def test_a_shadowing_package_or_bytecode_is_never_imported(decoyed):
+    proc, value, log = decoyed
+    assert status(proc) == "ok", proc.stdout
+    assert "imported" not in log
+
+
+def test_a_missing_state_folder_is_made_before_the_run(decoyed, project):
+    proc, value, log = decoyed
+    assert status(proc) == "ok", proc.stdout + proc.stderr
+    assert os.path.isdir(project.path(".autoresearch"))
+    assert not os.path.exists(project.path(".autoresearch/running.json"))
 
 
 def test_replacing_the_evaluation_is_refused_or_invalid(project):
@@ -256,28 +288,6 @@ json.dump({{"run_status": "ok", "metrics": {{"val_bpb": 0.5}}}}, open(".autorese
 
 # --------------------------------------- 2. past the hash check without changing a file
 
-def test_a_shadowing_package_or_bytecode_is_never_imported(project):
-    shadow = project.path("prepare")
-    os.makedirs(shadow)
-    with open(os.path.join(shadow, "__init__.py"), "w") as f:
-        f.write("raise SystemExit('the shadow package was imported')\n")
-    fake = project.path("fake_prepare.py")
-    with open(fake, "w") as f:
-        f.write("raise SystemExit('the planted bytecode was imported')\n")
-    cache = project.path(f"__pycache__/prepare.{sys.implementation.cache_tag}.pyc")
-    py_compile.compile(fake, cfile=cache, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
-    os.unlink(fake)
-    try:
-        proc = project.script("run-experiment")
-        assert status(proc) == "ok", proc.stdout
-        assert "imported" not in project.read("run.log")
-        assert honest_value(project, proc) > 1.0
-    finally:
-        shutil.rmtree(shadow)
-        os.unlink(cache)
-        project.undo()
-
-
 @pytest.mark.parametrize("change", ["val split on training data", "a shard rewritten"])
 def test_a_changed_dataset_cache_is_tampered(tmp_path, classics_cache, change):
     """The cache lives outside the project. Pointing the validation split at training
@@ -371,16 +381,6 @@ def test_a_target_that_truncates_the_log_loses_nothing(project):
     assert resumed.returncode == 0 and "restored autoresearch.jsonl" in resumed.stdout
     assert [r for r in project.records() if r["type"] == "run"] == runs_before
     assert f"next is run {len(runs_before) + 1}" in resumed.stdout
-
-
-def test_a_missing_state_folder_is_made_before_the_run(project):
-    shutil.rmtree(project.path(".autoresearch"))
-    proc = project.script("run-experiment")
-    try:
-        assert status(proc) == "ok", proc.stdout + proc.stderr
-        assert not os.path.exists(project.path(".autoresearch/running.json"))
-    finally:
-        project.undo()
 
 
 # --------------------------------------------------------------- 4. the guard
