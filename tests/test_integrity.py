@@ -155,8 +155,8 @@ def decoyed(project):
     try:
         proc = project.script("run-experiment")
         value = honest_value(project, proc) if status(proc) == "ok" else None
-        yield proc, value, project.read("run.log")
-    finally:
+        return proc, value, project.read("run.log")
+    finally:                    # now, not at the module's end: later cases run git clean
         shutil.rmtree(shadow)
         os.unlink(cache)
         project.undo()
