@@ -100,7 +100,7 @@ def main():
         # fixed modules from their checked source (no .pyc) before running the target.
         (project / "bench_target.py").write_text("import prepare\n")
         config = json.loads((project / common.LOG).read_text().splitlines()[0])
-        pins = json.dumps({f: h for f, h in config["fixed_files"].items() if f.endswith(".py") and "/" not in f})
+        pins = json.dumps(config["fixed_files"])
         direct = timed(lambda: check(subprocess.run([sys.executable, "bench_target.py"], cwd=project,
                                                     capture_output=True, text=True)), a.repeat)
         launched = timed(lambda: check(subprocess.run(

@@ -178,18 +178,20 @@ def simple_commands(command):
     return out
 
 
+# The protected files and folders by name: what a glob is matched against.
+PROTECTED_PATHS = (*harness.FIXED_FILES, *harness.FIXED_DIRS, *common.SESSION_FILES, *GUARDS)
+
+
 def protected_names(root):
     """The names this guard protects, as they appear in a command."""
     config = session_config(root)
-    return (*harness.FIXED_FILES, *harness.FIXED_DIRS, *common.SESSION_FILES, *GUARDS,
-            *harness.DEPENDENCY_FILES, *(config.get("read_only") or []))
+    return (*PROTECTED_PATHS, *harness.DEPENDENCY_FILES, *(config.get("read_only") or []))
 
 
 def named_by(pattern):
     """The protected names a glob matches (the file may be gone already)."""
     base = os.path.basename(pattern.rstrip("/"))
-    return [n for n in (*harness.FIXED_FILES, *harness.FIXED_DIRS, *common.SESSION_FILES, *GUARDS)
-            if fnmatch.fnmatchcase(n, base)]
+    return [n for n in PROTECTED_PATHS if fnmatch.fnmatchcase(n, base)]
 
 
 def mentioned(root, text):
@@ -200,8 +202,9 @@ def mentioned(root, text):
         if name in flat:
             return name
     for word in re.findall(r"[\w.*?\[\]/-]+", flat):
-        if GLOB.search(word) and named_by(word):
-            return named_by(word)[0]
+        matches = named_by(word) if GLOB.search(word) else []
+        if matches:
+            return matches[0]
     return None
 
 
@@ -458,7 +461,7 @@ def failed_closed(payload, error):
         root = session.active_root(payload) or common.find_root(payload.get("cwd") or os.getcwd())
         name = mentioned(root, text)
     except Exception:
-        name = next((n for n in (*harness.FIXED_FILES, *common.SESSION_FILES, *GUARDS) if n in text), None)
+        name = next((n for n in PROTECTED_PATHS if n in text), None)
     return (f"this tool call could not be checked ({error}) and it names {name}, which the "
             "guard protects: nothing was done." if name else None)
 

@@ -90,7 +90,7 @@ def main(argv=None):
     notes = []
     label = common.now_iso().replace(":", "").replace("-", "")
     with common.Lock(root):
-        restored = records.restore_log(root, git.current_branch(root), label)
+        restored = records.restore_log(root, label)
         if restored:
             notes.append(restored)
         root, log = records.load_session(root)

@@ -3,8 +3,9 @@ bytes, then runs the target as __main__.
 
     python launch.py ROOT TARGET PINS_JSON
 
-PINS_JSON maps each fixed module's file (prepare.py, data_sources.py, ...) to the
-sha256 recorded at setup. Why a launcher rather than `python train.py`:
+PINS_JSON is the session's fixed files with the sha256 of each, recorded at setup;
+the top-level .py files among them (prepare.py, data_sources.py, ...) are the fixed
+modules. Why a launcher rather than `python train.py`:
 
 - The harness is imported before one line of the target runs, so the harness, not
   the target, takes the result channel (AUTORESEARCH_RESULT_FD leaves the

@@ -28,11 +28,8 @@ PINNED = ("tokens", "bytes", "rows", "digest")
 # next tokens; the margin leaves room for the sample's spread (~1,000 tokens).
 PROBE_MARGIN = 0.9
 # The harness's summary numbers, under the names its printed summary block uses.
-SUMMARY = {"training_seconds": "training_seconds", "total_seconds": "total_seconds",
-           "eval_seconds": "eval_seconds", "train_peak_mb": "train_peak_mb",
-           "peak_memory_mb": "peak_memory_mb", "mfu_percent": "mfu_percent",
-           "avg_tok_sec": "avg_tok_sec", "num_steps": "num_steps", "depth": "depth",
-           "dmodel_scale": "dmodel_scale", "final_train_loss": "final_train_loss"}
+SUMMARY = ("training_seconds", "total_seconds", "eval_seconds", "train_peak_mb", "peak_memory_mb",
+           "mfu_percent", "avg_tok_sec", "num_steps", "depth", "dmodel_scale", "final_train_loss")
 
 
 def harness_measures(root: str, target: str) -> bool:
@@ -147,7 +144,7 @@ def check(config: dict, docs: list) -> tuple[str | None, dict]:
     if served:
         return f"the template's loader served {served:,} validation tokens (train only on train)", {}
     metrics = {"val_bpb": doc["val_bpb"]}
-    metrics.update({name: doc[k] for k, name in SUMMARY.items() if doc.get(k) is not None})
+    metrics.update({k: doc[k] for k in SUMMARY if doc.get(k) is not None})
     if doc.get("total_tokens") is not None:
         metrics["total_tokens_M"] = doc["total_tokens"] / 1e6
     if doc.get("num_params") is not None:

@@ -90,12 +90,19 @@ class SessionLog:
                 self.config = {**self.config, "max_iterations": e["max_iterations"]}
 
 
-def read_log(root: str, required: bool = True) -> SessionLog:
-    path = os.path.join(root, LOG)
+def log_bytes(root: str) -> bytes | None:
+    """The log file's bytes, or None when there is none."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(os.path.join(root, LOG), "rb") as f:
+            return f.read()
     except FileNotFoundError:
+        return None
+
+
+def read_log(root: str, required: bool = True, data: bytes | None = None) -> SessionLog:
+    """The log parsed (from `data` when the caller has read it already)."""
+    data = log_bytes(root) if data is None else data
+    if data is None:
         if required:
             raise UserError(f"no session here ({LOG} not found in {root}): start one with "
                             "setup-session (or /experiment:model <tag>)")
@@ -148,11 +155,15 @@ def tag_of(data: bytes) -> str | None:
     return config.get("tag") if isinstance(config, dict) and config.get("type") == "config" else None
 
 
+def session_tag(root: str, data: bytes | None) -> str | None:
+    """The session's tag: the log's own, else the one the branch (autoresearch/<tag>) names."""
+    branch = current_branch(root)
+    return (tag_of(data) if data else None) or (branch[len("autoresearch/"):]
+                                                if branch.startswith("autoresearch/") else None)
+
+
 def back_up_log(root: str, tag: str, data: bytes | None = None) -> None:
-    if data is None:
-        with open(os.path.join(root, LOG), "rb") as f:
-            data = f.read()
-    store_blob(root, log_ref(tag), data)
+    store_blob(root, log_ref(tag), log_bytes(root) if data is None else data)
 
 
 def check_intact(root: str, data: bytes, tag: str | None = None) -> None:
@@ -168,19 +179,12 @@ def check_intact(root: str, data: bytes, tag: str | None = None) -> None:
                     "restores the recorded log (this file is kept aside); nothing was recorded")
 
 
-def restore_log(root: str, branch: str | None, label: str) -> str | None:
+def restore_log(root: str, label: str) -> str | None:
     """Put the log's copy in git back when the log is gone or no longer begins with
-    it (a replaced file is kept aside); returns what was done, or None. The session
-    is the log's own, else the one the branch (autoresearch/<tag>) names."""
+    it (a replaced file is kept aside); returns what was done, or None."""
     path = os.path.join(root, LOG)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        data = None
-    tag = tag_of(data) if data else None
-    if tag is None and branch and branch.startswith("autoresearch/"):
-        tag = branch[len("autoresearch/"):]
+    data = log_bytes(root)
+    tag = session_tag(root, data)
     copy = blob_at(root, log_ref(tag)) if tag else None
     if copy is None or (data is not None and data.startswith(copy)):
         return None
@@ -202,16 +206,20 @@ def pending_path(root: str) -> str:
     return os.path.join(root, STATE_DIR, "pending.json")
 
 
+def pending_ref(tag: str) -> str:
+    return f"refs/autoresearch/{tag}/pending"
+
+
 def write_pending(root: str, tag: str, pending: dict) -> None:
     data = json.dumps(pending, indent=1) + "\n"
     write_atomic(pending_path(root), data)
-    store_blob(root, f"refs/autoresearch/{tag}/pending", data.encode())
+    store_blob(root, pending_ref(tag), data.encode())
 
 
 def read_pending(root: str, tag: str) -> dict | None:
     """The waiting run as run-experiment wrote it; a missing file is restored from its
     copy, a changed one refused."""
-    copy = blob_at(root, f"refs/autoresearch/{tag}/pending")
+    copy = blob_at(root, pending_ref(tag))
     try:
         with open(pending_path(root), "rb") as f:
             data = f.read()
@@ -235,7 +243,7 @@ def read_pending(root: str, tag: str) -> dict | None:
 def clear_pending(root: str, tag: str) -> None:
     if os.path.exists(pending_path(root)):
         os.unlink(pending_path(root))
-    drop_ref(root, f"refs/autoresearch/{tag}/pending")
+    drop_ref(root, pending_ref(tag))
 
 
 def append_record(root: str, record: dict, check: bool = True) -> None:
@@ -248,25 +256,20 @@ def append_record(root: str, record: dict, check: bool = True) -> None:
     line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        size = os.fstat(fd).st_size
-        if size:
-            os.lseek(fd, max(0, size - 65536), os.SEEK_SET)
-            tail = os.read(fd, 65536)
-            if not tail.endswith(b"\n"):
-                cut = tail.rfind(b"\n")
-                fragment = tail[cut + 1:]
-                try:
-                    json.loads(fragment)            # a whole record missing its newline
-                    line = b"\n" + line
-                except ValueError:
-                    salvage = os.path.join(root, STATE_DIR, "salvaged.jsonl")
-                    with open(salvage, "ab") as s:
-                        s.write(fragment + b"\n")
-                    os.ftruncate(fd, size - len(fragment))
-                    print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
-                          f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
-        os.lseek(fd, 0, os.SEEK_SET)
         before = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
+        if before and not before.endswith(b"\n"):
+            fragment = before[before.rfind(b"\n") + 1:]
+            try:
+                json.loads(fragment)            # a whole record missing its newline
+                line = b"\n" + line
+            except ValueError:
+                salvage = os.path.join(root, STATE_DIR, "salvaged.jsonl")
+                with open(salvage, "ab") as s:
+                    s.write(fragment + b"\n")
+                before = before[:len(before) - len(fragment)]
+                os.ftruncate(fd, len(before))
+                print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
+                      f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
         check_intact(root, before)
         os.write(fd, line)
         os.fsync(fd)
@@ -310,20 +313,14 @@ def load_session(start: str | None = None) -> tuple[str, SessionLog]:
     """The project root and its session log, refused when the log is not the one the
     scripts wrote (see check_intact) or is gone while its copy is not."""
     root = find_root(start)
-    try:
-        with open(os.path.join(root, LOG), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        data = None
-    branch = current_branch(root)
-    tag = (tag_of(data) if data else None) or (branch[len("autoresearch/"):]
-                                                if branch.startswith("autoresearch/") else None)
+    data = log_bytes(root)
+    tag = session_tag(root, data)
     if data is not None and tag:
         check_intact(root, data, tag)
     elif tag and blob_at(root, log_ref(tag)) is not None:
         raise UserError(f"{LOG} is gone, but its copy is in {log_ref(tag)}: run resume-session, "
                         "which restores it")
-    log = read_log(root)
+    log = read_log(root, data=data)
     for w in log.warnings:
         print(f"warning: {w}", file=sys.stderr)
     return root, log

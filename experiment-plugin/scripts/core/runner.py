@@ -126,22 +126,19 @@ NAN = re.compile(r"\bnan\b|explod", re.IGNORECASE)   # the harness: "loss is NaN
 
 def tampered(root, config):
     changed = changed_fixed_files(root, config["fixed_files"])
+    repair = f"{TAMPER_REPAIR}, then run again; a tampered run is never recorded"
     if cache_changed(config):
         changed.append(f"the dataset cache in {config['eval']['cache_dir']}")
+        repair = (f"the data this session is measured on changed, so later runs are not "
+                  f"comparable with earlier ones: check it (python prepare.py --dataset "
+                  f"{config['dataset']} --verify) and set up a new session; a tampered run is never recorded")
     if config.get("plugin_digest") and plugin_digest(PLUGIN_ROOT) != config["plugin_digest"]:
         changed.append(f"the plugin's scripts or hooks in {PLUGIN_ROOT}")
-    if any(c.startswith("the plugin") for c in changed):
+        repair = ("put the plugin back as it was (git checkout -- experiment-plugin, or "
+                  "reinstall it); the guard and the checks are only as good as their code")
+    if changed:
         print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
-        print("repair: put the plugin back as it was (git checkout -- experiment-plugin, or "
-              "reinstall it); the guard and the checks are only as good as their code")
-    elif changed and cache_changed(config):
-        print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
-        print(f"repair: the data this session is measured on changed, so later runs are not "
-              f"comparable with earlier ones: check it (python prepare.py --dataset "
-              f"{config['dataset']} --verify) and set up a new session; a tampered run is never recorded")
-    elif changed:
-        print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
-        print(f"repair: {TAMPER_REPAIR}, then run again; a tampered run is never recorded")
+        print(f"repair: {repair}")
     return bool(changed)
 
 
@@ -197,8 +194,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     command, fds, reader = [python, config["target"]], (), None
     if config.get("measure") == "harness":
-        pins = {f: h for f, h in config["fixed_files"].items() if f.endswith(".py") and "/" not in f}
-        command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(pins)]
+        command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(config["fixed_files"])]
         read_end, write_end = os.pipe()
         fds, env[CHANNEL_ENV] = (write_end,), str(write_end)
         env[EVAL_TOKENS_ENV] = str(config["eval"]["eval_tokens"])     # the pinned eval size
@@ -297,9 +293,7 @@ def verdict(config, code, text, results):
         return (*classify(code, text, metrics, config["metric"]), metrics)
     why, measured = check_result(config, results)
     status, detail = classify(code, text, measured, config["metric"])
-    if status == "ok" and why:
-        return "invalid", why, measured
-    if status == "crash" and code == 0 and why:
+    if why and (status == "ok" or (status == "crash" and code == 0)):   # exited 0, result refused
         return "invalid", why, measured
     return status, detail, measured
 

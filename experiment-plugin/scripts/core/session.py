@@ -9,7 +9,8 @@ import os
 
 from .common import (editable_files, find_root, finite, fmt, Lock, LOG, NOTES, now_iso, PLUGIN_ROOT,
     read_json, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
-from .records import append_record, asi, lesson, read_config, read_log
+from .git import blob_at
+from .records import append_record, asi, lesson, log_ref, read_config, read_log, session_tag
 from .stats import (baseline_run, best_run, better, experiments, improvement, noise_line,
     standing_keeps, undone_runs)
 from .candidates import wave_line
@@ -92,14 +93,8 @@ def is_active(root: str) -> bool:
     except OSError:
         tail = None
     if tail is None:
-        try:
-            with open(os.path.join(root, ".git", "HEAD"), encoding="utf-8") as f:
-                head = f.read().strip()
-        except OSError:
-            return False
-        tag = head.removeprefix("ref: refs/heads/autoresearch/")
-        return tag != head and (os.path.exists(os.path.join(root, ".git", "refs", "autoresearch", tag, "log"))
-                                or _packed(root, f"refs/autoresearch/{tag}/log"))
+        tag = session_tag(root, None)
+        return bool(tag) and blob_at(root, log_ref(tag)) is not None
     for line in reversed(tail.splitlines()):
         try:
             record = json.loads(line)
@@ -110,14 +105,6 @@ def is_active(root: str) -> bool:
         if isinstance(record, dict) and record.get("type") == "config":
             return True
     return read_config(root) is not None
-
-
-def _packed(root: str, ref: str) -> bool:
-    try:
-        with open(os.path.join(root, ".git", "packed-refs"), encoding="utf-8") as f:
-            return any(line.rstrip().endswith(" " + ref) for line in f)
-    except OSError:
-        return False
 
 
 def write_state(root: str, **changes) -> dict:
