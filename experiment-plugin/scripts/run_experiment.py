@@ -35,7 +35,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from core import common, harness, parsing, monitor, devices, records, stats, policy, candidates, runner  # noqa: E402
 
-SHOWN = ("peak_memory_mb", "avg_tok_sec", "mfu_percent", "num_steps", "training_seconds")
 
 
 def parse_args(argv):
@@ -88,7 +87,7 @@ def main(argv=None):
     if runner.tampered(root, config):       # the run itself changed a fixed file
         status = "tampered"
 
-    for k in (config["metric"],) + tuple(k for k in SHOWN if k != config["metric"]):
+    for k in (config["metric"],) + tuple(k for k in parsing.SHOWN if k != config["metric"]):
         if k in metrics:
             print(f"METRIC {k}={metrics[k]}")
     when = f"run {number} after {seconds:.1f}s, seed {seed}"

@@ -1,12 +1,26 @@
 #!/usr/bin/env python3
 """Start an experiment session: branch, config, fixed-file hashes, results files.
 
+Works in three kinds of project (the research config names which):
+  this project's harness   prepare.py --dataset D, measured by the harness (val_bpb);
+  a karpathy/autoresearch clone (or a port): `uv run train.py`, prepare.py read-only,
+  val_bpb lower, its ~/.cache/autoresearch/ as the data check, its TIME_BUDGET;
+  your own repository      --run "CMD" (default `uv run <target>` in a uv project,
+  else the project's python on the target), --metric NAME --direction lower|higher
+  (the name it prints as `name: value` after `---`, or `METRIC name=value`),
+  --data-check "CMD" (or none).
+The budget reaches a run as AUTORESEARCH_TIME_BUDGET where the script reads it;
+otherwise the script enforces its own and --budget sets only the timeout. Likewise
+AUTORESEARCH_SEED: a script that sets its own seed repeats itself, so its noise is
+not estimated from repeats.
+
 Checks everything first and changes nothing until all checks pass:
   the tag makes a valid branch name, autoresearch/<tag> does not exist yet (if it
   does, continue it with resume-session), the work tree has no uncommitted changes
-  to tracked files, the target template exists, and the dataset's cache verifies
-  (`prepare.py --dataset D --verify`; on failure its fix command is printed).
-Then it creates the branch, writes the config as the first record of
+  to tracked files, the target exists, the metric appears in it, the run command's
+  program exists, the data check passes (the harness's is `prepare.py --dataset D`
+  with --verify; on failure its own last line is shown), and the config validates.
+Then it creates the branch (a failure from here on removes it again), writes the config as the first record of
 autoresearch.jsonl, the results.tsv header and autoresearch.md, and switches the
 guard and loop hooks on. A previous session's files are moved to
 .autoresearch/archive/ first, never overwritten; its torch.compile cache
@@ -19,12 +33,13 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, harness, devices, measure, records, policy, session, skypilot  # noqa: E402
+from core import common, git, harness, project, devices, measure, records, policy, session, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -58,16 +73,32 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="setup-session", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tag", required=True, help="session name; the branch is autoresearch/<tag>")
-    p.add_argument("--dataset", default="climbmix",
-                   help="climbmix | tinystories | classics | local:<path> (default climbmix)")
+    p.add_argument("--dataset",
+                   help="this project's harness: climbmix | tinystories | classics | local:<path> "
+                        "(default climbmix); another project uses its own data")
+    p.add_argument("--run", metavar="CMD",
+                   help="a project of your own: the shell command that runs one training, from "
+                        "the project root (default: uv run <target> where uv manages the project, "
+                        "else the project's python on the target)")
+    p.add_argument("--data-check", metavar="CMD",
+                   help="a project of your own: a shell command that exits 0 when the data is "
+                        "ready (default: none; a karpathy/autoresearch clone: its cache folder); "
+                        "'none' for no check")
+    p.add_argument("--budget-via", choices=["env", "script"],
+                   help="how the budget reaches a run: env (the script reads "
+                        "AUTORESEARCH_TIME_BUDGET) or script (it enforces its own; --budget then "
+                        "sets only the timeout). Default: env where the script reads the variable")
     p.add_argument("--target", help="the template to edit (default: train_mlx.py on Apple "
                                     "Silicon, train.py elsewhere)")
-    p.add_argument("--budget", type=float, default=300, help="training seconds per run (default 300)")
+    p.add_argument("--budget", type=float, help="training seconds per run (default 300, or the "
+                                                  "script's own TIME_BUDGET)")
     p.add_argument("--timeout", type=float,
                    help="kill a run after this many seconds (default 2 x budget + 120)")
-    p.add_argument("--metric", default="val_bpb", help="metric to optimise (default val_bpb)")
-    p.add_argument("--direction", choices=["lower", "higher"], default="lower",
-                   help="which way is better (default lower)")
+    p.add_argument("--metric", default="val_bpb", help="metric to optimise, as the run prints it "
+                                                      "(default val_bpb)")
+    p.add_argument("--direction", choices=["lower", "higher"],
+                   help="which way is better (default lower; higher for names like acc, f1, "
+                        "score, reward)")
     p.add_argument("--max-iterations", type=int,
                    help="stop the loop after this many logged runs, baseline included "
                         "(default: no limit)")
@@ -107,7 +138,8 @@ def parse_args(argv):
                    help="skypilot: accelerators per job, e.g. H100:1 (default: the task YAML's)")
     p.add_argument("--managed", action="store_true",
                    help="skypilot: run each candidate as a managed job (sky jobs launch) instead")
-    p.add_argument("--python", help="interpreter for runs (default: the one running this script)")
+    p.add_argument("--python", help="interpreter for runs (default: the project's .venv, else the "
+                                    "one running this script)")
     a = p.parse_args(argv)
     a.scope, a.read_only = file_list(a.scope), file_list(a.read_only)
     return a
@@ -128,7 +160,7 @@ def check_args(a):
     if not TAG.match(a.tag) or a.tag.endswith(".lock") or ".." in a.tag:
         raise common.UserError(f"invalid tag {a.tag!r}: use letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit (e.g. mar5)")
-    if a.budget <= 0 or (a.timeout is not None and a.timeout <= 0):
+    if (a.budget is not None and a.budget <= 0) or (a.timeout is not None and a.timeout <= 0):
         raise common.UserError("--budget and --timeout must be positive numbers of seconds")
     if a.max_iterations is not None and a.max_iterations < 1:
         raise common.UserError("--max-iterations must be 1 or more (leave it out for no limit)")
@@ -166,25 +198,106 @@ def check_files(root, target, a):
                                 "files that exist, relative to the project root")
 
 
-def verify_data(root, python, dataset):
-    """Ask the fixed harness whether the dataset cache is complete."""
-    if not os.path.exists(os.path.join(root, "prepare.py")):
-        raise common.UserError(f"prepare.py not found in {root}: run this inside the autoresearch project")
-    proc = subprocess.run([python, "prepare.py", "--dataset", dataset, "--verify"], cwd=root,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
+def plan(root, target, a):
+    """What kind of project this is and how its runs go: the config's fields for the
+    run command, data, budget, seeds and what is off, and the notes setup prints.
+    Nothing here changes anything."""
+    kind = project.kind(root, target)
+    python = a.python or common.project_python(root)
+    files = [target, *a.scope]
+    notes, off = [], []
+    p = {"project": kind, "python": python, "run": None, "budget_via": "env", "seeds": True,
+         "metric": a.metric, "direction": a.direction or project.default_direction(a.metric)}
+    if kind == project.HARNESS:
+        if a.run:
+            raise common.UserError("--run is for a project of your own: here runs start through "
+                                   "the harness (python <target>); drop --run")
+        p.update(dataset=a.dataset or "climbmix", budget=a.budget or 300,
+                 data_check=f"{shlex.quote(python)} prepare.py --dataset {shlex.quote(a.dataset or 'climbmix')} --verify")
+        if a.data_check:
+            raise common.UserError("--data-check is for a project of your own: here the harness "
+                                   "checks its dataset (--dataset); drop --data-check")
+        return p, notes
+    if a.dataset:
+        notes.append(f"note: --dataset {a.dataset} is for this project's harness; this project "
+                     "uses its own data")
+    p["dataset"] = "climbmix (its prepare.py)" if kind == project.KARPATHY else "the project's own"
+    p["run"] = a.run or project.default_run(root, target, python)
+    program = shlex.split(p["run"])[0] if shlex.split(p["run"]) else ""
+    if not (shutil.which(program) or os.path.exists(os.path.join(root, program))):
+        raise common.UserError(f"{program or 'the run command'} not found (from --run {p['run']!r}): "
+                               + ("install uv, or pass --run 'python " + target + "'"
+                                  if program == "uv" else "pass --run with a command that exists"))
+    check = a.data_check or (project.KARPATHY_DATA_CHECK if kind == project.KARPATHY else None)
+    p["data_check"] = None if (check or "").strip().lower() == "none" else check
+    # The budget: through the environment where the script reads it, else its own.
+    reads_budget = project.reads(root, files, project.BUDGET_ENV)
+    own = project.budget_constant(root, files)
+    if a.budget_via == "env" and not reads_budget:
+        raise common.UserError(f"{target} never reads {project.BUDGET_ENV}: make it read it "
+                               f"(float(os.environ.get('{project.BUDGET_ENV}', 300))), or pass "
+                               "--budget-via script")
+    p["budget_via"] = a.budget_via or ("env" if reads_budget else "script")
+    if p["budget_via"] == "script":
+        p["budget"] = own or a.budget or 300
+        if a.budget and own and a.budget != own:
+            notes.append(f"note: the script enforces its own budget (TIME_BUDGET = {own:g}); "
+                         f"--budget {a.budget:g} cannot reach it: runs get {own:g} s, and the "
+                         "timeout is set from that")
+        elif not own:
+            notes.append(f"note: {target} does not read {project.BUDGET_ENV}: it enforces its own "
+                         f"budget, and {p['budget']:g} s only sets the timeout")
+    else:
+        p["budget"] = a.budget or 300
+    p["seeds"] = project.reads(root, files, project.SEED_ENV)
+    if not p["seeds"]:
+        notes.append(f"note: {target} does not read {project.SEED_ENV}: seeds are not varied, so "
+                     "repeats cannot measure the noise; each change is judged on one run")
+    if not project.reads(root, files, a.metric):
+        raise common.UserError(f"{target} never prints {a.metric}: print `{a.metric}: <value>` "
+                               f"after a `---` line (or `METRIC {a.metric}=<value>`), or pass "
+                               "--metric with the name it prints")
+    off.append("the harness's result channel (the metric is read from the run's printed output, "
+               "which the target writes)")
+    if a.metric.endswith("bpb") and kind == project.OWN:
+        off.append("the pinned evaluation (no fixed harness here)")
+    off.append("bench.py (this project's harness has it)")
+    p["off"] = off
+    return p, notes
+
+
+def check_data(root, p):
+    """The project's data check (the harness's --verify, a clone's cache, a command of
+    the person's); on failure, its own last line and the fix."""
+    if not p.get("data_check"):
+        return
+    proc = subprocess.run(p["data_check"], shell=True, cwd=root, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if proc.returncode == 0:
+        return
+    lines = [l.strip() for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
+    said = lines[-1] if lines else f"exit {proc.returncode}"
+    if p["project"] == project.HARNESS:
         # prepare.py prints one line holding the exact command; pass that command on.
-        lines = [l.strip() for l in (proc.stdout + proc.stderr).splitlines() if l.strip()]
-        found = re.search(r"python[\w.]* prepare\.py [^`'\"]*", lines[-1]) if lines else None
-        fix = found.group(0).strip() if found else f"python prepare.py --dataset {dataset}"
-        raise common.UserError(f"dataset {dataset!r} is not ready; prepare it with: {fix}")
+        found = re.search(r"python[\w.]* prepare\.py [^`'\"]*", said)
+        if found:
+            raise common.UserError(f"dataset {p['dataset']!r} is not ready; prepare it with: "
+                                   f"{found.group(0).strip()}")
+        raise common.UserError(f"the data check failed ({said[:200]}): fix that, then run setup again")
+    fix = (f"prepare the data with: {project.KARPATHY_PREPARE}" if p["project"] == project.KARPATHY
+           else "prepare the data, or pass --data-check none")
+    raise common.UserError(f"the data check `{p['data_check']}` failed ({said[:160]}): {fix}, "
+                           "then run setup again")
 
 
 def archive_previous(root):
-    """Move an earlier session's files aside (nothing is ever overwritten)."""
+    """Move an earlier session's files aside (nothing is ever overwritten). A file
+    of that name that the project tracks in git is the person's, not a session's: it
+    stays where it is."""
     log = records.read_log(root, required=False)
     present = [n for n in common.SESSION_FILES
-               if n != common.STATE_DIR and os.path.exists(os.path.join(root, n))]
+               if n != common.STATE_DIR and os.path.exists(os.path.join(root, n))
+               and not git.git(root, "ls-files", "--", n)]
     if not present:
         return None
     name = (log.config or {}).get("tag", "untitled") + "-" + common.now_iso().replace(":", "")
@@ -247,41 +360,41 @@ def main(argv=None):
     if dirty:
         raise common.UserError(f"uncommitted changes in {', '.join(dirty[:5])}: commit or stash "
                             "them first, so the baseline is a commit")
-    python = a.python or sys.executable
+    p, notes = plan(root, target, a)
+    python = p["python"]
     if a.backend == "local":    # on SkyPilot each cluster prepares the data in its setup
-        verify_data(root, python, a.dataset)
+        check_data(root, p)
     # Who measures: the harness on its result channel where the harness and the target
     # support it (this project's templates), else the run's printed output.
-    measured_by = ("harness" if a.metric == "val_bpb" and a.backend == "local"
-                   and measure.harness_measures(root, target) else "output")
-    pinned = measure.pin_eval(root, python, a.dataset) if measured_by == "harness" else None
-
-    # All checks passed: from here on, change things.
+    measured_by = ("harness" if p["project"] == project.HARNESS and a.metric == "val_bpb"
+                   and a.backend == "local" and measure.harness_measures(root, target) else "output")
+    pinned = measure.pin_eval(root, python, p["dataset"]) if measured_by == "harness" else None
     rule = policy.policy_name({"policy": a.policy})
-    baseline_runs = a.baseline_runs or (policy.DEFAULT_BASELINE_RUNS if rule == "noise-aware" else 1)
-    archived = archive_previous(root)
-    freed = drop_compile_caches(root)
+    baseline_runs = a.baseline_runs or (policy.DEFAULT_BASELINE_RUNS
+                                        if rule == "noise-aware" and p["seeds"] else 1)
     base = git.head(root)
     start = git.current_branch(root)
-    git.git(root, "checkout", "-q", "-b", branch)
-    added = git.ensure_ignored(root)
     config = {
         "type": "config", "version": 1, "tag": a.tag, "branch": branch,
-        "dataset": a.dataset, "target": target, "budget": a.budget,
-        "timeout": a.timeout or 2 * a.budget + 120, "metric": a.metric,
-        "direction": a.direction, "policy": rule, "baseline_runs": baseline_runs,
+        "dataset": p["dataset"], "target": target, "budget": p["budget"],
+        "timeout": a.timeout or 2 * p["budget"] + 120, "metric": a.metric,
+        "direction": p["direction"], "policy": rule, "baseline_runs": baseline_runs,
         "max_iterations": a.max_iterations,
         "python": python, "base_commit": base, "start_branch": start if start != "HEAD" else None,
         "fixed_files": harness.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "plugin_digest": harness.plugin_digest(common.PLUGIN_ROOT),
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
-        "platform": devices.platform_info(python, target),
+        "platform": devices.platform_info(python, project.framework(root, target)),
         "checks": a.checks, "progress_every": a.progress_every, "created": common.now_iso(),
         "workers": a.workers, "backend": a.backend,
         # seed 001's names for the session's identity and metric, beside ours
         "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
-        "bestDirection": a.direction,
+        "bestDirection": p["direction"],
+        "project": p["project"], "run": p["run"], "budget_via": p["budget_via"],
+        "seeds": p["seeds"], "data_check": p.get("data_check"), "plot": project.plot_name(root),
     }
+    if p.get("off"):
+        config["off"] = p["off"]
     config["measure"] = measured_by
     if pinned:
         config["eval"] = pinned
@@ -290,12 +403,24 @@ def main(argv=None):
                               "clusters": a.clusters or a.workers, "accelerators": a.accelerators,
                               "managed": a.managed}
     records.validate(config, where="config")
-    with common.Lock(root):
-        common.write_atomic(os.path.join(root, common.LOG), json.dumps(config) + "\n")
-        records.back_up_log(root, a.tag)
-        records.write_results(root, config, [])
-        common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
-        session.start_loop(root)
+
+    # All checks passed: from here on, change things. A failure on the way takes the
+    # branch away again, so that setup can simply be run again.
+    git.git(root, "checkout", "-q", "-b", branch)
+    try:
+        archived = archive_previous(root)
+        freed = drop_compile_caches(root)
+        added = git.ensure_ignored(root)
+        with common.Lock(root):
+            common.write_atomic(os.path.join(root, common.LOG), json.dumps(config) + "\n")
+            records.back_up_log(root, a.tag)
+            records.write_results(root, config, [])
+            common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
+            session.start_loop(root)
+    except BaseException:
+        git.git(root, "checkout", "-q", start if start != "HEAD" else base)
+        git.git(root, "branch", "-q", "-D", branch)
+        raise
 
     if archived:
         print(f"moved the previous session's files to {archived}/")
@@ -309,6 +434,8 @@ def main(argv=None):
                              "judged)" if measured_by == "harness" else
                              "the run's printed output (a target can print any number there)"))
     print(session.research_config(config))
+    for note in notes:
+        print(note)
     if a.worker_note:
         print(a.worker_note)
     if a.workers > 1 or a.backend != "local":

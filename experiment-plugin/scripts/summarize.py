@@ -16,7 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, records, stats, policy, session  # noqa: E402
+from core import common, project, records, stats, policy, session  # noqa: E402
 
 NEXT_STEPS = "## Recommended next steps"
 PLACEHOLDER = ("<!-- To be written by the agent: the 3-5 most promising directions, "
@@ -286,7 +286,7 @@ def main(argv=None):
     p.add_argument("--no-plot", action="store_true", help="write only the markdown")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     root = common.find_root()
-    common.use_project_python(root)
+    common.use_project_python(root, common.PLOT_NEEDS)
     root, log = records.load_session(root)
     config, runs = log.config, log.runs
     summary_path = os.path.join(root, common.SUMMARY)
@@ -297,14 +297,15 @@ def main(argv=None):
     if not a.no_plot:
         with open(os.path.join(root, common.LOG), "rb") as f:
             key = hashlib.sha256(f.read()).hexdigest()
-        plot_path = os.path.join(root, common.PLOT)
+        plot = project.plot_of(config)      # progress.png, unless the project tracks one
+        plot_path = os.path.join(root, plot)
         key_path = os.path.join(root, common.STATE_DIR, "plot.key")
         if os.path.exists(plot_path) and common.read_json(key_path, default=None) == key:
-            print(f"{common.PLOT} is up to date")
+            print(f"{plot} is up to date")
         else:
             render_plot(root, config, runs, plot_path)
             common.write_atomic(key_path, f'"{key}"\n')
-            print(f"wrote {common.PLOT}")
+            print(f"wrote {plot}")
     return 0
 
 

@@ -22,14 +22,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, devices, records, policy, candidates, waves  # noqa: E402
-
-SHOWN = ("peak_memory_mb", "avg_tok_sec", "mfu_percent", "num_steps", "training_seconds")
+from core import common, devices, parsing, records, policy, candidates, waves  # noqa: E402
 
 
 def show(root, config, cand, tail):
     name, status = cand["name"], cand.get("run_status")
-    for k in (config["metric"],) + tuple(k for k in SHOWN if k != config["metric"]):
+    for k in (config["metric"],) + tuple(k for k in parsing.SHOWN if k != config["metric"]):
         if k in (cand.get("metrics") or {}):
             print(f"METRIC {k}={cand['metrics'][k]}")
     when = (f"candidate {name} on {cand.get('worker')}, seed {cand.get('seed')}, after "

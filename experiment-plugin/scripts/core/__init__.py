@@ -11,6 +11,7 @@ LAYERS = (
     "harness",      # the fixed files and their hashes; the hash of the measured code
     "parsing",      # THE metric parser
     "measure",      # the harness's result channel and the checks a result must pass
+    "project",      # the kind of project: harness, karpathy clone or own; how runs reach it
     "launch",       # the measured run's first code: the harness from verified bytes
     "monitor",      # machine load around a run: disturbed or quiet
     "devices",      # platform, GPUs, cores, Apple Silicon, worker slots

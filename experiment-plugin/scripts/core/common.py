@@ -25,6 +25,7 @@ LOG = "autoresearch.jsonl"          # source of truth: config record, then one p
 RESULTS = "results.tsv"             # the classic tab-separated view, rebuilt from LOG
 RUN_LOG = "run.log"                 # output of the latest run
 PLOT = "progress.png"
+PLOT_TRACKED = "autoresearch-progress.png"   # the plot, where the project tracks a progress.png of its own
 SUMMARY = "autoresearch-summary.md"
 NOTES = "autoresearch.md"           # the living session document (the agent edits it)
 STOP_FILE = "autoresearch.stop"     # create it to end the loop at the next stop
@@ -38,6 +39,7 @@ WORKTREES = os.path.join(STATE_DIR, "worktrees")
 # (the guard hook enforces it); the summary and notes are the agent's to finish, the
 # stop file is the person's.
 SESSION_FILES = {LOG: "scripts", RESULTS: "scripts", RUN_LOG: "scripts", PLOT: "scripts",
+                 PLOT_TRACKED: "scripts",
                  STATE_DIR: "scripts", SUMMARY: "agent", NOTES: "agent", STOP_FILE: "person"}
 
 SCRIPT_ONLY_FILES = tuple(n for n, writer in SESSION_FILES.items() if writer == "scripts")
@@ -60,26 +62,78 @@ def find_root(start: str | None = None) -> str:
         path = parent
 
 
-def use_project_python(root: str) -> None:
-    """Re-run this script under the session's interpreter when started by another one.
+# What the plugin's scripts import beyond the standard library (the hooks need none;
+# only the summary draws a plot).
+SCRIPT_NEEDS = ("jsonschema",)
+PLOT_NEEDS = ("jsonschema", "matplotlib")
+
+
+def has_modules(needs, python: str | None = None) -> bool:
+    """Whether `python` (default: this interpreter) can import `needs`. Another
+    interpreter is asked by looking into its site-packages, without starting it."""
+    if python is None:
+        import importlib.util
+        return all(importlib.util.find_spec(m) is not None for m in needs)
+    import glob
+    prefix = os.path.dirname(os.path.dirname(python))
+    return os.path.exists(python) and all(
+        glob.glob(os.path.join(prefix, "lib", "python3*", "*-packages", m)) for m in needs)
+
+
+def plugin_env() -> str:
+    """The plugin's own small environment, made once where Claude Code keeps a
+    plugin's data (CLAUDE_PLUGIN_DATA), else in the user's cache."""
+    base = os.environ.get("CLAUDE_PLUGIN_DATA") or os.path.join(
+        os.path.expanduser("~"), ".cache", "autoresearch-plugin")
+    return os.path.join(base, "venv")
+
+
+def use_project_python(root: str, needs=SCRIPT_NEEDS) -> None:
+    """Re-run this script under an interpreter that has the scripts' own dependencies.
 
     The agent calls the scripts by path, which starts whatever `python3` is first on
-    PATH; that one may lack matplotlib, or differ from the one that trains. The
-    session's interpreter is the project's `.venv` when there is one, else the one
-    recorded in the session config at setup. Hop over to it once, here.
+    PATH; that one may lack jsonschema or matplotlib. Training runs on the session's
+    interpreter or run command, never on this one, so any interpreter that has them
+    will do: this one, else the project's `.venv`, else the session's interpreter,
+    else the plugin's own environment, made once (a person's project need not list
+    the plugin's dependencies).
     """
-    if os.environ.get("AUTORESEARCH_NO_REEXEC"):
+    if os.environ.get("AUTORESEARCH_NO_REEXEC") or has_modules(needs):
         return
-    wanted = os.path.join(root, ".venv", "bin", "python")
-    if not os.path.exists(wanted):
-        try:
-            with open(os.path.join(root, LOG), encoding="utf-8") as f:
-                wanted = json.loads(f.readline()).get("python") or ""
-        except (OSError, ValueError, AttributeError):
-            return
-    if wanted and os.path.exists(wanted) and os.path.abspath(sys.executable) != wanted:
-        os.environ["AUTORESEARCH_NO_REEXEC"] = "1"
-        os.execv(wanted, [wanted] + sys.argv)
+    tried = [os.path.join(root, ".venv", "bin", "python")]
+    try:
+        with open(os.path.join(root, LOG), encoding="utf-8") as f:
+            tried.append(json.loads(f.readline()).get("python") or "")
+    except (OSError, ValueError, AttributeError):
+        pass
+    wanted = next((p for p in tried if p and has_modules(needs, p)), None)
+    if wanted is None:
+        wanted = os.path.join(plugin_env(), "bin", "python")
+        if not has_modules(PLOT_NEEDS, wanted):
+            make_plugin_env(plugin_env())
+    os.environ["AUTORESEARCH_NO_REEXEC"] = "1"
+    os.execv(wanted, [wanted] + sys.argv)
+
+
+def make_plugin_env(path: str) -> None:
+    import subprocess
+    print(f"setting up the plugin's own environment in {path} (once: {', '.join(PLOT_NEEDS)})",
+          file=sys.stderr)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    steps = [[base, "-m", "venv", path],
+             [os.path.join(path, "bin", "python"), "-m", "pip", "install", "-q", *PLOT_NEEDS]]
+    for step in steps:
+        if subprocess.run(step, stdout=sys.stderr).returncode != 0:
+            raise UserError(f"could not make the plugin's environment in {path}: install "
+                            f"{' '.join(PLOT_NEEDS)} into the python3 on PATH "
+                            f"(python3 -m pip install {' '.join(PLOT_NEEDS)}), then run this again")
+
+
+def project_python(root: str) -> str:
+    """The interpreter that trains, unless the session says otherwise: the project's
+    .venv where it has one, else the one running this script."""
+    venv = os.path.join(root, ".venv", "bin", "python")
+    return venv if os.path.exists(venv) else sys.executable
 
 
 def now_iso() -> str:

@@ -12,10 +12,11 @@ import sys
 from .common import UserError
 
 
-def platform_info(python: str, target: str) -> dict:
+def platform_info(python: str, framework: str | None) -> dict:
     """Where the runs happen, for the record: OS, device, memory, framework. Read
     without importing the framework (setup stays fast): nvidia-smi for NVIDIA GPUs,
-    the CPU's name otherwise, the framework's installed version."""
+    the CPU's name otherwise, the installed version of the framework the target
+    imports (project.framework reads which from its text)."""
     import platform
     import shutil
     import subprocess
@@ -43,10 +44,11 @@ def platform_info(python: str, target: str) -> dict:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
         pass
-    framework = "mlx" if "mlx" in target else "torch"
-    version = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version('{framework}'))"],
-                             capture_output=True, text=True).stdout.strip()
-    info["framework"] = f"{framework} {version or '(not installed)'}"
+    if framework and os.path.exists(python):
+        version = subprocess.run([python, "-c", "import importlib.metadata as m, sys; "
+                                  "print(m.version(sys.argv[1]))", framework],
+                                 capture_output=True, text=True).stdout.strip()
+        info["framework"] = f"{framework} {version or '(version unknown)'}"
     return info
 
 

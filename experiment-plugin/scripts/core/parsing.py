@@ -16,6 +16,19 @@ from .common import UserError
 _RECORD_ALIASES = {"total_steps": "num_steps", "tok_per_sec": "avg_tok_sec",
                    "training_peak_mb": "train_peak_mb"}
 
+# What run-experiment and wait-wave show of a run beside the metric. Memory goes by
+# two names: this project's templates say peak_memory_mb, karpathy/autoresearch's
+# train.py peak_vram_mb.
+MEMORY_KEYS = ("peak_memory_mb", "peak_vram_mb")
+SHOWN = (*MEMORY_KEYS, "avg_tok_sec", "mfu_percent", "num_steps", "training_seconds")
+
+
+def memory_mb(metrics: dict):
+    """A run's peak memory in MB under whichever name it was printed, else None."""
+    return next((metrics[k] for k in MEMORY_KEYS if isinstance(metrics.get(k), (int, float))
+                 and not isinstance(metrics.get(k), bool)), None)
+
+
 _METRIC_LINE = re.compile(r"^METRIC\s+([A-Za-z_][\w.\-]*)\s*=\s*(\S+)\s*$")
 _SUMMARY_LINE = re.compile(r"^([A-Za-z_][\w.\-]*):\s+(\S.*?)\s*$")
 

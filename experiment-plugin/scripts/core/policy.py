@@ -332,7 +332,13 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
     sigma, dof = noise(runs, candidate)
     if sigma is None or sigma == 0:
         # No code measured twice yet: nothing to judge a difference by. An apparent
-        # gain is confirmed on a new seed, which is also the first repeat.
+        # gain is confirmed on a new seed, which is also the first repeat. A script
+        # that sets its own seed repeats itself: a second run would agree with the
+        # first whatever the noise, so it is judged on the one run, and says so.
+        if config.get("seeds") is False:
+            return (("keep", f"{shown}: better (one run: the script sets its own seed, so "
+                             "repeats cannot measure the noise)") if gain > 0 else
+                    ("discard", f"{shown}: not better"))
         if gain > 0 and n_c == 1:
             return "rerun", f"{shown}: better, but the noise is not measured yet: confirm it on a new seed"
         return ("keep", f"{shown}: better on {n_c} seeds") if gain > 0 else \

@@ -11,6 +11,7 @@ import sys
 
 from .common import find_root, LOG, RESULTS, SCHEMA_PATH, STATE_DIR, UserError, write_atomic
 from .git import blob_at, current_branch, drop_ref, store_blob
+from .parsing import memory_mb
 
 
 def read_config(root: str) -> dict | None:
@@ -292,7 +293,7 @@ def results_tsv(config: dict, runs: list[dict]) -> str:
     for r in runs:
         m = r.get("metrics") or {}
         metric = r.get("metric")
-        mem = m.get("peak_memory_mb")
+        mem = memory_mb(m)
         tok = m.get("avg_tok_sec")
         rows.append("\t".join([
             r.get("commit", "")[:7],

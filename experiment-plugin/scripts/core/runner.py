@@ -158,6 +158,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     """Start the target in its own session (so its process group is ours to kill);
     returns (exit code or None on timeout, seconds, the machine's load reading).
 
+    A project of the person's own starts with its run command (config "run").
     A session measured by the harness (config "measure": "harness") starts the target
     through launch.py, with the harness's result channel: a pipe whose write end only
     the harness holds. The documents read from it are appended to `results`. This
@@ -168,7 +169,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     log and running file, on one `worker` of the local backend: that worker's
     environment (CUDA_VISIBLE_DEVICES, thread counts) and, on a CPU, its own cores."""
     python = config["python"]
-    if not os.path.exists(python):
+    if not config.get("run") and not os.path.exists(python):
         raise UserError(f"interpreter {python} from the session config is gone: recreate "
                             "it, or set up a new session with --python")
     worker = worker or {}
@@ -192,7 +193,10 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
             raise Stopped(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
-    command, fds, reader = [python, config["target"]], (), None
+    # A project of the person's own runs as they run it (setup --run: `uv run train.py`,
+    # a script of theirs), through the shell, in the same process group as always.
+    command = ["/bin/sh", "-c", config["run"]] if config.get("run") else [python, config["target"]]
+    fds, reader = (), None
     if config.get("measure") == "harness":
         command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(config["fixed_files"])]
         read_end, write_end = os.pipe()
@@ -279,7 +283,11 @@ def classify(code, text, metrics, name):
     if code != 0:
         return ("nan" if NAN.search(text) else "crash"), f"exit {code}"
     if not finite(value):
-        return "crash", f"no {name} in the output"
+        found = [k for k, v in metrics.items() if finite(v)]
+        return "crash", (f"no {name} in the output" + (
+            f" (it printed {', '.join(found[:8])}: set up the session with --metric set to one "
+            "of them, or print `" + name + ": <value>`)" if found else
+            f": print `{name}: <value>` after a `---` line, or `METRIC {name}=<value>`"))
     return "ok", None
 
 

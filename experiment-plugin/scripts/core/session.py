@@ -10,6 +10,7 @@ import os
 from .common import (editable_files, find_root, finite, fmt, Lock, LOG, NOTES, now_iso, PLUGIN_ROOT,
     read_json, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
 from .git import blob_at
+from .project import HARNESS, KIND_NAMES, plot_of
 from .records import append_record, asi, lesson, log_ref, read_config, read_log, session_tag
 from .stats import (baseline_run, best_run, better, experiments, improvement, noise_line,
     standing_keeps, undone_runs)
@@ -28,14 +29,21 @@ def research_config(config: dict) -> str:
     rows = [("platform", ", ".join(str(p[k]) for k in ("os", "device") if k in p)
              + (f", {p['memory_gb']:g} GB" if "memory_gb" in p else "")
              + (f", {p['framework']}" if "framework" in p else "")),
+            ("project", KIND_NAMES.get(config.get("project", HARNESS), "")),
+            ("run", config.get("run") or ""),
             ("dataset", config["dataset"]),
-            ("budget", f"{config['budget']:g} s per run (killed after {config['timeout']:g} s)"),
+            ("data check", (config.get("data_check") or "none") if "data_check" in config else ""),
+            ("budget", f"{config['budget']:g} s per run (killed after {config['timeout']:g} s)"
+             + (", enforced by the script itself" if config.get("budget_via") == "script" else "")),
+            ("seeds", "" if config.get("seeds", True) else
+             "not varied (the script sets its own): each change is judged on one run"),
             ("metric", f"{config['metric']}, {config['direction']} is better"),
             ("target", ", ".join(editable_files(config))),
             ("read-only", ", ".join(config.get("read_only") or []) or "the harness only"),
             ("policy", config["policy"]),
             ("checks", config.get("checks") or "none"),
-            ("stops at", "; ".join(stops))]
+            ("stops at", "; ".join(stops)),
+            ("off", "; ".join(config.get("off") or []))]
     return "research config:\n" + "\n".join(f"  {k:<10} {v}" for k, v in rows if v)
 
 
@@ -323,7 +331,7 @@ def ended_message(config: dict, runs: list[dict], reason: str) -> str:
     n = experiments(runs)
     return (f"autoresearch session {config['tag']} has ended: {reason}. {n} runs, "
             f"{best_line(config, runs)}. The guard and the loop are off. Next: "
-            f"/experiment:summary writes the report and progress.png; "
+            f"/experiment:summary writes the report and {plot_of(config)}; "
             f"/experiment:resume --max-iterations {max(n, config.get('max_iterations') or 0) + 20} "
             f"continues with 20 more runs; {os.path.join(PLUGIN_ROOT, 'scripts', 'finalize')} "
             f"shows how the kept changes on branch {config['branch']} would go into "
