@@ -18,8 +18,10 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+from core import templates
 from plugin_helpers import REPO, git, make_project, records, require_claude
 from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
 
@@ -86,7 +88,11 @@ def test_install_from_the_marketplace_and_run_a_session(tmp_path):
     plugin = Path(os.path.realpath(entry["installPath"]))
     cache = Path(os.path.realpath(home / ".claude" / "plugins" / "cache"))
     assert cache in plugin.parents, plugin                     # Claude Code's copy, not the repo
-    for rel in ("prepare.py", "train.py", "datasets/classics/shard_00000.parquet"):
+    listed = subprocess.run([sys.executable, "-B", "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); "
+                             "from core import templates; print(json.dumps(templates.template_files()))",
+                             str(plugin / "scripts")], capture_output=True, text=True, check=True).stdout
+    assert json.loads(listed) == templates.template_files()        # what a new project gets
+    for rel in json.loads(listed):
         copied = plugin / "templates" / rel                       # the links, followed
         assert copied.is_file() and not copied.is_symlink(), rel
         assert copied.read_bytes() == (REPO / rel).read_bytes(), rel
