@@ -74,6 +74,15 @@ def snapshot(folder):
             if p.is_file() else "dir" for p in sorted(folder.rglob("*"))}
 
 
+def test_the_marketplace_validates_strictly():
+    claude = require_claude()
+    proc = subprocess.run([claude, "plugin", "validate", "--strict", str(REPO)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "marketplace.json" in proc.stdout, proc.stdout + proc.stderr
+    (entry,) = json.loads((REPO / ".claude-plugin" / "marketplace.json").read_text())["plugins"]
+    assert (entry["name"], entry["source"]) == ("experiment", "./experiment-plugin")
+
+
 def test_install_from_the_marketplace_and_run_a_session(tmp_path):
     claude = require_claude()
     home = tmp_path / "home"
