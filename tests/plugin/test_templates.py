@@ -4,6 +4,7 @@ themselves once installed), and copying them gives a project that prepares its
 embedded dataset offline."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -59,8 +60,10 @@ def test_existing_files_are_never_overwritten(tmp_path):
 
 def test_a_broken_template_folder_says_reinstall(tmp_path):
     source = tmp_path / "templates"
-    source.mkdir()
-    with pytest.raises(common.UserError, match="no templates"):
+    shutil.copytree(PLUGIN / "templates", source)                  # the files themselves
+    assert templates.template_files(str(source)) == templates.template_files()
+    (source / "prepare.py").unlink()                               # a link the installer dropped
+    with pytest.raises(common.UserError, match=r"lack prepare\.py: reinstall"):
         templates.template_files(str(source))
     (source / "prepare.py").symlink_to("../../missing.py")
     with pytest.raises(common.UserError, match="points nowhere.*reinstall"):

@@ -16,6 +16,10 @@ import os
 from .common import PLUGIN_ROOT, UserError, write_atomic
 
 TEMPLATES_DIR = os.path.join(PLUGIN_ROOT, "templates")
+# What a copy must hold to be a project: a link the installer could not follow (a
+# sparse checkout, a link git wrote as text) must not give half a harness.
+REQUIRED = ("prepare.py", "dataset_cache.py", "data_sources.py", "train.py", "train_mlx.py",
+            "program.md", "pyproject.toml", "datasets/classics/shard_00000.parquet")
 REINSTALL = "reinstall the plugin (claude plugin install experiment@autoresearch)"
 
 
@@ -36,8 +40,10 @@ def template_files(source: str = TEMPLATES_DIR) -> list[str]:
                 raise UserError(f"the plugin's template {rel} is a link checked out as text "
                                 f"(git core.symlinks is off): enable symlinks and {REINSTALL}")
             found.append(rel)
-    if not found:
-        raise UserError(f"the plugin has no templates in {source}: {REINSTALL}")
+    missing = [f for f in REQUIRED if f not in found]
+    if missing:
+        raise UserError(f"the plugin's templates in {source} lack {', '.join(missing[:3])}"
+                        f"{' ...' if len(missing) > 3 else ''}: {REINSTALL}")
     return sorted(found)
 
 
