@@ -23,7 +23,7 @@ from pathlib import Path
 
 from core import templates
 from plugin_helpers import REPO, git, make_project, records, require_claude
-from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
+from plugin_helpers_model import ScriptedModel, guarded_baseline, only_result, text, tool, user_text
 
 MARKETPLACE = json.loads((REPO / ".claude-plugin" / "marketplace.json").read_text())["name"]
 GITHUB_REPO = "example-owner/autoresearch"          # never contacted: see github_clone_from
@@ -110,14 +110,6 @@ def test_install_from_the_marketplace_and_run_a_session(tmp_path):
     project = make_project(tmp_path / "proj")
     seen = {}
 
-    def only_result(body, *needles, error=None):
-        (result,) = tool_results(body)
-        for n in needles:
-            assert n in result["text"], f"{n!r} not in tool result {result['text'][:800]!r}"
-        if error is not None:
-            assert result["is_error"] is error, result
-        return result["text"]
-
     def setup(body):
         line = re.search(r'^\s*"([^"\n]*)/scripts/setup-session" (--tag t1 .*)$', user_text(body), re.M)
         assert line, f"no setup-session line in the expanded command:\n{user_text(body)[:3000]}"
@@ -132,20 +124,11 @@ def test_install_from_the_marketplace_and_run_a_session(tmp_path):
         assert os.path.realpath(seen["scripts"]) == str(plugin / "scripts")   # it ran from there
         return [tool("Bash", command="echo '# faster eval' >> prepare.py")]
 
-    def run_baseline(body):
-        only_result(body, "autoresearch guard", "fixed harness", error=True)
-        return [tool("Bash", command=f'"{seen["scripts"]}/run-experiment"', timeout=600000)]
-
-    def log_baseline(body):
-        only_result(body, "METRIC val_bpb=1.0", "status: ok run 1", "recommend: keep")
-        return [tool("Bash", command=f'"{seen["scripts"]}/log-experiment" --status keep '
-                                     "--description 'baseline'")]
-
     def stop_at_cap(body):
         only_result(body, "logged run 1: keep", "iteration cap reached")
         return [text("Iteration cap reached; stopping.")]
 
-    steps = [setup, touch_the_harness, run_baseline, log_baseline, stop_at_cap]
+    steps = [setup, touch_the_harness, *guarded_baseline(seen), stop_at_cap]
     with ScriptedModel(steps) as model:
         env = model.client_env(str(home))
         env.pop("PYTHONDONTWRITEBYTECODE", None)       # the scripts must not need it
