@@ -66,6 +66,32 @@ def all_text(body: dict) -> str:
     return json.dumps(body["messages"])
 
 
+def only_result(body: dict, *needles: str, error: bool | None = None) -> str:
+    """The text of the one tool result in the last request, which must contain every
+    needle (and be an error, or not, when `error` says)."""
+    results = tool_results(body)
+    assert len(results) == 1, results
+    for n in needles:
+        assert n in results[0]["text"], f"{n!r} not in tool result {results[0]['text'][:800]!r}"
+    if error is not None:
+        assert results[0]["is_error"] is error, results[0]
+    return results[0]["text"]
+
+
+def guarded_baseline(seen: dict) -> list:
+    """Two steps of a session: after the guard denied a change to the harness, run the
+    baseline, then log it as kept; `seen["scripts"]` is the folder setup printed."""
+    def run_baseline(body):
+        only_result(body, "autoresearch guard", "fixed harness", error=True)
+        return [tool("Bash", command=f'"{seen["scripts"]}/run-experiment"', timeout=600000)]
+
+    def log_baseline(body):
+        only_result(body, "METRIC val_bpb=1.0", "status: ok run 1", "recommend: keep")
+        return [tool("Bash", command=f'"{seen["scripts"]}/log-experiment" --status keep '
+                                     "--description 'baseline'")]
+    return [run_baseline, log_baseline]
+
+
 class ScriptedModel:
     def __init__(self, steps):
         self.steps = list(steps)

@@ -25,6 +25,7 @@ import re
 import shlex
 import sys
 
+sys.dont_write_bytecode = True  # nothing is written into the plugin's folder
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
 from core import common, harness, records, candidates, session  # noqa: E402
 

@@ -20,6 +20,7 @@ import json
 import os
 import sys
 
+sys.dont_write_bytecode = True  # nothing is written into the plugin's folder
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "scripts"))
 from core import common, records, stats, candidates, session  # noqa: E402
 

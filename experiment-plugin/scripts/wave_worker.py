@@ -7,6 +7,7 @@ import argparse
 import os
 import sys
 
+sys.dont_write_bytecode = True  # nothing is written into the plugin's folder
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from core import common, devices, records, stats, candidates, waves  # noqa: E402
 

@@ -15,7 +15,8 @@ import pytest
 
 from plugin_helpers import (PLUGIN, edit_target, git, make_project, ok, records, require_claude,
                             script)
-from plugin_helpers_model import ScriptedModel, all_text, text, tool, tool_results, user_text
+from plugin_helpers_model import (ScriptedModel, all_text, guarded_baseline, only_result, text, tool,
+                                  tool_results, user_text)
 
 
 def init_line(claude, plugin_dir, cwd, home):
@@ -74,14 +75,7 @@ def test_a_session_through_the_real_cli(tmp_path):
     home.mkdir()
     seen = {}
 
-    def expect(body, *needles, error=None):
-        results = tool_results(body)
-        assert len(results) == 1, results
-        for n in needles:
-            assert n in results[0]["text"], f"{n!r} not in tool result {results[0]['text'][:800]!r}"
-        if error is not None:
-            assert results[0]["is_error"] is error, results[0]
-        return results[0]["text"]
+    expect = only_result
 
     def setup(body):
         prompt = user_text(body)
@@ -102,15 +96,6 @@ def test_a_session_through_the_real_cli(tmp_path):
         expect(body, "argparse")
         return [tool("Edit", file_path=str(project / "prepare.py"),
                      old_string="import argparse, os, sys", new_string="import argparse, os, sys  # faster eval")]
-
-    def run_baseline(body):
-        expect(body, "autoresearch guard", "fixed harness", error=True)
-        return [tool("Bash", command=f'"{seen["scripts"]}/run-experiment"', timeout=600000)]
-
-    def log_baseline(body):
-        expect(body, "METRIC val_bpb=1.0", "status: ok run 1", "recommend: keep")
-        return [tool("Bash", command=f'"{seen["scripts"]}/log-experiment" --status keep '
-                                     "--description 'baseline'")]
 
     def try_to_stop(body):
         expect(body, "logged run 1: keep")
@@ -139,7 +124,7 @@ def test_a_session_through_the_real_cli(tmp_path):
         expect(body, "logged run 2: discard", "iteration cap reached")
         return [text("Iteration cap reached; stopping.")]
 
-    steps = [setup, read_prepare, edit_prepare, run_baseline, log_baseline, try_to_stop,
+    steps = [setup, read_prepare, edit_prepare, *guarded_baseline(seen), try_to_stop,
              read_target, edit_target, run_worse, log_worse, stop_at_cap]
     with ScriptedModel(steps) as model:
         proc = subprocess.run(

@@ -2,7 +2,11 @@
 keep rule whose numbers the documentation states exactly."""
 
 import ast
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +76,30 @@ def test_the_layer_check_catches_a_cycle_and_a_command_import(tmp_path, where, l
     path = scripts / where
     path.write_text(path.read_text() + line)
     assert layer_violations(scripts, tmp_path / "hooks")
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+
+
+def test_the_scripts_and_hooks_write_nothing_into_the_plugin(tmp_path):
+    """An installed plugin is Claude Code's copy: running every script and hook (under
+    a plain interpreter, bytecode caching on) leaves its folder as it was."""
+    plugin = tmp_path / "plugin"
+    shutil.copytree(PLUGIN / "scripts", plugin / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PLUGIN / "hooks", plugin / "hooks", ignore=shutil.ignore_patterns("__pycache__"))
+    before = files_under(plugin)
+    entry_points = [p for p in (plugin / "scripts").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert len(entry_points) >= 10
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    for path in [*entry_points, plugin / "scripts" / "wave_worker.py"]:
+        proc = subprocess.run([sys.executable, str(path), "--help"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (path.name, proc.stderr[-1000:])
+    for path in (plugin / "hooks").glob("*.py"):
+        payload = {"session_id": "s", "cwd": str(tmp_path), "hook_event_name": "Stop",
+                   "tool_name": "Write", "tool_input": {"file_path": str(tmp_path / "x")}, "prompt": "hi"}
+        proc = subprocess.run([sys.executable, str(path)], input=json.dumps(payload), cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, (path.name, proc.stderr[-1000:])
+    assert files_under(plugin) - before == set()

@@ -7,6 +7,7 @@ scripts/ and the hooks build on these and never import one another.
 
 LAYERS = (
     "common",       # paths, session files, errors, atomic writes, the lock
+    "templates",    # the harness and templates a project with no training code starts from
     "git",          # every git command the loop runs
     "harness",      # the fixed files and their hashes; the hash of the measured code
     "parsing",      # THE metric parser
