@@ -26,6 +26,7 @@ RESULTS = "results.tsv"             # the classic tab-separated view, rebuilt fr
 RUN_LOG = "run.log"                 # output of the latest run
 PLOT = "progress.png"
 SUMMARY = "autoresearch-summary.md"
+HTML_SUMMARY = "autoresearch-summary.html"   # the same report as one self-contained page
 NOTES = "autoresearch.md"           # the living session document (the agent edits it)
 STOP_FILE = "autoresearch.stop"     # create it to end the loop at the next stop
 STATE_DIR = ".autoresearch"         # lock, pending run, guard/loop switch, archives
@@ -38,7 +39,8 @@ WORKTREES = os.path.join(STATE_DIR, "worktrees")
 # (the guard hook enforces it); the summary and notes are the agent's to finish, the
 # stop file is the person's.
 SESSION_FILES = {LOG: "scripts", RESULTS: "scripts", RUN_LOG: "scripts", PLOT: "scripts",
-                 STATE_DIR: "scripts", SUMMARY: "agent", NOTES: "agent", STOP_FILE: "person"}
+                 STATE_DIR: "scripts", SUMMARY: "agent", NOTES: "agent", STOP_FILE: "person",
+                 HTML_SUMMARY: "scripts"}
 
 SCRIPT_ONLY_FILES = tuple(n for n, writer in SESSION_FILES.items() if writer == "scripts")
 
