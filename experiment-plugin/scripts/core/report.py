@@ -63,26 +63,31 @@ def mtime(path: str) -> float | None:
 
 # ------------------------------------------------------------------------- the runs
 
-def outcome(r: dict, standing: set, undone: set) -> str:
-    """What became of a run, in one word the page colours by."""
+def outcome(r: dict, standing: set, undone: set, kept_sha) -> str:
+    """What became of a run, in one word the page colours by. A keep of the code kept
+    already is a re-measure, not a change."""
     if r["run"] in undone:
         return "undone"
     if r.get("reverts"):
         return "revert"
     if r["status"] == "keep":
-        return "kept" if r["run"] in standing else "re-measure"
+        same = kept_sha is not None and r.get("target_sha") == kept_sha
+        return "kept" if r["run"] in standing and not same else "re-measure"
     return {"crash": "crash", "checks_failed": "checks failed"}.get(r["status"], "discarded")
 
 
 def run_rows(runs: list[dict]) -> list[dict]:
     standing = {r["run"] for r in standing_keeps(runs)}
     undone = undone_runs(runs)
-    rows = []
+    rows, kept_sha = [], None
     for r in runs:
         notes, t = asi(r), when(r)
+        shown = outcome(r, standing, undone, kept_sha)
+        if r["run"] in standing:
+            kept_sha = r.get("target_sha")
         metrics = r.get("metrics") or {}
         rows.append({
-            "run": r["run"], "status": r["status"], "outcome": outcome(r, standing, undone),
+            "run": r["run"], "status": r["status"], "outcome": shown,
             "metric": r["metric"] if finite(r.get("metric")) else None,
             "description": str(r.get("description", "")),
             "category": str(notes.get("category") or "uncategorised"),
