@@ -150,8 +150,8 @@ def frontier(config: dict, runs: list[dict]) -> tuple[list, list]:
             best = r["metric"]
             xs.append(r["run"])
             ys.append(best)
-    if xs and runs:
-        xs.append(max(xs[-1], runs[-1]["run"]))
+    if xs and runs:         # on to just past the last run: the level the next run must beat
+        xs.append(max(xs[-1], runs[-1]["run"]) + 0.4)
         ys.append(ys[-1])
     return xs, ys
 
@@ -192,6 +192,13 @@ def figure(config: dict, runs: list[dict], rows: list[dict]) -> dict:
             fig.add_scatter(x=[r["run"] for r in group], y=[r["metric"] for r in group],
                             mode="markers", name=name, marker=marker,
                             text=[hover(r, metric) for r in group], hoverinfo="text")
+    repeated = [r for r in rows if len(r["samples"]) > 1]
+    if repeated:            # each seed of a run measured more than once, behind its mean
+        fig.add_scatter(x=[r["run"] for r in repeated for _ in r["samples"]],
+                        y=[x for r in repeated for x in r["samples"]], mode="markers",
+                        name="single seeds of a repeated run", hoverinfo="skip",
+                        marker={"size": 5, "color": "rgba(46,157,91,0.45)", "symbol": "line-ew-open",
+                                "line": {"width": 2, "color": "rgba(22,61,39,0.55)"}})
     shaken = [r for r in rows if r["disturbed"] and r["metric"] is not None]
     if shaken:
         fig.add_scatter(x=[r["run"] for r in shaken], y=[r["metric"] for r in shaken], mode="markers",
@@ -207,12 +214,13 @@ def figure(config: dict, runs: list[dict], rows: list[dict]) -> dict:
                         marker={"size": 10, "symbol": "x-thin-open", "color": COLOURS["crash"],
                                 "line": {"width": 3, "color": COLOURS["crash"]}})
     fig.update_layout(
-        template="plotly_white", height=440, margin={"l": 70, "r": 24, "t": 16, "b": 48},
+        template="plotly_white", height=440, margin={"l": 70, "r": 24, "t": 40, "b": 48},
         font={"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13},
-        xaxis={"title": {"text": "run"}, "rangemode": "tozero", "zeroline": False},
+        xaxis={"title": {"text": "run"}, "rangemode": "tozero", "zeroline": False,
+               "tick0": 0, "dtick": max(1, round(len(runs) / 12)) if len(runs) < 60 else None},
         yaxis={"title": {"text": f"{metric} ({config['direction']} is better)"}, "zeroline": False},
         yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "font": {"size": 12}},
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "font": {"size": 12}},
         hovermode="closest", hoverlabel={"align": "left"}, uirevision="keep")
     return json.loads(fig.to_json())
 
