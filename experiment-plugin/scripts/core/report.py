@@ -221,7 +221,8 @@ def figure(config: dict, runs: list[dict], rows: list[dict]) -> dict:
         yaxis={"title": {"text": f"{metric} ({config['direction']} is better)"}, "zeroline": False},
         yaxis2={"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
         legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 0, "font": {"size": 12}},
-        hovermode="closest", hoverlabel={"align": "left"}, uirevision="keep")
+        hovermode="closest", hoverlabel={"align": "left"}, uirevision="keep",
+        modebar={"orientation": "v"})
     return json.loads(fig.to_json())
 
 
