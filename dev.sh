@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone:
 #   bash dev.sh demo   set up .venv, prepare the embedded `classics` data, train for 60 s
-#   bash dev.sh test   set up .venv (+ the Claude Code CLI for plugin tests), run pytest (2 processes)
+#   bash dev.sh test   set up .venv (+ the Claude Code CLI and Chromium for plugin tests), run pytest (2 processes)
 #   bash dev.sh setup  only set up .venv
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -29,6 +29,16 @@ setup_claude() {
     fi
 }
 
+setup_chromium() {
+    # Headless Chromium, for the dashboard's browser tests (Debian's package; only tried
+    # where apt-get can install, i.e. as root).
+    command -v chromium >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+            || echo "dev.sh: could not install chromium; the browser tests will fail in CI" >&2
+    fi
+}
+
 case "${1:-}" in
     setup) setup ;;
     demo)
@@ -39,6 +49,7 @@ case "${1:-}" in
     test)
         setup
         setup_claude
+        setup_chromium
         shift
         # Two processes: the runs under a wall-clock budget overlap (8 min instead of 18 on
         # 2 cores, measured). `bash dev.sh test -n 0` runs them in this process.

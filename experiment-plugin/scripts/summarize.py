@@ -9,6 +9,10 @@ fill. That section is carried over when the summary is written again.
 progress.png: the metric of every run, kept runs green and labelled with their
 change, better-but-not-kept runs ringed in orange, the running best as a step line,
 crashes marked along the bottom. It is redrawn only when the log changed.
+
+--html also writes autoresearch-summary.html: the dashboard's charts and tables as one
+self-contained page (Plotly's JavaScript and the data inside it) that opens from disk,
+offline.
 """
 import argparse
 import hashlib
@@ -16,7 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, project, records, stats, policy, session  # noqa: E402
+from core import common, project, records, stats, policy, session, report  # noqa: E402
 
 NEXT_STEPS = "## Recommended next steps"
 PLACEHOLDER = ("<!-- To be written by the agent: the 3-5 most promising directions, "
@@ -284,6 +288,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="summarize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-plot", action="store_true", help="write only the markdown")
+    p.add_argument("--html", action="store_true",
+                   help=f"also write {common.HTML_SUMMARY}, one page that opens offline")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     root = common.find_root()
     common.use_project_python(root, common.PLOT_NEEDS)
@@ -306,6 +312,12 @@ def main(argv=None):
             render_plot(root, config, runs, plot_path)
             common.write_atomic(key_path, f'"{key}"\n')
             print(f"wrote {plot}")
+    if a.html:
+        view = report.view(root, log)
+        view["version"] = report.signature(root)
+        page = report.page(f"autoresearch {config['tag']}", report.plotly_js(), view)
+        common.write_atomic(os.path.join(root, common.HTML_SUMMARY), page)
+        print(f"wrote {common.HTML_SUMMARY}")
     return 0
 
 

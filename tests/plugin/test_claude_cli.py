@@ -41,13 +41,13 @@ def test_plugin_validates_strictly():
     assert "Validation passed" in proc.stdout
 
 
-def test_cli_loads_the_four_commands_without_errors(tmp_path):
+def test_cli_loads_the_commands_without_errors(tmp_path):
     claude = require_claude()
     (tmp_path / "home").mkdir()
     init = init_line(claude, PLUGIN, tmp_path, tmp_path / "home")
     commands = set(init["slash_commands"])
     assert {"experiment:model", "experiment:resume", "experiment:summary",
-            "experiment:end"} <= commands
+            "experiment:end", "experiment:dashboard"} <= commands
     assert "experiment:autoresearch" in init["skills"]
     assert [p["name"] for p in init["plugins"]] == ["experiment"]
     assert init.get("plugin_errors", []) == []

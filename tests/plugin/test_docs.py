@@ -69,7 +69,7 @@ def test_manifest_and_command_frontmatter():
     manifest = json.loads((PLUGIN / ".claude-plugin" / "plugin.json").read_text())
     assert manifest["name"] == "experiment"
     assert {"version", "description", "author", "license"} <= set(manifest)
-    for name in ("model", "resume", "summary"):
+    for name in ("model", "resume", "summary", "dashboard"):
         text = (PLUGIN / "commands" / f"{name}.md").read_text()
         front = text.split("---")[1]
         assert re.search(r'^description: \S', front, re.M)

@@ -21,6 +21,7 @@ LAYERS = (
     "policy",       # THE keep rule: keep / discard / rerun, undo, the wave decision
     "candidates",   # a wave's candidates: state files and worktrees
     "session",      # lifecycle, loop ownership and end, messages and reports
+    "report",       # the session as a page: the dashboard's and the HTML report's data and chart
     "runner",       # run a target: process group, timeout, status, checks
     "skypilot",     # waves on SkyPilot
     "waves",        # waves: workers, results, recovery

@@ -27,6 +27,7 @@ RUN_LOG = "run.log"                 # output of the latest run
 PLOT = "progress.png"
 PLOT_TRACKED = "autoresearch-progress.png"   # the plot, where the project tracks a progress.png of its own
 SUMMARY = "autoresearch-summary.md"
+HTML_SUMMARY = "autoresearch-summary.html"   # the same report as one self-contained page
 NOTES = "autoresearch.md"           # the living session document (the agent edits it)
 STOP_FILE = "autoresearch.stop"     # create it to end the loop at the next stop
 STATE_DIR = ".autoresearch"         # lock, pending run, guard/loop switch, archives
@@ -39,7 +40,7 @@ WORKTREES = os.path.join(STATE_DIR, "worktrees")
 # (the guard hook enforces it); the summary and notes are the agent's to finish, the
 # stop file is the person's.
 SESSION_FILES = {LOG: "scripts", RESULTS: "scripts", RUN_LOG: "scripts", PLOT: "scripts",
-                 PLOT_TRACKED: "scripts",
+                 PLOT_TRACKED: "scripts", HTML_SUMMARY: "scripts",
                  STATE_DIR: "scripts", SUMMARY: "agent", NOTES: "agent", STOP_FILE: "person"}
 
 SCRIPT_ONLY_FILES = tuple(n for n, writer in SESSION_FILES.items() if writer == "scripts")
@@ -63,9 +64,9 @@ def find_root(start: str | None = None) -> str:
 
 
 # What the plugin's scripts import beyond the standard library (the hooks need none;
-# only the summary draws a plot).
+# only the summary and the dashboard draw charts).
 SCRIPT_NEEDS = ("jsonschema",)
-PLOT_NEEDS = ("jsonschema", "matplotlib")
+PLOT_NEEDS = ("jsonschema", "matplotlib", "plotly")
 
 
 def has_modules(needs, python: str | None = None) -> bool:
