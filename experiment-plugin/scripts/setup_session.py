@@ -39,7 +39,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, harness, project, devices, measure, records, policy, session, skypilot  # noqa: E402
+from core import common, git, templates, harness, project, devices, measure, records, policy, session, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -138,6 +138,10 @@ def parse_args(argv):
                    help="skypilot: accelerators per job, e.g. H100:1 (default: the task YAML's)")
     p.add_argument("--managed", action="store_true",
                    help="skypilot: run each candidate as a managed job (sky jobs launch) instead")
+    p.add_argument("--init", action="store_true",
+                   help="a directory with no training code: copy this project's harness and "
+                        "templates into it (git init first where it is no repository), commit "
+                        "them as the session's base, then set up as usual")
     p.add_argument("--python", help="interpreter for runs (default: the project's .venv, else the "
                                     "one running this script)")
     a = p.parse_args(argv)
@@ -266,6 +270,43 @@ def plan(root, target, a):
     return p, notes
 
 
+INIT_IGNORE = "# run outputs and environments\ndata/\n.venv/\n__pycache__/\n"
+INIT_README = """# {name}
+
+Training experiments run overnight by autoresearch: `prepare.py` and its data are the
+fixed harness, `train.py` (PyTorch) and `train_mlx.py` (MLX) the templates the agent edits.
+`python prepare.py --dataset classics` prepares the embedded data offline.
+"""
+
+
+def init_project(start):
+    """setup --init: the harness and templates copied into a project that has no
+    training code, committed as one commit the session starts from."""
+    try:
+        root = common.find_root(start)
+    except common.UserError:
+        root = os.path.abspath(start)
+        git.git(root, "init", "-q")
+    for name in ("train.py", "train_mlx.py", "prepare.py"):
+        if os.path.exists(os.path.join(root, name)):
+            raise common.UserError(f"--init: {name} is already here: set up this project as it is "
+                                   "(drop --init)")
+    if git.tracked_changes(root):
+        raise common.UserError("--init: uncommitted changes here: commit or stash them first")
+    copied = templates.copy_templates(root)
+    extra = {".gitignore": INIT_IGNORE, "README.md": INIT_README.format(name=os.path.basename(root))}
+    for name, body in extra.items():
+        if not os.path.exists(os.path.join(root, name)):
+            common.write_atomic(os.path.join(root, name), body)
+            copied.append(name)
+    git.git(root, "add", "--", *copied)
+    git.git(root, "commit", "--no-verify", "-q", "-m",
+            "The autoresearch harness and templates, as the session's base", "--", *copied,
+            env=git.git_identity_env(root))
+    print(f"copied the harness and templates into {root} ({len(copied)} files) and committed them")
+    return root
+
+
 def check_data(root, p):
     """The project's data check (the harness's --verify, a clone's cache, a command of
     the person's); on failure, its own last line and the fix."""
@@ -336,9 +377,13 @@ def drop_compile_caches(root):
 
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    root = common.find_root()
-    common.use_project_python(root)
     check_args(a)
+    if a.init:      # (the interpreter is chosen first: a re-run must not copy twice)
+        common.use_project_python(os.getcwd())
+        root = init_project(os.getcwd())
+    else:
+        root = common.find_root()
+        common.use_project_python(root)
     branch = f"autoresearch/{a.tag}"
     if git.branch_exists(root, branch):
         log = records.read_log(root, required=False)
