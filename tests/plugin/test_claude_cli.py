@@ -83,8 +83,8 @@ def test_a_session_through_the_real_cli(tmp_path):
         line = re.search(r'^\s*("[^"\n]*/scripts/setup-session" --tag t1 .*)$', prompt, re.M)
         assert line, f"no setup-session line in the expanded command:\n{prompt[:3000]}"
         assert str(PLUGIN) in line.group(1)                        # ${CLAUDE_PLUGIN_ROOT} expanded
-        command = line.group(1).replace("<dataset> [options]",
-                                        "classics --budget 1 --max-iterations 2 --baseline-runs 1")
+        command = line.group(1).replace("[--dataset <dataset>] [options]",
+                                        "--dataset classics --budget 1 --max-iterations 2 --baseline-runs 1")
         return [tool("Bash", command=command, description="set up the session", timeout=600000)]
 
     def read_prepare(body):

@@ -114,7 +114,7 @@ def test_install_from_the_marketplace_and_run_a_session(tmp_path):
         line = re.search(r'^\s*"([^"\n]*)/scripts/setup-session" (--tag t1 .*)$', user_text(body), re.M)
         assert line, f"no setup-session line in the expanded command:\n{user_text(body)[:3000]}"
         assert os.path.realpath(line.group(1)) == str(plugin)   # ${CLAUDE_PLUGIN_ROOT}: the installed copy
-        args = line.group(2).replace("<dataset> [options]", "classics --budget 1 --max-iterations 1 "
+        args = line.group(2).replace("[--dataset <dataset>] [options]", "--dataset classics --budget 1 --max-iterations 1 "
                                                              "--baseline-runs 1")
         return [tool("Bash", command=f'"{line.group(1)}/scripts/setup-session" {args}', timeout=600000)]
 

@@ -195,7 +195,7 @@ def test_two_iterations_through_the_real_cli_on_the_real_template(night, tmp_pat
         assert line.startswith(f'"{plugin}/scripts/setup-session"'), "${CLAUDE_PLUGIN_ROOT} is the clone's plugin"
         # strict: one run per step, as this scripted model types them (the noise-aware
         # rule's reruns are followed in test_a_night_in_miniature)
-        command = line.replace("<dataset> [options]", f"classics --budget 5 --max-iterations 2 --target train.py --policy strict")
+        command = line.replace("[--dataset <dataset>] [options]", f"--dataset classics --budget 5 --max-iterations 2 --target train.py --policy strict")
         return [tool("Bash", command=command, timeout=600000)]
 
     def baseline(body):

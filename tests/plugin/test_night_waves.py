@@ -102,7 +102,7 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
     def setup(body):
         line = re.search(r'^\s*("[^"\n]*/scripts/setup-session" --tag w1 .*)$', user_text(body), re.M)
         command = line.group(1).replace(
-            "<dataset> [options]", f"classics --budget 1 --timeout 6 --policy strict --workers 2 "
+            "[--dataset <dataset>] [options]", f"--dataset classics --budget 1 --timeout 6 --policy strict --workers 2 "
                                    f"--max-iterations {CAP}")
         return bash(command)
 
