@@ -134,8 +134,9 @@ def tampered(root, config):
                   f"{config['dataset']} --verify) and set up a new session; a tampered run is never recorded")
     if config.get("plugin_digest") and plugin_digest(PLUGIN_ROOT) != config["plugin_digest"]:
         changed.append(f"the plugin's scripts or hooks in {PLUGIN_ROOT}")
-        repair = ("put the plugin back as it was (git checkout -- experiment-plugin, or "
-                  "reinstall it); the guard and the checks are only as good as their code")
+        repair = ("put the plugin back as it was (reinstall it: claude plugin install "
+                  "experiment@autoresearch, or git checkout -- experiment-plugin in a clone); "
+                  "the guard and the checks are only as good as their code")
     if changed:
         print(f"status: tampered ({', '.join(changed[:5])} changed since setup)")
         print(f"repair: {repair}")
