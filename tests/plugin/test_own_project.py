@@ -107,8 +107,9 @@ def test_an_own_project_maximises_val_acc_run_with_uv(tmp_path):
     assert tsv_rows(p)[0][:3] == ["commit", "val_acc", "memory_gb"]
     assert [r[4] for r in tsv_rows(p)[1:]] == ["keep", "keep", "discard"]
     assert tsv_rows(p)[1][2] == "0.5"                              # peak_vram_mb, in GB
-    ok(script(p, "summarize", env=env))
+    ok(script(p, "summarize", "--html", env=env))
     summary = (p / "autoresearch-summary.md").read_text()
+    assert "val_acc (higher is better)" in (p / "autoresearch-summary.html").read_text()
     assert "your own training repository" in summary and "uv run train.py" in summary
     assert "higher is better" in summary and "climbmix" not in summary
     assert (p / "autoresearch-progress.png").stat().st_size > 10_000
