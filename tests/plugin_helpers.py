@@ -84,8 +84,22 @@ def git(cwd, *args) -> str:
                           text=True).stdout.strip()
 
 
-def _build_project(path: Path) -> None:
+def new_repo(path: Path) -> Path:
+    """An empty git repository on branch main, with a committer identity."""
     path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.email", "test@example.com")
+    git(path, "config", "user.name", "Test")
+    return path
+
+
+def commit_all(path: Path, message: str = "project") -> None:
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", message)
+
+
+def _build_project(path: Path) -> None:
+    new_repo(path)
     (path / "prepare.py").write_text(STUB_PREPARE)
     (path / "data_sources.py").write_text("DATASETS = {'classics': {}}\n")
     (path / "datasets" / "classics").mkdir(parents=True)
@@ -93,11 +107,7 @@ def _build_project(path: Path) -> None:
     (path / "train.py").write_text(STAND_IN_TARGET)
     (path / "train_mlx.py").write_text(STAND_IN_TARGET)
     (path / ".gitignore").write_text("hang_child.pid\n")
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "test@example.com")
-    git(path, "config", "user.name", "Test")
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", "project")
+    commit_all(path)
 
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import shlex
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -76,6 +78,15 @@ def only_result(body: dict, *needles: str, error: bool | None = None) -> str:
     if error is not None:
         assert results[0]["is_error"] is error, results[0]
     return results[0]["text"]
+
+
+def log_as_recommended(scripts: str, out: str, description: str, decisions: list) -> list:
+    """The log-experiment call that follows a run's `recommend:` line in `out`; the
+    decision is appended to `decisions`."""
+    decision = re.search(r"^recommend: (\w+)", out, re.M).group(1)
+    decisions.append(decision)
+    return [tool("Bash", command=f'"{scripts}/log-experiment" --status {decision} '
+                                 f"--description {shlex.quote(description)}")]
 
 
 def guarded_baseline(seen: dict) -> list:

@@ -227,7 +227,7 @@ def plan(root, target, a):
                      "uses its own data")
     p["dataset"] = "climbmix (its prepare.py)" if kind == project.KARPATHY else "the project's own"
     p["run"] = a.run or project.default_run(root, target, python)
-    program = shlex.split(p["run"])[0] if shlex.split(p["run"]) else ""
+    program = (shlex.split(p["run"]) or [""])[0]
     if not (shutil.which(program) or os.path.exists(os.path.join(root, program))):
         raise common.UserError(f"{program or 'the run command'} not found (from --run {p['run']!r}): "
                                + ("install uv, or pass --run 'python " + target + "'"
@@ -429,7 +429,7 @@ def main(argv=None):
         "fixed_files": harness.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "plugin_digest": harness.plugin_digest(common.PLUGIN_ROOT),
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
-        "platform": devices.platform_info(python, project.framework(root, target)),
+        "platform": devices.platform_info(python, project.framework(root, target, p["project"])),
         "checks": a.checks, "progress_every": a.progress_every, "created": common.now_iso(),
         "workers": a.workers, "backend": a.backend,
         # seed 001's names for the session's identity and metric, beside ours

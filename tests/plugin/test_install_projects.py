@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import git, records, require_claude
-from plugin_helpers_model import ScriptedModel, only_result, text, tool, user_text
+from plugin_helpers import git, new_repo, records, require_claude
+from plugin_helpers_model import ScriptedModel, log_as_recommended, only_result, text, tool, user_text
 from plugin.test_install import GITHUB_REPO, MARKETPLACE, cli, github_clone_from, published_copy
-from plugin.test_own_project import UV_DIR, karpathy_clone, new_repo, toy_project
+from plugin.test_own_project import UV_DIR, karpathy_clone, toy_project
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +93,7 @@ def test_a_three_run_session_in_each_kind_of_project(installed, tmp_path, kind, 
     def log(n):
         def step(body):
             out = only_result(body, f"status: ok run {n}")
-            decision = re.search(r"^recommend: (\w+)", out, re.M).group(1)
-            seen.setdefault("decisions", []).append(decision)
-            return [tool("Bash", command=f'"{seen["scripts"]}/log-experiment" --status {decision} '
-                                         f"--description 'idea {n}'")]
+            return log_as_recommended(seen["scripts"], out, f"idea {n}", seen.setdefault("decisions", []))
         return step
 
     def edit(n):

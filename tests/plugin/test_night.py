@@ -13,7 +13,7 @@ import time
 import pytest
 
 from plugin_helpers import REPO, require_claude
-from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
+from plugin_helpers_model import ScriptedModel, log_as_recommended, text, tool, tool_results, user_text
 
 
 BUDGET = 10          # seconds of training per run: enough for a visible learning signal
@@ -205,10 +205,7 @@ def test_two_iterations_through_the_real_cli_on_the_real_template(night, tmp_pat
     def log_run(description):
         def step(body):
             out = result(body) if "status: ok" in tool_results(body)[0]["text"] else tool_results(body)[0]["text"]
-            decision = re.search(r"^recommend: (\w+)", out, re.M).group(1)
-            said.setdefault("decisions", []).append(decision)
-            return [tool("Bash", command=f'"{said["scripts"]}/log-experiment" --status {decision} '
-                                         f"--description '{description}'")]
+            return log_as_recommended(said["scripts"], out, description, said.setdefault("decisions", []))
         return step
 
     def stop(body):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import SCRIPTS, git, ok, records, script, tsv_rows
+from plugin_helpers import SCRIPTS, commit_all, git, new_repo, ok, recommendation, records, script, set_constant, tsv_rows
 
 UV_DIR = str(Path(sys.executable).parent)          # uv is a dev dependency, beside python
 
@@ -42,19 +42,6 @@ def env_with_uv(**extra):
     return {"PATH": UV_DIR + os.pathsep + os.environ["PATH"], "UV_OFFLINE": "1", **extra}
 
 
-def commit_all(path, message="project"):
-    git(path, "add", "-A")
-    git(path, "commit", "-q", "-m", message)
-
-
-def new_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "test@example.com")
-    git(path, "config", "user.name", "Test")
-    return path
-
-
 def toy_project(path: Path) -> Path:
     new_repo(path)
     (path / "train.py").write_text(TOY_TARGET)
@@ -65,15 +52,11 @@ def toy_project(path: Path) -> Path:
     return path
 
 
-def set_acc(path: Path, value: float, message: str):
-    text = (path / "train.py").read_text()
-    (path / "train.py").write_text(text.replace(text.split("ACC = ")[1].split("\n")[0], repr(value)))
-
-
 def run_and_log(p, env, description, status=None):
+    """One run, logged as its recommendation says (or as `status`)."""
     out = script(p, "run-experiment", env=env, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    decision = next(l for l in out.stdout.splitlines() if l.startswith("recommend:")).split()[1].rstrip(":")
+    decision = recommendation(out).split()[1].rstrip(":")
     ok(script(p, "log-experiment", "--status", status or decision, "--description", description,
               env=env))
     return out.stdout, decision
@@ -97,10 +80,10 @@ def test_an_own_project_maximises_val_acc_run_with_uv(tmp_path):
 
     first, decision = run_and_log(p, env, "baseline")
     assert decision == "keep" and "METRIC val_acc=0.80" in first
-    set_acc(p, 0.85, "better")
+    set_constant(p, "ACC", 0.85)
     second, decision = run_and_log(p, env, "more epochs")
     assert decision == "keep" and "one run: the script sets its own seed" in second
-    set_acc(p, 0.70, "worse")
+    set_constant(p, "ACC", 0.70)
     _, decision = run_and_log(p, env, "smaller model")
     assert decision == "discard"
 

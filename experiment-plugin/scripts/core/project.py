@@ -93,14 +93,14 @@ def default_direction(metric: str) -> str:
         else "lower"
 
 
-def framework(root: str, target: str) -> str | None:
+def framework(root: str, target: str, project_kind: str) -> str | None:
     """The framework the target imports, read from its text (never imported here);
     in this project's harness, a template that imports none is taken for its kind."""
     code = text(root, target)
     for name in ("mlx", "torch", "jax", "tensorflow", "sklearn"):
         if re.search(rf"^\s*(import|from)\s+{name}\b", code, re.MULTILINE):
             return {"sklearn": "scikit-learn"}.get(name, name)
-    if kind(root, target) == HARNESS:
+    if project_kind == HARNESS:
         return "mlx" if "mlx" in os.path.basename(target) else "torch"
     return None
 
