@@ -124,11 +124,15 @@ def night(tmp_path, classics_cache):
     # The disturbed-run check is off: on a shared test machine another suite's load
     # would turn a step into a rerun the script cannot predict (tests/plugin/test_monitor.py
     # covers the check itself).
+    # A smaller eval set than the default 65,536 tokens (setup pins what the caller sets):
+    # it still separates the runs the tests judge by far more than its noise, in a
+    # quarter of the time.
     env = {**os.environ, **classics_cache, "AUTORESEARCH_QUIET": "1", "AUTORESEARCH_LOAD_CHECK": "0",
+           "AUTORESEARCH_EVAL_TOKENS": "16384",
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     n = Night(root, env)
-    # A small CPU model with small steps: dozens of steps in a 10 s budget give a clear
-    # learning signal, and the evaluation takes seconds.
+    # A small CPU model with small steps: dozens of steps in a 5 s budget give a clear
+    # learning signal, and the evaluation takes a second.
     n.edit("    DEPTH, WIDTH, HEAD_DIM = 2, 256, 64\n", "    DEPTH, WIDTH, HEAD_DIM = 2, 128, 64\n")
     n.edit("    TOTAL_BATCH_TOKENS = 2**12\n", "    TOTAL_BATCH_TOKENS = 2**11\n")
     # The template starts from learning rates 20x too small: restoring them later is a

@@ -16,7 +16,7 @@ from plugin_helpers import REPO, require_claude
 from plugin_helpers_model import ScriptedModel, log_as_recommended, text, tool, tool_results, user_text
 
 
-BUDGET = 10          # seconds of training per run: enough for a visible learning signal
+BUDGET = 5           # seconds of training per run: enough for a visible learning signal
 TAG = "night"
 BRANCH = f"autoresearch/{TAG}"
 HANG_MARKER = "autoresearch-night-hang-child"
@@ -105,7 +105,7 @@ def test_a_night_in_miniature(night):
            f"    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', '{HANG_MARKER}'])\n"
            "    time.sleep(600)\n")
     started = time.time()
-    code, out = n.script("run-experiment", "--timeout", "15", ok=False)
+    code, out = n.script("run-experiment", "--timeout", "10", ok=False)
     assert code != 0 and re.search(r"^status: timeout", out, re.M), out
     assert time.time() - started < 60
     time.sleep(0.5)
@@ -238,7 +238,7 @@ def test_two_iterations_through_the_real_cli_on_the_real_template(night, tmp_pat
                               cwd=n.root, capture_output=True, text=True, timeout=600,
                               env=model.client_env(str(home), **{k: n.env[k] for k in
                                                                  ("PATH", "AUTORESEARCH_CACHE", "AUTORESEARCH_QUIET",
-                                                                  "AUTORESEARCH_LOAD_CHECK")}))
+                                                                  "AUTORESEARCH_LOAD_CHECK", "AUTORESEARCH_EVAL_TOKENS")}))
     assert model.errors == [], model.errors
     assert model.finished, f"stopped after {model.step} of {len(steps)} steps:\n{proc.stdout[-3000:]}"
     assert proc.returncode == 0, proc.stderr[-2000:]
