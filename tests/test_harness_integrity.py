@@ -21,6 +21,9 @@ import pytest
 from conftest import REPO, run_prepare
 from test_train import parse_summary, patched_copy
 
+# In one test process (`-n 2 --dist loadgroup`): the honest and lying runs serve the module, built once.
+pytestmark = pytest.mark.xdist_group("harness-integrity")
+
 RESULT_FD_ENV = "AUTORESEARCH_RESULT_FD"
 BUDGET = {"AUTORESEARCH_TIME_BUDGET": "3"}   # seconds: a few steps, then the full evaluation
 CPU_BATCH = 8                                # train.py's evaluation batch on a CPU (2048 tokens // 256)

@@ -23,6 +23,9 @@ from plugin_helpers import PLUGIN, make_project, ok, script
 sys.path.insert(0, str(PLUGIN / "scripts"))
 from core import git as core_git, records as core_records  # noqa: E402
 
+# In one test process (`-n 2 --dist loadgroup`): one session with a baseline run serves the module, built once.
+pytestmark = pytest.mark.xdist_group("integrity")
+
 TAG = "honest"
 GUARD = PLUGIN / "hooks" / "guard.py"
 

@@ -20,6 +20,9 @@ from plugin_helpers_model import ScriptedModel, log_as_recommended, only_result,
 from plugin.test_install import GITHUB_REPO, MARKETPLACE, cli, github_clone_from, published_copy
 from plugin.test_own_project import UV_DIR, karpathy_clone, toy_project
 
+# In one test process (`-n 2 --dist loadgroup`): one installed plugin serves the module, built once.
+pytestmark = pytest.mark.xdist_group("install-projects")
+
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
