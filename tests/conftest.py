@@ -18,6 +18,20 @@ def run_prepare(args, env, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+QUIET_PHASE = "AUTORESEARCH_QUIET_TESTS"   # `later`: leave the quiet tests out; `only`: run just them
+
+
+def pytest_collection_modifyitems(config, items):
+    """`bash dev.sh test` runs the suite in two processes, then the tests marked `quiet`
+    alone: beside a second worker's load they could only skip."""
+    phase = os.environ.get(QUIET_PHASE)
+    if phase not in ("later", "only"):
+        return
+    keep = [item for item in items if (item.get_closest_marker("quiet") is not None) == (phase == "only")]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def classics_cache(tmp_path_factory):
     """Env vars that point the harness at a freshly prepared classics cache.

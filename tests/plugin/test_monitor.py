@@ -41,6 +41,7 @@ def test_a_run_beside_a_cpu_hog_is_disturbed_and_not_a_sample(session):
     assert pending["load"]["others"] > monitor.DISTURBED_OTHERS
 
 
+@pytest.mark.quiet
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
 def test_a_quiet_run_is_not_disturbed(session):
     if machine_busy() > monitor.DISTURBED_OTHERS / 2:
