@@ -73,6 +73,13 @@ NOISE_AWARE = {"keep": (0.45, 0.25), "drop": 0.2, "max_samples": 2,
 
 _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+# The prior's constant terms, computed once: effect_posterior runs a few dozen times
+# for every run a log replay passes.
+_LOG_NULL = math.log(PRIOR_NULL)
+_LOG_HARMFUL = math.log(2 * PRIOR_HARMFUL)
+_H2 = HARMFUL_SCALE ** 2
+_HELPFUL = tuple((1 / mean, math.log(PRIOR_HELPFUL / len(HELPFUL_MEANS)) + math.log(1 / mean))
+                 for mean in HELPFUL_MEANS)   # (rate, log of its weight times the rate)
 
 
 def _log_phi(x: float) -> float:
@@ -87,9 +94,10 @@ def _log_cdf(x: float) -> float:
     return _log_phi(x) - math.log(-x) + math.log1p(-1 / x2 + 3 / x2 ** 2 - 15 / x2 ** 3)
 
 
-def _mills(b: float) -> float:
-    """phi(b) / Phi(b)."""
-    return math.exp(_log_phi(b) - _log_cdf(b))
+def _log_cdf_mills(b: float) -> tuple[float, float]:
+    """log Phi(b), and phi(b) / Phi(b) (the inverse Mills ratio) from it."""
+    lc = _log_cdf(b)
+    return lc, math.exp(_log_phi(b) - lc)
 
 
 def effect_posterior(diff: float, spread: float) -> dict:
@@ -98,23 +106,20 @@ def effect_posterior(diff: float, spread: float) -> dict:
     both in sigma units. Returns {p_helpful, p_null, p_harmful, mean, var}."""
     s2 = spread * spread
     parts = []   # (log weight, mean of d, variance of d, kind)
-    parts.append((math.log(PRIOR_NULL) + _log_phi(diff / spread) - math.log(spread),
+    parts.append((_LOG_NULL + _log_phi(diff / spread) - math.log(spread),
                   0.0, 0.0, "null"))
-    h2 = HARMFUL_SCALE ** 2
+    h2 = _H2
     v = h2 * s2 / (h2 + s2)
     m, sd = diff * h2 / (h2 + s2), math.sqrt(v)
     b = m / sd
-    r = _mills(b)
-    lw = (math.log(2 * PRIOR_HARMFUL) + _log_phi(diff / math.sqrt(h2 + s2))
-          - 0.5 * math.log(h2 + s2) + _log_cdf(b))
+    lc, r = _log_cdf_mills(b)
+    lw = _LOG_HARMFUL + _log_phi(diff / math.sqrt(h2 + s2)) - 0.5 * math.log(h2 + s2) + lc
     parts.append((lw, m + sd * r, max(v * (1 - r * (r + b)), 0.0), "harmful"))
-    for mean in HELPFUL_MEANS:
-        lam = 1 / mean
+    for lam, log_w in _HELPFUL:
         a = diff + lam * s2
         b = -a / spread
-        r = _mills(b)
-        lw = (math.log(PRIOR_HELPFUL / len(HELPFUL_MEANS)) + math.log(lam) + lam * diff
-              + lam * lam * s2 / 2 + _log_cdf(b))
+        lc, r = _log_cdf_mills(b)
+        lw = log_w + lam * diff + lam * lam * s2 / 2 + lc
         parts.append((lw, a - spread * r, max(s2 * (1 - b * r - r * r), 0.0), "helpful"))
     top = max(p[0] for p in parts)
     ws = [math.exp(p[0] - top) for p in parts]
