@@ -29,13 +29,18 @@ setup_claude() {
     fi
 }
 
-setup_chromium() {
-    # Headless Chromium, for the dashboard's browser tests (Debian's package; only tried
-    # where apt-get can install, i.e. as root).
-    command -v chromium >/dev/null 2>&1 && return 0
+setup_system() {
+    # Debian's packages the tests use: Chromium (the dashboard's browser tests), bubblewrap
+    # (the run's sandbox) and socat (Claude Code's own sandbox for the agent's Bash).
+    # Installed where apt-get can, i.e. as root; a test that needs a missing one fails.
+    local missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+    command -v socat >/dev/null 2>&1 || missing+=(socat)
+    [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-            || echo "dev.sh: could not install chromium; the browser tests will fail in CI" >&2
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || echo "dev.sh: could not install ${missing[*]}; the tests that need them will fail" >&2
     fi
 }
 
@@ -52,13 +57,13 @@ case "${1:-}" in
         AUTORESEARCH_DATASET=classics AUTORESEARCH_TIME_BUDGET=${DEMO_BUDGET:-60} "$VENV/bin/python" train.py
         ;;
     test)
-        # The CLI (npm) and Chromium (apt) install while pip fills .venv: a fresh clone is
+        # The CLI (npm) and Debian's packages (apt) install while pip fills .venv: a fresh clone is
         # ready in the time of the slowest of the three rather than their sum.
         setup_claude & claude_pid=$!
-        setup_chromium & chromium_pid=$!
+        setup_system & system_pid=$!
         setup
         wait "$claude_pid"
-        wait "$chromium_pid"
+        wait "$system_pid"
         shift
         # Two processes: the runs under a wall-clock budget overlap (8 min instead of 18 on
         # 2 cores, measured). `bash dev.sh test -n 0` runs them in this process.
