@@ -4,13 +4,14 @@ lock, and `results.tsv`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import sys
 
 from .common import find_root, LOG, RESULTS, SCHEMA_PATH, STATE_DIR, UserError, write_atomic
-from .git import blob_at, current_branch, drop_ref, store_blob
+from .git import current_branch, drop_ref, ref_blob, store_blob
 from .parsing import memory_mb
 
 
@@ -137,15 +138,130 @@ def read_log(root: str, required: bool = True, data: bytes | None = None) -> Ses
     return SessionLog(config, runs, events, warnings)
 
 
-# ---------------------------------------------------------------- the log's copy in git
-# After every write the whole log is also stored as a git object under
-# refs/autoresearch/<tag>/log, out of reach of `git clean`, `rm` and a target that
-# truncates files. Every write and every script checks that the log on disk still
-# begins with that copy: a line rewritten, removed or truncated is refused, and
-# resume-session puts the copy back.
+# ------------------------------------------------------------------ the copies
+# Three files are written by the scripts alone: the log, the run waiting to be logged
+# (.autoresearch/pending.json, written by run-experiment) and a result resume-session
+# set aside (.autoresearch/unlogged-run-<time>.json). Each is kept twice more, and the
+# copies are written BEFORE the file itself:
+#   * outside the project, in the user's cache (copies_dir): out of reach of git, of
+#     the project's own commands and, where Claude Code's sandbox is on, of the agent's
+#     Bash. This is the copy that decides.
+#   * as a git object under refs/autoresearch/<tag>/<name>, out of reach of `git clean`,
+#     `rm` and a target that truncates files: what a session older than the outside
+#     copy (or a cleared cache) falls back on, read only through a plain ref.
+# A file must equal its copy exactly. The one difference a writer killed between its
+# copies and the file leaves, the log's last record missing (whole or in part), is
+# completed from the copy. Anything else (a line added, changed or removed, a file
+# rewritten together with its git copy) is refused, and resume-session sets the
+# foreign content aside and puts the copy back.
+
+COPIES_ENV = "AUTORESEARCH_SESSIONS"     # where the outside copies live (tests point it elsewhere)
+PENDING = "pending.json"
+
+
+def copies_dir(root: str) -> str:
+    """The project's folder of outside copies: ~/.cache/autoresearch/sessions/<name>-<id>,
+    one per project (its log names the session it holds). Hooks get CLAUDE_PLUGIN_DATA
+    and the agent's Bash does not, so that variable would put two writers' copies in
+    two places; the user's cache is the same for both."""
+    real = os.path.realpath(root)
+    base = os.environ.get(COPIES_ENV) or os.path.join(
+        os.path.expanduser("~"), ".cache", "autoresearch", "sessions")
+    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return os.path.join(base, f"{os.path.basename(real) or 'root'}-{digest}")
+
+
+def _outside(root: str, tag: str | None, name: str) -> str:
+    # The log is one per project; a session's other files are kept under its tag, so
+    # that a new session never finds an earlier one's waiting run.
+    return os.path.join(copies_dir(root), name if name == LOG else os.path.join(str(tag), name))
+
+
+def _ref(tag: str, name: str) -> str:
+    leaf = {LOG: "log", PENDING: "pending"}.get(name, name[:-5] if name.endswith(".json") else name)
+    return f"refs/autoresearch/{tag}/{leaf}"
+
+
+def keep_copies(root: str, tag: str | None, name: str, data: bytes) -> None:
+    """Write both copies of a scripts-only file (call before writing the file itself)."""
+    path = _outside(root, tag, name)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, data)
+    except OSError as e:
+        raise UserError(f"cannot keep the copy of {name} in {os.path.dirname(path)} "
+                        f"({e.strerror or e}): make that folder writable (or set {COPIES_ENV} "
+                        "to a folder that is); nothing was recorded") from None
+    if tag:
+        try:
+            store_blob(root, _ref(tag, name), data)
+        except UserError as e:      # the outside copy stands; resume-session writes it again
+            print(f"warning: the copy of {name} in git ({_ref(tag, name)}) was not written: {e}",
+                  file=sys.stderr)
+
+
+def copy_of(root: str, tag: str | None, name: str) -> tuple[bytes | None, str]:
+    """The recorded copy of a scripts-only file, and where it was found: outside the
+    project, else in git (a plain ref only); (None, "") where there is none."""
+    path = _outside(root, tag, name)
+    try:
+        with open(path, "rb") as f:
+            return f.read(), path
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}): make it readable again") from None
+    if tag:
+        data, why = ref_blob(root, _ref(tag, name))
+        if data is not None:
+            return data, _ref(tag, name)
+        if why != "missing":
+            raise UserError(f"{_ref(tag, name)} is {why}, not the plain ref the scripts write: "
+                            "run resume-session, which removes it; nothing was recorded")
+    return None, ""
+
+
+def drop_untrusted_ref(root: str, tag: str | None, name: str) -> str | None:
+    """With no outside copy, remove a git copy that is not a plain ref to a blob (a
+    symbolic ref, a commit): its content is someone else's. Returns what was done."""
+    if not tag or os.path.exists(_outside(root, tag, name)):
+        return None
+    _, why = ref_blob(root, _ref(tag, name))
+    if why in ("", "missing"):
+        return None
+    drop_ref(root, _ref(tag, name))
+    return f"removed {_ref(tag, name)}, {why} rather than the scripts' copy"
+
+
+def drop_copies(root: str, tag: str | None, name: str) -> None:
+    try:
+        os.unlink(_outside(root, tag, name))
+    except FileNotFoundError:
+        pass
+    if tag:
+        drop_ref(root, _ref(tag, name))
+
+
+def repair_git_copy(root: str, tag: str | None, name: str, copy: bytes, where: str) -> str | None:
+    """Make the git copy equal the outside one again (after a `git fetch --prune`, a
+    `git replace`, a symbolic ref or a forged blob), or make a missing outside copy from
+    the git one; returns what was done, or None. Call with the lock held."""
+    if not tag:
+        return None
+    ref = _ref(tag, name)
+    if where == ref:                # only the git copy: keep it outside the project too
+        keep_copies(root, tag, name, copy)
+        return None
+    found, why = ref_blob(root, ref)
+    if found == copy:
+        return None
+    store_blob(root, ref, copy)
+    return (f"wrote {ref} again from the copy outside the project (it was "
+            f"{why or 'different'})")
+
 
 def log_ref(tag: str) -> str:
-    return f"refs/autoresearch/{tag}/log"
+    return _ref(tag, LOG)
 
 
 def tag_of(data: bytes) -> str | None:
@@ -163,122 +279,257 @@ def session_tag(root: str, data: bytes | None) -> str | None:
                                                 if branch.startswith("autoresearch/") else None)
 
 
+def log_copy(root: str, tag: str | None) -> tuple[bytes | None, str]:
+    return copy_of(root, tag, LOG)
+
+
 def back_up_log(root: str, tag: str, data: bytes | None = None) -> None:
-    store_blob(root, log_ref(tag), log_bytes(root) if data is None else data)
+    keep_copies(root, tag, LOG, log_bytes(root) if data is None else data)
 
 
-def check_intact(root: str, data: bytes, tag: str | None = None) -> None:
-    """Refuse a log that no longer begins with its copy in git (it was rewritten,
-    shortened or replaced since the scripts last wrote it)."""
-    tag = tag or tag_of(data)
-    copy = blob_at(root, log_ref(tag)) if tag else None
-    if copy is None or data.startswith(copy):
-        return
-    kept, found = len(copy.splitlines()), len(data.splitlines())
-    raise UserError(f"{LOG} is not the log the scripts wrote ({kept} lines recorded in "
-                    f"{log_ref(tag)}, {found} here, and they differ): run resume-session, which "
-                    "restores the recorded log (this file is kept aside); nothing was recorded")
+def cut_short(data: bytes, copy: bytes) -> bool:
+    """Whether `data` is `copy` less (part of) its last line: what a writer killed
+    after its copies and before the file leaves."""
+    return len(data) < len(copy) and copy.startswith(data) and copy.count(b"\n", len(data)) <= 1
+
+
+def foreign_lines(data: bytes, copy: bytes) -> list[bytes]:
+    """The lines of `data` that its copy does not hold (in order, each as often as it
+    is extra)."""
+    from collections import Counter
+    have = Counter(copy.splitlines())
+    extra = []
+    for line in data.splitlines():
+        if have[line] > 0:
+            have[line] -= 1
+        elif line.strip():
+            extra.append(line)
+    return extra
+
+
+def check_log(root: str, data: bytes | None, tag: str | None) -> bytes | None:
+    """The log as the scripts recorded it: `data` when it equals its copy (or there is
+    no copy), the copy when `data` is only cut short; refused otherwise."""
+    copy, where = log_copy(root, tag)
+    if copy is None or data == copy:
+        return data
+    if data is None:
+        raise UserError(f"{LOG} is gone, but its copy is kept ({where}): run resume-session, "
+                        "which restores it")
+    if cut_short(data, copy):
+        return copy
+    extra, missing = len(foreign_lines(data, copy)), len(foreign_lines(copy, data))
+    said = ", ".join(x for x in (f"{extra} line(s) the scripts did not write" if extra else "",
+                                 f"{missing} of theirs missing or changed" if missing else "") if x)
+    raise UserError(f"{LOG} is not the log the scripts wrote ({said or 'rewritten'}; their copy "
+                    f"is {where}): run resume-session, which sets the foreign lines aside and "
+                    "restores the recorded log; nothing was recorded")
 
 
 def restore_log(root: str, label: str) -> str | None:
-    """Put the log's copy in git back when the log is gone or no longer begins with
-    it (a replaced file is kept aside); returns what was done, or None."""
+    """Put the recorded log back where the file differs from its copy: a missing file
+    or a cut-short last record restored, foreign lines moved to
+    .autoresearch/set-aside-<label>.jsonl; the git copy made good again. Returns what
+    was done, or None. Call with the lock held."""
     path = os.path.join(root, LOG)
     data = log_bytes(root)
     tag = session_tag(root, data)
-    copy = blob_at(root, log_ref(tag)) if tag else None
-    if copy is None or (data is not None and data.startswith(copy)):
-        return None
-    note = f"restored {LOG} from {log_ref(tag)} ({len(copy.splitlines())} lines)"
-    if data is not None:
-        aside = os.path.join(STATE_DIR, f"replaced-{label}.jsonl")
-        os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)
-        os.replace(path, os.path.join(root, aside))
-        note += f"; the file found there is kept as {aside}"
-    write_atomic(path, copy)
-    return note
+    dropped = drop_untrusted_ref(root, tag, LOG)
+    copy, where = log_copy(root, tag)
+    if copy is None:
+        return dropped
+    tag = tag_of(copy) or tag
+    notes = [dropped] if dropped else []
+    if data != copy:
+        note = f"restored {LOG} from its copy ({len(copy.splitlines())} lines)"
+        if data is not None and cut_short(data, copy):
+            note += ": its last record had been cut short by an interrupted write"
+        elif data is not None:
+            extra = foreign_lines(data, copy)
+            if extra:
+                aside = os.path.join(STATE_DIR, f"set-aside-{label}.jsonl")
+                os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)
+                write_atomic(os.path.join(root, aside), b"\n".join(extra) + b"\n")
+                note += f"; set aside {len(extra)} line(s) the scripts did not write, in {aside}"
+            else:
+                note += "; the file had lost or reordered lines"
+        write_atomic(path, copy)
+        notes.append(note)
+    repaired = repair_git_copy(root, tag, LOG, copy, where)
+    if repaired:
+        notes.append(repaired)
+    return "; ".join(notes) or None
 
 
-# The run waiting to be logged (.autoresearch/pending.json) has a copy in git too, so
-# a process that rewrites it between the run and the log is caught, and a deleted one
-# comes back.
+# The run waiting to be logged (.autoresearch/pending.json).
 
 def pending_path(root: str) -> str:
-    return os.path.join(root, STATE_DIR, "pending.json")
+    return os.path.join(root, STATE_DIR, PENDING)
 
 
 def pending_ref(tag: str) -> str:
-    return f"refs/autoresearch/{tag}/pending"
+    return _ref(tag, PENDING)
 
 
 def write_pending(root: str, tag: str, pending: dict) -> None:
-    data = json.dumps(pending, indent=1) + "\n"
+    data = (json.dumps(pending, indent=1) + "\n").encode("utf-8")
+    keep_copies(root, tag, PENDING, data)
     write_atomic(pending_path(root), data)
-    store_blob(root, pending_ref(tag), data.encode())
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def read_pending(root: str, tag: str) -> dict | None:
     """The waiting run as run-experiment wrote it; a missing file is restored from its
-    copy, a changed one refused."""
-    copy = blob_at(root, pending_ref(tag))
-    try:
-        with open(pending_path(root), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        data = None
+    copy, a changed one (or one with no copy) refused."""
+    copy, _ = copy_of(root, tag, PENDING)
+    data = _read(pending_path(root))
     if copy is not None and data is None:
         write_atomic(pending_path(root), copy)
-        print(f"note: restored {STATE_DIR}/pending.json from its copy in git", file=sys.stderr)
+        print(f"note: restored {STATE_DIR}/{PENDING} from its copy", file=sys.stderr)
         data = copy
     if data is None:
         return None
-    if copy is not None and data != copy:
-        raise UserError(f"{STATE_DIR}/pending.json changed after run-experiment wrote it: run "
-                        "run-experiment again; nothing was recorded")
+    if copy is None or data != copy:
+        said = "changed after run-experiment wrote it" if copy is not None else \
+            "was not written by run-experiment"
+        raise UserError(f"{STATE_DIR}/{PENDING} {said}: run resume-session, which sets it aside "
+                        "(and puts back the run's own result, where there is one); nothing was recorded")
     try:
         return json.loads(data)
     except ValueError:
-        raise UserError(f"{STATE_DIR}/pending.json is not valid JSON: run run-experiment again") from None
+        raise UserError(f"{STATE_DIR}/{PENDING} is not valid JSON: run run-experiment again") from None
 
 
 def clear_pending(root: str, tag: str) -> None:
+    # The copies first: a file left without them is set aside, never logged twice.
+    drop_copies(root, tag, PENDING)
     if os.path.exists(pending_path(root)):
         os.unlink(pending_path(root))
-    drop_ref(root, pending_ref(tag))
+
+
+def set_aside_pending(root: str, tag: str, label: str) -> str | None:
+    """Move a pending.json that run-experiment did not write (changed, or with no copy)
+    to .autoresearch/pending-set-aside-<label>.json and put the recorded one back in its
+    place, so that the loop goes on; make the git copy good again. Returns what was
+    done, or None. Call with the lock held."""
+    dropped = drop_untrusted_ref(root, tag, PENDING)
+    copy, where = copy_of(root, tag, PENDING)
+    if copy is not None:
+        try:
+            json.loads(copy)
+        except ValueError:          # not a result at all: nothing to put back
+            drop_copies(root, tag, PENDING)
+            copy = None
+    data = _read(pending_path(root))
+    if data is not None and data != copy:
+        aside = os.path.join(STATE_DIR, f"pending-set-aside-{label}.json")
+        os.replace(pending_path(root), os.path.join(root, aside))
+        note = f"set aside {STATE_DIR}/{PENDING}, which run-experiment did not write, as {aside}"
+        note = f"{dropped}; {note}" if dropped else note
+        if copy is not None:
+            write_atomic(pending_path(root), copy)
+            note += "; the run's own result is back in its place"
+        return note
+    return (repair_git_copy(root, tag, PENDING, copy, where) if copy is not None else None) or dropped
+
+
+# A result resume-session set aside, recorded later with log-experiment --unlogged.
+
+UNLOGGED = re.compile(r"unlogged-run-[0-9A-Za-z]+(-[0-9]+)?\.json")
+
+
+def write_unlogged(root: str, tag: str, label: str, result: dict) -> str:
+    """Keep `result` as .autoresearch/unlogged-run-<label>.json, with its copies;
+    returns the path relative to the project."""
+    name = f"unlogged-run-{label}.json"
+    data = (json.dumps(result, indent=1) + "\n").encode("utf-8")
+    keep_copies(root, tag, name, data)
+    write_atomic(os.path.join(root, STATE_DIR, name), data)
+    return os.path.join(STATE_DIR, name)
+
+
+def take_unlogged(root: str, tag: str, path: str) -> dict:
+    """The result at `path`, only when resume-session set it aside there and it is
+    unchanged."""
+    full = os.path.realpath(os.path.join(root, path))
+    name = os.path.basename(full)
+    if (os.path.dirname(full) != os.path.realpath(os.path.join(root, STATE_DIR))
+            or not UNLOGGED.fullmatch(name)):
+        raise UserError(f"{path} is not a result resume-session set aside (those are "
+                        f"{STATE_DIR}/unlogged-run-*.json, named in what it printed): measure the "
+                        "change with run-experiment instead; nothing was recorded")
+    data = _read(full)
+    if data is None:
+        raise UserError(f"{path} not found: pass the file resume-session printed")
+    copy, _ = copy_of(root, tag, name)
+    if data != copy:
+        raise UserError(f"{path} is not the result resume-session set aside (it was changed, or "
+                        "never written by it): measure the change again with run-experiment; "
+                        "nothing was recorded")
+    try:
+        result = json.loads(data)
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        raise UserError(f"{path} is not a result: measure the change again with run-experiment")
+    return result
+
+
+def drop_unlogged(root: str, tag: str, path: str) -> None:
+    drop_copies(root, tag, os.path.basename(path))
+    full = os.path.join(root, path)
+    if os.path.exists(full):
+        os.unlink(full)
 
 
 def append_record(root: str, record: dict, check: bool = True) -> None:
-    """Append one line to the log. Call with the Lock held. A partial last line left by
-    a killed writer is moved to .autoresearch/salvaged.jsonl first, so the new record
-    starts on its own line and the fragment is kept for inspection."""
+    """Append one line to the log, its copies first. Call with the Lock held. The log
+    must be the one the scripts wrote (check_log); a last record cut short by a killed
+    writer is completed from the copy first. A log with no copy at all (a session from
+    before copies) that ends in a partial line has the fragment moved to
+    .autoresearch/salvaged.jsonl, so the new record starts on its own line."""
     if check:
         validate(record)
     path = os.path.join(root, LOG)
     line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        before = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-        if before and not before.endswith(b"\n"):
-            fragment = before[before.rfind(b"\n") + 1:]
-            try:
-                json.loads(fragment)            # a whole record missing its newline
-                line = b"\n" + line
-            except ValueError:
-                salvage = os.path.join(root, STATE_DIR, "salvaged.jsonl")
-                with open(salvage, "ab") as s:
-                    s.write(fragment + b"\n")
-                before = before[:len(before) - len(fragment)]
-                os.ftruncate(fd, len(before))
-                print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
-                      f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
-        check_intact(root, before)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tag = tag_of(before) or record.get("tag")
+    on_disk = log_bytes(root)
+    tag = (tag_of(on_disk) if on_disk else None) or record.get("tag") or session_tag(root, on_disk)
+    copy, _ = log_copy(root, tag)
+    before = check_log(root, on_disk, tag) if copy is not None else (on_disk or b"")
+    if copy is not None:
+        tag = tag_of(copy) or tag
+        if before != on_disk:
+            print(f"note: completed the last record of {LOG} from its copy (a write had been "
+                  "cut short)", file=sys.stderr)
+    elif before and not before.endswith(b"\n"):
+        fragment = before[before.rfind(b"\n") + 1:]
+        try:
+            json.loads(fragment)            # a whole record missing its newline
+            before += b"\n"
+        except ValueError:
+            with open(os.path.join(root, STATE_DIR, "salvaged.jsonl"), "ab") as s:
+                s.write(fragment + b"\n")
+            before = before[:len(before) - len(fragment)]
+            print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
+                  f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
     if tag:
-        back_up_log(root, tag, before + line)
+        keep_copies(root, tag, LOG, before + line)
+    if before == on_disk:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        write_atomic(path, before + line)
 
 
 def tsv_field(text: str) -> str:
@@ -312,15 +563,11 @@ def write_results(root: str, config: dict, runs: list[dict]) -> None:
 
 def load_session(start: str | None = None) -> tuple[str, SessionLog]:
     """The project root and its session log, refused when the log is not the one the
-    scripts wrote (see check_intact) or is gone while its copy is not."""
+    scripts wrote (see check_log) or is gone while its copy is not. Reads no git
+    object where the copy outside the project is there."""
     root = find_root(start)
-    data = log_bytes(root)
-    tag = session_tag(root, data)
-    if data is not None and tag:
-        check_intact(root, data, tag)
-    elif tag and blob_at(root, log_ref(tag)) is not None:
-        raise UserError(f"{LOG} is gone, but its copy is in {log_ref(tag)}: run resume-session, "
-                        "which restores it")
+    data = log_bytes(root)          # before the copy: a writer writes the copy first
+    data = check_log(root, data, session_tag(root, data))
     log = read_log(root, data=data)
     for w in log.warnings:
         print(f"warning: {w}", file=sys.stderr)
