@@ -1,6 +1,7 @@
 """The session log `autoresearch.jsonl` and its views: the JSON Schema every record
-is checked against, reading the log (tolerating a torn last line), appending under the
-lock, and `results.tsv`.
+is checked against, reading the log, appending under the lock, `results.tsv`; and the
+copies of every file only the scripts write (the log, the waiting run, a set-aside
+result), one outside the project and one in git, which each such file must equal.
 """
 from __future__ import annotations
 

@@ -101,7 +101,10 @@ def is_active(root: str) -> bool:
         tail = None
     if tail is None:
         tag = session_tag(root, None)
-        return log_copy(root, tag)[0] is not None
+        try:
+            return log_copy(root, tag)[0] is not None
+        except UserError:           # a copy in git that is not a plain ref: someone was here
+            return True
     for line in reversed(tail.splitlines()):
         try:
             record = json.loads(line)
