@@ -10,6 +10,7 @@ LAYERS = (
     "templates",    # the harness and templates a project with no training code starts from
     "git",          # every git command the loop runs
     "harness",      # the fixed files and their hashes; the hash of the measured code
+    "agent_sandbox",  # what the agent's sandboxed Bash may not write; Claude Code's settings for it
     "parsing",      # THE metric parser
     "measure",      # the harness's result channel and the checks a result must pass
     "project",      # the kind of project: harness, karpathy clone or own; how runs reach it
