@@ -1,11 +1,7 @@
 #!/usr/bin/env python3
-"""SessionStart hook: get the project ready for the agent's sandbox, and, after a
-compaction or in a resumed conversation, bring the session back into the context.
-
-Claude Code watches only the settings folders that exist when it starts: `.claude/` is
-made here, so that the sandbox settings setup-session writes later in this same
-conversation take effect at once. A session that has ended leaves its sandbox settings
-until the person is back: a new start of Claude Code takes them out.
+"""SessionStart hook: after a compaction or in a resumed conversation, bring the session
+back into the context; at any start, take out the sandbox settings of a session that
+has ended (it leaves them until the person is back).
 
 Claude Code drops loaded skill text when it compacts a long conversation, and a
 resumed conversation starts without it. While an experiment session is active, this
@@ -25,11 +21,6 @@ from core import agent_sandbox, records, session  # noqa: E402
 def main():
     try:
         payload = json.load(sys.stdin)
-        project = os.environ.get("CLAUDE_PROJECT_DIR") or payload.get("cwd") or os.getcwd()
-        try:
-            os.makedirs(os.path.join(project, ".claude"), exist_ok=True)
-        except OSError:
-            pass                    # a folder of no one's: the sandbox comes at the next start
         root = session.active_root(payload)
         if root is None:
             agent_sandbox.remove_after_end(payload, session.is_active)

@@ -228,3 +228,46 @@ def test_the_agents_bash_cannot_write_the_records_while_the_scripts_can(tmp_path
     assert "forged" not in (project / "prepare.py").read_text()
     assert [r["status"] for r in records(project) if r["type"] == "run"] == ["keep"]
     assert git(project, "for-each-ref", "refs/autoresearch/sb/forged") == ""
+
+
+def test_the_sandbox_holds_in_the_conversation_that_set_it_up(tmp_path):
+    """/experiment:model in a project with no .claude/ yet: setup runs through the CLI,
+    and the agent's next Bash command already runs in the sandbox (Claude Code watched
+    no .claude/ there: setup makes it read its settings again)."""
+    claude = need("bwrap", "socat")
+    project = make_project(tmp_path / "proj")
+    assert not (project / ".claude").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    seen = {}
+
+    def setup(body):
+        line = [l for l in user_text(body).splitlines() if "/scripts/setup-session\" --tag" in l][0]
+        command = line.strip().replace("[--dataset <dataset>] [options]",
+                                       "--dataset classics --budget 1 --baseline-runs 1")
+        return [tool("Bash", command=command, timeout=600000)]
+
+    def probe(body):
+        seen["setup"] = tool_results(body)[0]["text"]
+        time.sleep(2)               # Claude Code takes a changed settings file after 1 s of quiet
+        return [tool("Bash", command='printf forged >> "$(echo autoresearch).jsonl"; '
+                                     "git checkout -q -- train.py; echo pid $$")]
+
+    def try_to_stop(body):
+        seen["probe"] = tool_results(body)[0]["text"]
+        return [text("Done for now.")]
+
+    def person_stops(body):
+        assert "continue with run 1" in user_text(body)
+        (project / "autoresearch.stop").write_text("")
+        return [text("Stopping as asked.")]
+
+    drive(claude, project, home, "/experiment:model sb classics --budget 1",
+          [setup, probe, try_to_stop, person_stops])
+    assert "agent bash sandboxed (bubblewrap)" in seen["setup"], seen["setup"]
+    assert "Read-only file system" in seen["probe"] and "pid 2" in seen["probe"], seen["probe"]
+    assert "forged" not in (project / "autoresearch.jsonl").read_text()
+    assert records(project)[-1]["event"] == "end"
+    assert settings(project)["sandbox"]["enabled"] is True     # until the person is back
+    prompt(project)
+    assert not (project / ".claude" / "settings.local.json").exists()

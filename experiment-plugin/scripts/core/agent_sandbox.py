@@ -14,8 +14,8 @@ was added, so that it can be taken out again exactly. It is taken out once the s
 has ended and the person is back (their next prompt, or the next start of Claude Code),
 never by the agent's own call: an agent that ends the session keeps its sandbox.
 
-Claude Code reads the file when it starts and, for folders that existed then, whenever
-it changes; the SessionStart hook makes sure `.claude/` exists from the start.
+Claude Code reads the file when it starts, and again whenever a settings file in a folder
+it watched from the start changes: `nudge` makes the running one read it at once.
 """
 from __future__ import annotations
 
@@ -217,10 +217,29 @@ def apply(root: str, config: dict) -> list[str]:
     write_atomic(os.path.join(root, STATE), json.dumps(state, indent=2) + "\n")
     write_atomic(path, json.dumps(current, indent=2) + "\n")
     ignore(root)
+    nudge()
     return [f"  {'agent bash':<10} sandboxed ({what}): it writes inside the project, never to "
             f".git, the records, the harness or .claude/;",
             f"  {'':<10} only the plugin's scripts run outside it (in {SETTINGS} until the "
             "session is over)"]
+
+
+def nudge() -> None:
+    """Make the Claude Code this runs under (CLAUDECODE=1) read its settings again now.
+    It watches the settings folders that existed when it started; a project's .claude/
+    made later is not one of them, the user's own folder is. A new time stamp on the
+    user's settings file (an empty one where there is none) makes it read them all."""
+    if os.environ.get("CLAUDECODE") != "1":
+        return
+    folder = os.environ.get("CLAUDE_CONFIG_DIR") or os.path.join(os.path.expanduser("~"), ".claude")
+    path = os.path.join(folder, "settings.json")
+    try:
+        if os.path.exists(path):
+            os.utime(path)
+        elif os.path.isdir(folder):
+            write_atomic(path, "{}\n")
+    except OSError:
+        pass                # then it reads them at its next start
 
 
 def ignore(root: str) -> None:
@@ -266,6 +285,7 @@ def remove(root: str) -> bool:
             write_atomic(path, json.dumps(current, indent=2) + "\n")
         elif os.path.exists(path):
             os.unlink(path)
+        nudge()
     os.unlink(os.path.join(root, STATE))
     return bool(path)
 
