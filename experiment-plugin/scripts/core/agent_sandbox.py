@@ -19,6 +19,7 @@ it watched from the start changes: `nudge` makes the running one read it at once
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -96,6 +97,18 @@ def outside_scope(root: str, config: dict) -> list[str]:
     return sorted(p for p in out if p)
 
 
+def names(config: dict) -> dict[str, str]:
+    """The protected names, relative to the project root, whether they exist yet or not
+    (a glob for the requirements files), with their kinds."""
+    out = {".git": "git", SETTINGS.split(os.sep)[0]: "settings",
+           "experiment-plugin": "plugin",        # the plugin, in a clone of its repository
+           ".venv": "environment"}
+    out.update((n, "records") for n in SCRIPT_ONLY_FILES)
+    out.update((n, "harness") for n in (*FIXED_FILES, *FIXED_DIRS, *(config.get("read_only") or [])))
+    out.update((n, "dependencies") for n in (*DEPENDENCY_FILES, "requirements*.txt"))
+    return out
+
+
 def protected(root: str, config: dict) -> dict[str, str]:
     """Every path the agent's Bash may not write during the session, absolute, with its
     kind (KINDS). Records are listed even before they exist, so that nothing can be put
@@ -109,30 +122,30 @@ def protected(root: str, config: dict) -> dict[str, str]:
 
     for folder in (PLUGIN_ROOT, os.path.realpath(PLUGIN_ROOT)):
         add(folder, "plugin", always=True)
-    add(".git", "git", always=True)
-    for name in SCRIPT_ONLY_FILES:
-        add(name, "records", always=True)
-    add(SETTINGS.split(os.sep)[0], "settings", always=True)
-    for name in (*FIXED_FILES, *FIXED_DIRS, *(config.get("read_only") or [])):
-        add(name, "harness")
+    present = set(os.listdir(root))
+    for name, kind in names(config).items():
+        matches = fnmatch.filter(present, name) if "*" in name else [name]
+        for match in matches:
+            add(match, kind, always=kind in ("git", "records", "settings"))
     for name in (config.get("fixed_files") or {}):
         add(name.split("/")[0] if name.split("/")[0] in FIXED_DIRS else name, "harness")
-    requirements = [n for n in os.listdir(root) if n.startswith("requirements") and n.endswith(".txt")]
-    for name in (*DEPENDENCY_FILES, *requirements):
-        add(name, "dependencies")
     # The interpreter's environment when it lives in the project: writing there is
     # installing packages, and a .pth file there runs in the plugin's own scripts.
     python = os.path.abspath(os.path.join(root, config.get("python") or ""))
     rel = os.path.relpath(python, root)
     if config.get("python") and not rel.startswith(".."):
         add(rel.split(os.sep)[0], "environment")
-    add(".venv", "environment")
     for rel in outside_scope(root, config):
         add(rel, "scope")
     # A protected folder covers what is inside it.
     folders = [p for p in out if os.path.isdir(p) and not os.path.islink(p)]
     return {p: k for p, k in out.items()
             if not any(p != f and p.startswith(f + os.sep) for f in folders)}
+
+
+def guard_view(root: str, config: dict) -> dict:
+    """What the guard hook judges a path by: the protected paths and names."""
+    return {"protected": protected(root, config), "names": names(config)}
 
 
 def settings(denied: list[str]) -> dict:
@@ -180,9 +193,9 @@ def read_state(root: str) -> dict:
 def apply(root: str, config: dict) -> list[str]:
     """Write the session's sandbox settings (where the sandbox can run) and return the
     research config's lines about it."""
-    denied = protected(root, config)
     state = read_state(root)
-    state["protected"] = denied
+    state.update(guard_view(root, config))
+    denied = state["protected"]
     ok, what = available()
     if not ok:
         write_atomic(os.path.join(root, STATE), json.dumps(state, indent=2) + "\n")
