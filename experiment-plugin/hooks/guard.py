@@ -380,7 +380,7 @@ GIT_MOVES = ("git {sub} moves the work tree behind the scripts' back, and the br
              "on the last kept commit: log-experiment commits a keep and resets a discard or "
              "crash by itself, and resume-session restores the last kept commit (saving any "
              "change under refs/autoresearch/). To undo an edit of the target, "
-             "`git checkout -- <target>`.")
+             "`git show HEAD:<target> > <target>` (git's own store is read-only to your Bash).")
 GIT_REFS = ("git {sub} here could delete or move the session's records (its branch, the "
             "refs/autoresearch/ refs that keep every tried commit and the log's copy): the "
             "scripts own them. Read them freely (git log, git show, git for-each-ref).")

@@ -199,8 +199,24 @@ def test_the_agents_bash_cannot_write_the_records_while_the_scripts_can(tmp_path
     def run_helper(body):
         return [tool("Bash", command="python3 helper.py train.py")]
 
-    def run_baseline(body):
+    def read_target(body):
         seen["helper"] = tool_results(body)[0]["text"]
+        return [tool("Read", file_path=str(project / "train.py"))]
+
+    def edit_target(body):
+        return [tool("Edit", file_path=str(project / "train.py"), old_string="TOK_SEC = 1000000",
+                     new_string="TOK_SEC = 1000001")]
+
+    def undo_by_git(body):        # git's index is read-only: git show is the way back
+        seen["edit"] = tool_results(body)[0]
+        return [tool("Bash", command="git checkout -- train.py; git show HEAD:train.py > train.py && echo shown")]
+
+    def wrapped_script(body):     # outside the sandbox only alone: the guard refuses the rest
+        seen["git"] = tool_results(body)[0]["text"]
+        return [tool("Bash", command=f'PYTHONPATH=/tmp "{scripts}/run-experiment"')]
+
+    def run_baseline(body):
+        seen["wrapped"] = tool_results(body)[0]
         return [tool("Bash", command=f'"{scripts}/run-experiment"', timeout=600000)]
 
     def log_baseline(body):
@@ -211,8 +227,9 @@ def test_the_agents_bash_cannot_write_the_records_while_the_scripts_can(tmp_path
         seen["log"] = tool_results(body)[0]["text"]
         return [text("Baseline logged.")]
 
-    drive(claude, project, home, "go on", [shell_append, write_helper, run_helper, run_baseline,
-                                           log_baseline, done], "--allowedTools", "Write,Edit")
+    drive(claude, project, home, "go on", [shell_append, write_helper, run_helper, read_target, edit_target,
+                                           undo_by_git, wrapped_script, run_baseline, log_baseline,
+                                           done], "--allowedTools", "Write,Edit")
     assert "autoresearch.jsonl: Read-only file system" in seen["shell"], seen["shell"]
     assert "prepare.py: Read-only file system" in seen["shell"]
     assert "pid 2" in seen["shell"]                              # its own PID namespace
@@ -223,9 +240,13 @@ def test_the_agents_bash_cannot_write_the_records_while_the_scripts_can(tmp_path
     assert "run.log EACCES" in helper       # not there yet: nothing may take its place
     assert "train.py WRITTEN" in helper and "scratch WRITTEN" in helper     # the target and scratch
     assert "update-ref 0" not in helper
+    assert not seen["edit"]["is_error"], seen["edit"]           # the Edit tool writes the target
+    assert "index.lock': Read-only file system" in seen["git"] and "shown" in seen["git"]
+    assert seen["wrapped"]["is_error"] and "only when called alone" in seen["wrapped"]["text"]
     assert "status: ok run 1" in seen["run"] and "logged run 1: keep" in seen["log"]
     assert "forged" not in (project / "autoresearch.jsonl").read_text()
     assert "forged" not in (project / "prepare.py").read_text()
+    assert (project / "train.py").read_text() == git(project, "show", "HEAD:train.py") + "\n"   # undone
     assert [r["status"] for r in records(project) if r["type"] == "run"] == ["keep"]
     assert git(project, "for-each-ref", "refs/autoresearch/sb/forged") == ""
 
