@@ -105,17 +105,17 @@ class Session:
 
     def kind(self, path):
         """The kind of protected path `path` (absolute, normalised) is, or None."""
-        for p, kind in self.protected.items():
-            if path == p or path.startswith(p.rstrip(os.sep) + os.sep):
-                return kind
         rel = os.path.relpath(path, self.root)
-        if rel.startswith(".."):
-            return None
         inside = rel.split(os.sep)
         worktrees = common.WORKTREES.split(os.sep)
         if len(inside) > len(worktrees) + 1 and inside[:len(worktrees)] == worktrees:
             # A candidate's worktree is judged like the project itself.
             return self.kind(os.path.join(self.root, *inside[len(worktrees) + 1:]))
+        for p, kind in self.protected.items():
+            if path == p or path.startswith(p.rstrip(os.sep) + os.sep):
+                return kind
+        if rel.startswith(".."):
+            return None
         for name, kind in self.names.items():
             if fnmatch.fnmatchcase(rel, name) or rel.startswith(name + os.sep):
                 return kind
