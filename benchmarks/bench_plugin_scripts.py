@@ -65,7 +65,8 @@ def main():
         print("note: PYTHONDONTWRITEBYTECODE was set; cleared for the timed processes")
     with tempfile.TemporaryDirectory() as tmp:
         project = make_project(Path(tmp) / "proj")
-        check(script(project, "setup-session", "--tag", "bench", "--dataset", "classics", "--budget", "1"))
+        check(script(project, "setup-session", "--tag", "bench", "--dataset", "classics", "--budget", "1",
+                     env={"CLAUDE_CODE_SESSION_ID": "bench"}))     # the loop's own conversation
         fill_log(project, a.runs)
         check(script(project, "run-experiment"))
         bench_guard(project, a)
