@@ -54,8 +54,11 @@ def session(base, classics_cache, hidden):
            "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     p = Project(root, env)
     text = p.read("train.py")
+    # A clock that counts 0.1 s a step: the same 10 steps in every run, so that two runs
+    # of one seed can be compared number for number.
     for old, new in (("    DEPTH, WIDTH, HEAD_DIM = 2, 256, 64\n", "    DEPTH, WIDTH, HEAD_DIM = 2, 64, 32\n"),
-                     ("    TOTAL_BATCH_TOKENS = 2**12\n", "    TOTAL_BATCH_TOKENS = 2**11\n")):
+                     ("    TOTAL_BATCH_TOKENS = 2**12\n", "    TOTAL_BATCH_TOKENS = 2**11\n"),
+                     ("        dt = time.time() - t0\n", "        dt = 0.1\n")):
         assert text.count(old) == 1
         text = text.replace(old, new)
     p.write("train.py", text)
@@ -122,8 +125,8 @@ for name in (".git/forged", "autoresearch.jsonl", "prepare.py", ".autoresearch/f
 
 
 def connect():
-    with socket.create_connection(("127.0.0.1", PORT), timeout=2) as s:
-        return s.recv(16).decode()
+    socket.create_connection(("127.0.0.1", PORT), timeout=2).close()
+    return "connected"
 
 
 attempt("network", connect)
@@ -147,7 +150,7 @@ def attacked(tmp_path_factory, classics_cache):
     default_copy = os.path.expanduser("~/.cache/autoresearch/classics")
     planted = base / "planted"
     planted.mkdir()
-    (planted / "sitecustomize.py").write_text("PLANTED = True\nimport math\nmath.log = lambda *a: 1.0\n")
+    (planted / "sitecustomize.py").write_text("PLANTED = True\n")
     (planted / "bwrap").write_text('#!/bin/sh\nwhile [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n')
     (planted / "bwrap").chmod(0o755)
     fake = base / "fake-cache"
@@ -180,7 +183,7 @@ def test_the_validation_text_has_no_other_way_in(attacked):
     default cache may hold a second copy. None of them gives the validation text."""
     p, found, _ = attacked
     assert not isinstance(found["tree_copy"], int) and not isinstance(found["default_copy"], int), found
-    assert found["git_blob"] in ("none",) or not found["git_blob"].isdigit(), found
+    assert not found["git_blob"].isdigit(), found
 
 
 def test_a_manifest_rewritten_in_memory_finds_no_validation_text(attacked):
@@ -230,7 +233,7 @@ def test_the_run_cannot_write_the_project_the_records_or_home(attacked):
 
 def test_the_run_has_no_network(attacked):
     p, found, _ = attacked
-    assert found["network"].startswith(("ConnectionRefusedError", "OSError", "TimeoutError")), found
+    assert found["network"] != "connected" and found["network"].startswith(("ConnectionRefusedError", "OSError")), found
 
 
 # ----------------------------------------------------- processes: the PID namespace
@@ -272,7 +275,7 @@ def in_view(tmp_path_factory, classics_cache):
     """A session with the validation files in view (today's harness evaluates in the
     run), and its honest baseline logged."""
     p = session(tmp_path_factory.mktemp("in-view"), classics_cache, hidden=False)
-    assert "run sandbox" in p.setup_output or "sandbox    bubblewrap" in p.setup_output, p.setup_output
+    assert "sandbox    bubblewrap (own PID namespace, no network" in p.setup_output, p.setup_output
     return p
 
 
@@ -353,3 +356,75 @@ def test_an_honest_run_measures_the_same_in_the_sandbox_and_out(in_view, tmp_pat
     (fake / "classics" / "manifest.json").write_text(json.dumps(manifest))
     steered = honest(p, "bwrap", env={**p.env, "AUTORESEARCH_CACHE": str(fake)})
     assert steered == boxed
+
+
+# ------------------------------------------------------- the training view itself
+
+BATCHES = '''\
+import hashlib, json, os, sys
+import prepare
+
+
+def batches():
+    """A digest of the first training batches for seed 7."""
+    tokenizer = prepare.Tokenizer.load()
+    loader, digest = prepare.make_dataloader(tokenizer, 4, 64, "train", seed=7), hashlib.sha256()
+    for _ in range(5):
+        digest.update(next(loader)[0].tobytes())
+    return digest.hexdigest()
+'''
+
+VIEW_CHECK = BATCHES + '''
+import data_sources, dataset_cache
+import pyarrow.parquet as pq
+
+full = batches()
+view = dataset_cache.train_view(data_sources.get_source("classics"), sys.argv[1])
+print(json.dumps({"full": full, "splits": sorted(view["splits"]), "slices": view["splits"]["train"],
+                  "texts": pq.read_table(os.path.join(sys.argv[1], "mixed.parquet")).column("text").to_pylist(),
+                  "files": sorted(os.listdir(sys.argv[1]))}))
+'''
+
+
+def test_a_file_that_mixes_splits_keeps_only_its_training_rows(tmp_path, classics_cache):
+    """tinystories keeps validation in the first rows of its one file: by file alone
+    nothing could be hidden. The view writes that file again with its training rows
+    only, under the same name; the training batches are the same, and the view passes
+    the harness's own verification."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    real = os.path.join(classics_cache["AUTORESEARCH_CACHE"], "classics")
+    manifest = json.load(open(os.path.join(real, "manifest.json")))
+    texts = lambda f: pq.read_table(os.path.join(real, f)).column("text").to_pylist()   # noqa: E731
+    val, test = texts(manifest["splits"]["val"][0][0]), ["a test document, held out for the end"] * 3
+    train = [t for f, _, _ in manifest["splits"]["train"] for t in texts(f)]
+    mixed = tmp_path / "mixed" / "classics"
+    mixed.mkdir(parents=True)
+    pq.write_table(pa.table({"text": val + test + train}), mixed / "mixed.parquet")
+    for name in ("tokenizer.pkl", "token_bytes.npy"):
+        shutil.copy(os.path.join(real, name), mixed / name)
+    manifest["splits"] = {"val": [["mixed.parquet", 0, len(val)]],
+                          "test": [["mixed.parquet", len(val), len(val) + 3]],
+                          "train": [["mixed.parquet", len(val) + 3, len(val) + 3 + 100],
+                                    ["mixed.parquet", len(val) + 3 + 100, None]]}
+    manifest["files"] = {f: {"size": os.path.getsize(mixed / f),
+                             "sha256": hashlib.sha256((mixed / f).read_bytes()).hexdigest()}
+                         for f in ("mixed.parquet", "tokenizer.pkl", "token_bytes.npy")}
+    (mixed / "manifest.json").write_text(json.dumps(manifest))
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(tmp_path / "mixed"), "AUTORESEARCH_DATASET": "classics"}
+    view = tmp_path / "view" / "classics"
+    view.parent.mkdir()
+    proc = subprocess.run([sys.executable, "-c", VIEW_CHECK, str(view)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    made = json.loads(proc.stdout)
+    assert made["splits"] == ["train"] and made["texts"] == train
+    assert made["slices"] == [["mixed.parquet", 0, 100], ["mixed.parquet", 100, len(train)]]
+    assert made["files"] == ["manifest.json", "mixed.parquet", "token_bytes.npy", "tokenizer.pkl"]
+    env["AUTORESEARCH_CACHE"] = str(view.parent)
+    again = subprocess.run([sys.executable, "-c", BATCHES + "print(batches())"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == made["full"], again.stderr
+    verify = subprocess.run([sys.executable, "prepare.py", "--dataset", "classics", "--verify"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert verify.returncode == 0 and "verified" in verify.stdout, verify.stdout + verify.stderr

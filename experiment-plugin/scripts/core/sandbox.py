@@ -262,7 +262,7 @@ def bwrap_command(argv: list[str], *, cwd: str, needed=(), writable=(), protecte
       writable             each bound read-write over itself
       protected            each bound read-only over itself again (inside a writable
                            tree: .git, the records, the target)
-      hidden               a folder: an empty tmpfs; a file: /dev/null (empty)
+      hidden               a folder: an empty, read-only tmpfs; a file: /dev/null
       binds (src, dest)    src read-only at dest (the training view over the cache)
     The environment is exactly `env` (--clearenv), and file descriptors the caller
     passes (pass_fds: the result channel) stay open through bubblewrap."""
@@ -280,7 +280,7 @@ def bwrap_command(argv: list[str], *, cwd: str, needed=(), writable=(), protecte
     for path in protected:
         cmd += ["--ro-bind", path, path]
     for path in hidden:
-        cmd += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+        cmd += ["--tmpfs", path, "--remount-ro", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     for src, dest in binds:
         cmd += ["--ro-bind", src, dest]
     cmd += ["--chdir", cwd, "--clearenv"]
