@@ -145,8 +145,9 @@ def parse_args(argv):
     p.add_argument("--network", action="store_true",
                    help="let runs reach the network (default: none; the run's sandbox cuts it)")
     p.add_argument("--writable", action="append", default=[], metavar="DIRS",
-                   help="further folders of the project a run may write, comma-separated "
-                        "(default: data; a project of your own also outputs, checkpoints, runs, logs)")
+                   help="further folders a run may write, comma-separated (default: data/ of this "
+                        "project's harness; a project of your own: all of it but .git, the records, "
+                        "the target and the fixed files; there also folders outside it, e.g. ~/.cache/huggingface)")
     p.add_argument("--python", help="interpreter for runs (default: the project's .venv, else the "
                                     "one running this script)")
     a = p.parse_args(argv)

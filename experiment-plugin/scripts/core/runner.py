@@ -196,6 +196,9 @@ def train_view(root: str, config: dict) -> str:
                 raise UserError(f"the training view of the dataset could not be made ({last}): check "
                                 f"the data with python prepare.py --dataset {config['dataset']} --verify")
             write_atomic(stamp, json.dumps({"cache": cache, "state": state}) + "\n")
+    splits = (read_json(os.path.join(view, "manifest.json"), default={}) or {}).get("splits")
+    if not isinstance(splits, dict) or list(splits) != ["train"]:
+        raise UserError(f"{view} is not a view of the training split alone: delete it, and run again")
     return view
 
 

@@ -41,12 +41,16 @@ VIEW_DIR = os.path.join(STATE_DIR, "view")      # <dataset>/: the training split
 HARNESS_WRITABLE = ("data",)
 OWN_WRITABLE = (".",)
 
-# The environment of a run measured by the harness is built from these names only,
-# and only the runner sets them: what the runner and a wave's worker computed, plus
-# the locale and terminal. PYTHONPATH, PYTHONSTARTUP, LD_PRELOAD, AUTORESEARCH_CACHE
+# The environment of a run measured by the harness is what the runner and a wave's
+# worker set, and from the caller's only these: the locale and terminal, and the
+# choice of GPUs and thread counts (where a run goes and how fast, never what it
+# computes or measures). PYTHONPATH, PYTHONSTARTUP, LD_PRELOAD, AUTORESEARCH_CACHE
 # and everything else the caller's shell holds never reach the run.
 CALLER_NAMES = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TERM", "TZ",
-                "AUTORESEARCH_QUIET")
+                "AUTORESEARCH_QUIET", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "HIP_VISIBLE_DEVICES",
+                "ROCR_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+                "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                "NUMEXPR_NUM_THREADS")
 CALLER_PREFIXES = ("LC_",)
 # A run of the person's own command gets the caller's environment less these: the
 # ways to put code into an interpreter or a loader before the script's first line,
@@ -54,7 +58,7 @@ CALLER_PREFIXES = ("LC_",)
 NEVER_PASSED = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONINSPECT",
                 "PYTHONEXECUTABLE", "PYTHONSAFEPATH", "PYTHONNOUSERSITE", "LD_PRELOAD",
                 "LD_LIBRARY_PATH", "LD_AUDIT", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
-                "CUDA_CACHE_PATH")
+                "CUDA_CACHE_PATH", "TMPDIR")
 NEVER_PREFIXES = ("AUTORESEARCH_", "DYLD_")
 # Taken from the environment of setup, recorded in the config, and given to every run:
 # GPU machines often find libcuda through it.
@@ -221,11 +225,21 @@ def writable_dirs(root: str, config: dict, cwd: str, compile_cache: str) -> list
     """The folders a run may write: the session's list, in its working tree, and the
     session's compile cache. Never .git or the session's state; the tree itself only
     for a project of the person's own, and then with protected() read-only in it."""
-    out = []
+    out, own = [], config.get("measure") != "harness"
     for name in setting(config).get("writable") or []:
-        norm = os.path.normpath(name)
-        if norm == "." and config.get("measure") != "harness":
+        norm = os.path.normpath(os.path.expanduser(name))
+        if norm == "." and own:
             out.append(os.path.realpath(cwd))
+            continue
+        if os.path.isabs(norm) and own:
+            # A folder of the person's outside the project (a dataset library's cache, say),
+            # never one that holds the project or the plugin.
+            real = os.path.realpath(norm)
+            if any(os.path.realpath(p).startswith(real.rstrip(os.sep) + os.sep) or os.path.realpath(p) == real
+                   for p in (root, cwd, PLUGIN_ROOT)):
+                raise UserError(f"writable folder {name!r} in the session config holds the project or the plugin")
+            os.makedirs(real, exist_ok=True)
+            out.append(real)
             continue
         if norm in (".", "") or norm.startswith("..") or os.path.isabs(norm) \
                 or norm.split(os.sep)[0] in (".git", STATE_DIR):
