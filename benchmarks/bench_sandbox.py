@@ -85,6 +85,8 @@ def main():
         boxed, bare = statistics.median(walls["bwrap"]), statistics.median(walls["none"])
         print(json.dumps({"pairs": a.pairs, "budget_s": a.budget, "hidden": a.hidden,
                           "median_wall_bwrap_s": round(boxed, 3), "median_wall_none_s": round(bare, 3),
+                          "min_wall_bwrap_s": round(min(walls["bwrap"]), 3),
+                          "min_wall_none_s": round(min(walls["none"]), 3),
                           "overhead_s": round(boxed - bare, 3),
                           "overhead_pct": round(100 * (boxed - bare) / bare, 2)}))
     finally:

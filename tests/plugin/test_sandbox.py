@@ -13,14 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from conftest import REPO
-from plugin_helpers import PLUGIN
-from test_integrity import Project, status
+from plugin_helpers import PLUGIN, SCRIPTS, edit_target, hang_child, hang_children, ok, script
+from test_integrity import Project
 
 sys.path.insert(0, str(PLUGIN / "scripts"))
 from core import sandbox  # noqa: E402
@@ -428,3 +427,38 @@ def test_a_file_that_mixes_splits_keeps_only_its_training_rows(tmp_path, classic
     verify = subprocess.run([sys.executable, "prepare.py", "--dataset", "classics", "--verify"], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=120)
     assert verify.returncode == 0 and "verified" in verify.stdout, verify.stdout + verify.stderr
+
+
+# ------------------------------------------ where no sandbox runs: leftovers on proof
+
+LEFT_BEHIND = '''\
+import sys
+sys.path.insert(0, {scripts!r})
+from core import records, runner, sandbox
+config = records.read_config({root!r})
+config["sandbox"] = dict(sandbox.setting(config), kind="none")
+runner.run_target({root!r}, config, 120, 1)
+'''
+
+
+def test_unsandboxed_a_run_left_by_a_killed_runner_is_stopped_on_proof(project):
+    """With no sandbox the run outlives a SIGKILLed runner; the next run-experiment
+    stops it, because the running file's process is the one that holds its token."""
+    edit_target(project, MODE="hang")
+    driver = subprocess.Popen([sys.executable, "-c", LEFT_BEHIND.format(scripts=str(SCRIPTS), root=str(project))],
+                              cwd=project)
+    child = hang_child(project)
+    driver.kill()
+    driver.wait()
+    try:
+        assert hang_children(project) == [child], "unsandboxed, the run outlived its runner"
+        info = json.loads((project / ".autoresearch" / "running.json").read_text())
+        assert info["sandbox"] == "none" and len(info["token"]) == 64 and "start" in info
+        edit_target(project, MODE="ok")
+        proc = ok(script(project, "run-experiment"))
+        assert f"stopped a leftover run (process group {info['pid']})" in proc.stdout
+        time.sleep(0.3)
+        assert hang_children(project) == []
+    finally:
+        for pid in hang_children(project):
+            os.kill(pid, signal.SIGKILL)

@@ -169,12 +169,35 @@ def stop_leftover_run(root: str, path: str | None = None) -> str | None:
     return f"stopped a leftover run (process group {pid}) from an interrupted run-experiment"
 
 
+# Makes the training view with the session's interpreter, outside the sandbox, so
+# nothing of the project's but the two fixed modules may run: -I keeps the project's
+# folder off the import path (a numpy.py planted there is never imported) and ignores
+# PYTHON* variables; the modules are compiled from the bytes whose hash setup pinned
+# (a planted .pyc is never read); the cache is the session's, whatever the caller set.
+VIEW_BUILDER = """
+import hashlib, importlib.util, json, sys
+root, cache_base, dataset, dest, pins = sys.argv[1:6]
+pins = json.loads(pins)
+for name in ("data_sources", "dataset_cache"):
+    path = root + "/" + name + ".py"
+    with open(path, "rb") as f:
+        source = f.read()
+    if hashlib.sha256(source).hexdigest() != pins.get(name + ".py"):
+        sys.exit(name + ".py is not the one the session was set up with")
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None, origin=path))
+    module.__file__ = path
+    sys.modules[name] = module
+    exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+sys.modules["dataset_cache"].CACHE_BASE = cache_base
+sys.modules["dataset_cache"].train_view(sys.modules["data_sources"].get_source(dataset), dest)
+"""
+
+
 def train_view(root: str, config: dict) -> str:
     """The folder that stands for the dataset cache in the sandbox: the training split
-    only (dataset_cache.train_view). Made once per session by the session's
-    interpreter from the fixed harness, kept while the cache is unchanged (a cache
-    that changed makes the run tampered anyway), under a lock: a wave's workers share
-    it."""
+    only (dataset_cache.train_view). Made once per session (see VIEW_BUILDER), kept
+    while the cache is unchanged (a cache that changed makes the run tampered
+    anyway), under a lock: a wave's workers share it."""
     cache = config["eval"]["cache_dir"]
     folder = os.path.join(root, sandbox.VIEW_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -185,12 +208,10 @@ def train_view(root: str, config: dict) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if read_json(stamp, default=None) != {"cache": cache, "state": state} \
                 or not os.path.exists(os.path.join(view, "manifest.json")):
-            code = ("import sys, data_sources, dataset_cache; dataset_cache.train_view("
-                    "data_sources.get_source(sys.argv[1]), sys.argv[2])")
-            env = {"PATH": os.environ.get("PATH", ""), "AUTORESEARCH_CACHE": os.path.dirname(cache),
-                   "HOME": os.environ.get("HOME", "/")}
-            proc = subprocess.run([config["python"], "-E", "-s", "-B", "-c", code, config["dataset"], view],
-                                  cwd=root, env=env, capture_output=True, text=True)
+            env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+            proc = subprocess.run([config["python"], "-I", "-B", "-c", VIEW_BUILDER, root, os.path.dirname(cache),
+                                   config["dataset"], view, json.dumps(config["fixed_files"])],
+                                  cwd=folder, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                 raise UserError(f"the training view of the dataset could not be made ({last}): check "
