@@ -273,9 +273,10 @@ def bwrap_command(argv: list[str], *, cwd: str, needed=(), writable=(), protecte
       /tmp                 a private, empty tmpfs; of the `needed` paths (the project,
                            the interpreter, the plugin, the cache), those that live
                            under /tmp are bound back, read-only
-      writable             each bound read-write over itself
-      protected            each bound read-only over itself again (inside a writable
-                           tree: .git, the records, the target)
+      writable, protected  each bound over itself, read-write or read-only again,
+                           outer folders first: the deeper one decides (.git, the
+                           records and the target in a writable tree stay read-only;
+                           the compile cache inside .autoresearch stays writable)
       hidden               a folder: an empty, read-only tmpfs; a file: /dev/null
       binds (src, dest)    src read-only at dest (the training view over the cache)
     The environment is exactly `env` (--clearenv), and file descriptors the caller
@@ -289,10 +290,13 @@ def bwrap_command(argv: list[str], *, cwd: str, needed=(), writable=(), protecte
     for path in sorted({os.path.realpath(p) for p in needed}):
         if path.startswith("/tmp/"):
             cmd += ["--ro-bind", path, path]
-    for path in writable:
-        cmd += ["--bind", path, path]
-    for path in protected:
-        cmd += ["--ro-bind", path, path]
+    # The outer folder first, then what lies inside it: a writable folder inside a
+    # protected one (the compile cache in .autoresearch, a wave's worktree and its
+    # data/) stays writable, and a protected one inside a writable tree (.git in a
+    # project of the person's own) stays read-only.
+    layered = [(p, "--bind") for p in writable] + [(p, "--ro-bind") for p in protected]
+    for path, how in sorted(layered, key=lambda e: (e[0].rstrip(os.sep).count(os.sep), e[1] == "--ro-bind")):
+        cmd += [how, path, path]
     for path in hidden:
         cmd += ["--tmpfs", path, "--remount-ro", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     for src, dest in binds:
