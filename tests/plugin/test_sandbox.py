@@ -462,3 +462,22 @@ def test_unsandboxed_a_run_left_by_a_killed_runner_is_stopped_on_proof(project):
     finally:
         for pid in hang_children(project):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_where_no_sandbox_runs_setup_says_so_and_a_sandboxed_session_refuses(monkeypatch):
+    """No bubblewrap: available() says why and the research config says what is left
+    open; a session that was set up with bubblewrap then refuses to run rather than
+    run unsandboxed. A `bwrap` on PATH is never taken for it."""
+    monkeypatch.setattr(sandbox, "BWRAP_PATHS", ("/nonexistent/bwrap",))
+    monkeypatch.setenv("PATH", str(PLUGIN))
+    sandbox.available.cache_clear()
+    try:
+        kind, why = sandbox.available()
+        assert kind is None and "bubblewrap is not installed" in why
+        setting = sandbox.session_setting("harness")
+        assert sandbox.describe(setting) == (f"none ({why}): the run can read the validation data and "
+                                             "write the project")
+        with pytest.raises(sandbox.UserError, match="runs in bwrap, which cannot run here now"):
+            sandbox.check({"kind": "bwrap"})
+    finally:
+        sandbox.available.cache_clear()

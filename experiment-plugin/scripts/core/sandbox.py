@@ -37,7 +37,7 @@ VIEW_DIR = os.path.join(STATE_DIR, "view")      # <dataset>/: the training split
 # The folders an honest run writes, relative to its working tree (setup --writable
 # adds more). The harness writes data/last_run.json and data/run_*.json and nothing
 # else. A project of the person's own writes checkpoints, logs and its tools' state
-# (uv's .venv and uv.lock) wherever it likes: "." is its whole tree, less PROTECTED.
+# (uv's .venv and uv.lock) wherever it likes: "." is its whole tree, less protected().
 HARNESS_WRITABLE = ("data",)
 OWN_WRITABLE = (".",)
 
