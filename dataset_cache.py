@@ -181,16 +181,19 @@ def read_texts(source, file, first, stop):
     return column.slice(first, None if stop is None else stop - first).to_pylist()
 
 
-def train_view(source, dest):
+def train_view(source, dest, link=True):
     """Write into `dest` a cache of `source` that holds only its training split, and
     return its manifest.
 
     A sandboxed run sees this folder in place of the cache while it trains, so the
     validation (and any test) text is not there to read, whatever the run does: the
     manifest's splits hold only `train`, and only the files train reads are present.
-    A file that only train reads is hard-linked (copied across file systems); a file
-    that mixes splits (tinystories: one file, val its first rows) is written again
-    with only its train rows, under the same name, each slice moved to its new rows.
+    A file that only train reads is hard-linked (copied across file systems), or with
+    link=False left as an empty file of its name, for whoever shows the view to bind
+    the cache's own file over (a hard link changes the cache file's ctime, which a
+    runner watching the cache takes for a change); a file that mixes splits
+    (tinystories: one file, val its first rows) is written again with only its train
+    rows, under the same name, each slice moved to its new rows.
     Training reads exactly the same texts in the same order as from the full cache:
     the dataloader's shuffle is seeded by the file name and the slice list, and both
     are kept. The manifest records the view's own sizes and sha256, so load_manifest
@@ -221,16 +224,20 @@ def train_view(source, dest):
                 pq.write_table(pa.table({"text": [t for rows in rewritten[file] for t in rows]}), path)
                 files[file] = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
                 continue
+            files[file] = dict(manifest["files"][file])
+            if not link:
+                open(path, "wb").close()
+                continue
             try:
                 os.link(os.path.join(directory, file), path)
             except OSError:
                 shutil.copyfile(os.path.join(directory, file), path)
-            files[file] = dict(manifest["files"][file])
             if os.path.getsize(path) != files[file]["size"]:
                 raise DataError(f"{os.path.join(directory, file)} changed while its view was made; "
                                 f"run `{prepare_command(source)}`")
         view = {**manifest, "splits": {"train": slices}, "files": files,
-                "view_of": {"cache": directory, "manifest_sha256": hashlib.sha256(
+                "view_of": {"cache": directory, "bind": [] if link else sorted(set(files) - set(rewritten)),
+                            "manifest_sha256": hashlib.sha256(
                     json.dumps(manifest, sort_keys=True).encode()).hexdigest()}}
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(view, f, indent=2)

@@ -172,7 +172,8 @@ def attacked(tmp_path_factory, classics_cache):
 
 
 def test_the_validation_parquet_is_not_in_the_runs_view(attacked):
-    p, found, _ = attacked
+    p, found, proc = attacked
+    assert "status: tampered" not in proc.stdout, proc.stdout       # the view leaves the cache untouched
     assert found["pyarrow"].startswith("FileNotFoundError"), found
     assert found["read_texts"].startswith("DataError"), found
 

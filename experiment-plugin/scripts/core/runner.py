@@ -189,15 +189,17 @@ for name in ("data_sources", "dataset_cache"):
     sys.modules[name] = module
     exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
 sys.modules["dataset_cache"].CACHE_BASE = cache_base
-sys.modules["dataset_cache"].train_view(sys.modules["data_sources"].get_source(dataset), dest)
+sys.modules["dataset_cache"].train_view(sys.modules["data_sources"].get_source(dataset), dest, link=False)
 """
 
 
-def train_view(root: str, config: dict) -> str:
+def train_view(root: str, config: dict) -> tuple[str, list[str]]:
     """The folder that stands for the dataset cache in the sandbox: the training split
-    only (dataset_cache.train_view). Made once per session (see VIEW_BUILDER), kept
-    while the cache is unchanged (a cache that changed makes the run tampered
-    anyway), under a lock: a wave's workers share it."""
+    only (dataset_cache.train_view), and the names of the cache's files to bind into
+    it (whole training files, the tokenizer: bound, not linked, so the cache itself
+    is never touched). Made once per session (see VIEW_BUILDER), kept while the cache
+    is unchanged (a cache that changed makes the run tampered anyway), under a lock:
+    a wave's workers share it."""
     cache = config["eval"]["cache_dir"]
     folder = os.path.join(root, sandbox.VIEW_DIR)
     os.makedirs(folder, exist_ok=True)
@@ -217,10 +219,12 @@ def train_view(root: str, config: dict) -> str:
                 raise UserError(f"the training view of the dataset could not be made ({last}): check "
                                 f"the data with python prepare.py --dataset {config['dataset']} --verify")
             write_atomic(stamp, json.dumps({"cache": cache, "state": state}) + "\n")
-    splits = (read_json(os.path.join(view, "manifest.json"), default={}) or {}).get("splits")
-    if not isinstance(splits, dict) or list(splits) != ["train"]:
+    made = read_json(os.path.join(view, "manifest.json"), default={}) or {}
+    splits, bound = made.get("splits"), (made.get("view_of") or {}).get("bind") or []
+    if not isinstance(splits, dict) or list(splits) != ["train"] \
+            or not all(isinstance(f, str) and f in made.get("files", {}) and "/" not in f for f in bound):
         raise UserError(f"{view} is not a view of the training split alone: delete it, and run again")
-    return view
+    return view, bound
 
 
 def sandboxed_command(root: str, config: dict, setting: dict, command: list[str], tree: str,
@@ -244,7 +248,8 @@ def sandboxed_command(root: str, config: dict, setting: dict, command: list[str]
                                             network=setting.get("network", False)), {**env, TOKEN_ENV: token}
     binds, hidden = [], []
     if hidden_val:
-        binds.append((train_view(root, config), cache))
+        view, bound = train_view(root, config)
+        binds += [(view, cache)] + [(os.path.join(cache, f), os.path.join(cache, f)) for f in bound]
         # Other copies of the validation text within reach: a second cache of the same
         # dataset in the default place, the files an embedded dataset ships in the
         # tree, and git's history of them (a run has no use for git).
