@@ -290,6 +290,9 @@ def bwrap_command(argv: list[str], *, cwd: str, needed=(), writable=(), protecte
     for path in sorted({os.path.realpath(p) for p in needed}):
         if path.startswith("/tmp/"):
             cmd += ["--ro-bind", path, path]
+    for path in sorted({os.path.abspath(p) for p in needed}):
+        if path.startswith("/tmp/") and os.path.islink(path):     # a venv linked from under /tmp
+            cmd += ["--symlink", os.readlink(path), path]
     # The outer folder first, then what lies inside it: a writable folder inside a
     # protected one (the compile cache in .autoresearch, a wave's worktree and its
     # data/) stays writable, and a protected one inside a writable tree (.git in a
