@@ -295,6 +295,10 @@ def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
     served = _LEDGER.served
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    if split not in tokenizer.manifest["splits"]:
+        # A sandboxed run sees the training split only: the runner serves the evaluation.
+        raise ValueError(f"the {split!r} split is not in this run's view of the data: "
+                         "train on 'train'; the runner serves the evaluation")
     slices = [tuple(s) for s in tokenizer.manifest["splits"][split]]
     batches = _document_batches(tokenizer, slices, seed if split == "train" else None)
 

@@ -38,10 +38,10 @@ def bubblewrap():
         pytest.fail(f"bubblewrap must run here for these tests ({why}): apt-get install bubblewrap")
 
 
-def session(base, classics_cache, hidden):
+def session(base, classics_cache):
     """A clone on the real template with a small CPU model and a private copy of the
-    cache, set up on classics. `hidden`: its harness takes the validation rows from the
-    runner (the name prepare.py declares it with), so the sandbox hides the files."""
+    cache, set up on classics. Its harness takes the validation rows from the runner
+    (prepare.serve_evaluation), so the sandbox hides the files."""
     root = str(base / "project")
     subprocess.run(["git", "clone", "-q", REPO, root], check=True)
     for key, value in (("user.name", "Sandbox Test"), ("user.email", "sandbox@example.com")):
@@ -61,8 +61,7 @@ def session(base, classics_cache, hidden):
         assert text.count(old) == 1
         text = text.replace(old, new)
     p.write("train.py", text)
-    if hidden and sandbox.SERVED_VALIDATION not in p.read("prepare.py"):
-        p.write("prepare.py", p.read("prepare.py") + f"\n# {sandbox.SERVED_VALIDATION}\n")
+    assert sandbox.SERVED_VALIDATION in p.read("prepare.py")
     p.git("commit", "-qam", "A small CPU model")
     proc = p.script("setup-session", "--tag", TAG, "--dataset", "classics", "--budget", "1", "--policy", "strict")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -140,7 +139,7 @@ def attacked(tmp_path_factory, classics_cache):
     sitecustomize, LD_PRELOAD, AUTORESEARCH_CACHE naming a copy whose manifest trains
     on the validation split, and a `bwrap` first on PATH that runs no sandbox."""
     base = tmp_path_factory.mktemp("attacked")
-    p = session(base, classics_cache, hidden=True)
+    p = session(base, classics_cache)
     val_file = p.manifest["splits"]["val"][0][0]
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -272,9 +271,8 @@ def daemons():
 
 @pytest.fixture(scope="module")
 def in_view(tmp_path_factory, classics_cache):
-    """A session with the validation files in view (today's harness evaluates in the
-    run), and its honest baseline logged."""
-    p = session(tmp_path_factory.mktemp("in-view"), classics_cache, hidden=False)
+    """A sandboxed session of the real harness."""
+    p = session(tmp_path_factory.mktemp("sandboxed"), classics_cache)
     assert "sandbox    bubblewrap (own PID namespace, no network" in p.setup_output, p.setup_output
     return p
 
