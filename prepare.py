@@ -401,7 +401,13 @@ def evaluate_bpb(per_token_loss, batch_size):
 
     The eval size and context length are the private copies taken at import.
     The value and what was evaluated (the trace) are kept for the run's report.
+
+    Under a runner (a result channel is open) the validation rows are not read
+    here at all: the runner serves them, mixed with probe rows, scores the losses
+    this process returns and sends back the value (see _served_bpb).
     """
+    if _LEDGER.result_fd is not None:
+        return _served_bpb(per_token_loss, batch_size)
     trace = _EvalTrace()
     first = []   # the first batch's inputs, for the probe
 
@@ -438,6 +444,191 @@ def _probe(per_token_loss, x):
     px, py = np.ascontiguousarray(seq[:, :-1], dtype=np.int32), np.ascontiguousarray(seq[:, 1:], dtype=np.int32)
     nats = np.asarray(per_token_loss(px, py), dtype=np.float64).reshape(py.shape)[:, half - 1:]
     return dict(tokens=int(nats.size), nats=round(float(nats.mean()), 4), floor=round(math.log(_FIXED.vocab_size), 4))
+
+
+# ---------------------------------------------------------------------------
+# The served evaluation: the metric computed outside the template's process
+#
+# A runner that measures a run opens a socket to it (the result channel). When the
+# template calls evaluate_bpb, this process asks the runner for the evaluation; the
+# runner's clock stops the training there. A fresh process of the runner's, which
+# loads this file from verified bytes and never runs template code (serve_evaluation
+# below), then sends batches of rows and receives per-token losses; it does the
+# arithmetic with its own byte counts. Among the validation rows it mixes probe rows
+# at positions it draws for each run, in the same shapes:
+#
+# - random rows: a real row whose tail, from a random cut, is uniformly random
+#   tokens. For ANY model p and a uniform u independent of the context,
+#   E[V * p(u)] = sum_u p(u) = 1 exactly, so Z = mean(V * exp(-nats)) over those
+#   targets estimates 1 for the model's true cross-entropy. Losses scaled down by s
+#   give sum_u p(u)**s > 1 (and a shift by -c gives e**c): Z above 1 by more than
+#   its own sampling error means the numbers are not the model's cross-entropy.
+#   The mean of those nats must also be near or above ln V (Jensen), as before.
+# - replays: a real row served a second time, later. A model that does not change
+#   while it is evaluated gives the same losses; one that learns from the rows it
+#   is shown (test-time training on validation text) gives lower ones.
+# ---------------------------------------------------------------------------
+
+PROBE_FRACTION = 0.03        # random rows, as a share of the validation rows
+PROBE_MIN_ROWS = 4
+REPLAY_ROWS = 2
+PROBE_SIGMAS = 5.0           # Z may exceed 1 by this many of its standard errors...
+PROBE_SLACK = 0.02           # ...plus this much (low-precision kernels), and no more
+REPLAY_SLACK = 0.01          # nats per token a replayed row may differ by (batch-dependent kernels)
+_HEADER_LIMIT = 1 << 16
+
+
+def _send_message(fd, header, payload=b""):
+    data = (json.dumps(header) + "\n").encode() + payload
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read_exact(fd, n):
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = os.readv(fd, [view[got:]])
+        if not k:
+            raise EOFError("the evaluation channel closed")
+        got += k
+    return buf
+
+
+def _read_header(fd):
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        b = os.read(fd, 1)
+        if not b:
+            raise EOFError("the evaluation channel closed")
+        line += b
+        if len(line) > _HEADER_LIMIT:
+            raise ValueError("the evaluation channel sent an oversized header")
+    return json.loads(line)
+
+
+def _served_bpb(per_token_loss, batch_size):
+    """evaluate_bpb under a runner: ask for the evaluation, answer each batch with
+    per_token_loss, and return the value the runner computed."""
+    if _LEDGER.eval_calls:
+        raise RuntimeError("evaluate_bpb runs once in a measured run: the runner served its evaluation already")
+    _LEDGER.eval_calls += 1
+    fd = _LEDGER.result_fd
+    _send_message(fd, {"op": "eval", "batch_size": int(batch_size)})
+    while True:
+        header = _read_header(fd)
+        if header.get("op") != "batch":
+            break
+        rows, cols = int(header["rows"]), int(header["cols"])
+        data = _read_exact(fd, 2 * rows * cols * 4)
+        xy = np.frombuffer(data, dtype="<i4").reshape(2, rows, cols).astype(np.int32)
+        nats = np.asarray(per_token_loss(np.ascontiguousarray(xy[0]), np.ascontiguousarray(xy[1])),
+                          dtype="<f8").reshape(rows, cols)
+        _send_message(fd, {"op": "nats"}, nats.tobytes())
+    if header.get("op") != "done":
+        raise RuntimeError(f"the runner refused the evaluation: {header.get('error', header)}")
+    _LEDGER.val_bpb = header.get("val_bpb")
+    return _LEDGER.val_bpb
+
+
+def _probe_rows(rng, base_rows, count, vocab_size):
+    """`count` random rows: each a copy of a real row (x and y of T tokens) whose
+    tail, from a cut drawn per row, is uniform random tokens. Returns (x, y, cuts):
+    y[r, t] is random for every t >= cuts[r]."""
+    rows, width = base_rows.shape
+    picks = rng.integers(0, rows, size=count)
+    seq = base_rows[picks].copy()
+    cuts = rng.integers(width // 4, (3 * width) // 4, size=count)
+    for r, c in enumerate(cuts):
+        seq[r, c + 1:] = rng.integers(0, vocab_size, size=width - c - 1)
+    return seq[:, :-1], seq[:, 1:], cuts - 0
+
+
+def serve_evaluation(fd, batch_size, seed=None):
+    """The runner's side of evaluate_bpb, in a process of the runner's: serve the
+    validation rows and the probe rows to the template over `fd`, score what it
+    returns, and return the result (val_bpb, the trace, the probe's statistics).
+
+    The validation rows are all EVAL_TOKENS // MAX_SEQ_LEN of them, in their fixed
+    order, whatever the batch size; probe rows fill the last batch. The value is
+    the same arithmetic as the in-process evaluate_bpb on the same rows.
+    """
+    T, V = _FIXED.max_seq_len, _FIXED.vocab_size
+    B = int(batch_size)
+    x_val, y_val, b_val = (np.concatenate(a) for a in zip(*_eval_batches(_FIXED.dataset, 1, _FIXED.eval_tokens, T)))
+    R = x_val.shape[0]
+    if not 1 <= B <= max(R, 1):
+        _send_message(fd, {"op": "error", "error": f"batch_size {B}: give 1 to {R} rows"})
+        raise ValueError(f"batch_size {B} outside 1..{R}")
+    rng = np.random.default_rng(seed if seed is not None else int.from_bytes(os.urandom(16), "little"))
+    replays = min(REPLAY_ROWS, R // 2)
+    probes = max(PROBE_MIN_ROWS, math.ceil(R * PROBE_FRACTION))
+    probes += (-(R + probes + replays)) % B                       # fill the last batch
+    full = np.concatenate([x_val, y_val[:, -1:]], axis=1)
+    px, py, cuts = _probe_rows(rng, full, probes, V)
+    # The schedule: validation rows in order, probe rows and replays at drawn places
+    # (a replay after its original, which comes from the first half).
+    order = [("val", i) for i in range(R)]
+    for j in range(probes):
+        order.insert(int(rng.integers(0, len(order) + 1)), ("probe", j))
+    replayed = sorted(rng.choice(max(R // 2, 1), size=replays, replace=False).tolist()) if replays else []
+    for i in replayed:
+        at = order.index(("val", i)) + 1
+        order.insert(int(rng.integers(at, len(order) + 1)), ("replay", i))
+    trace, total_nats = _EvalTrace(), 0.0
+    probe_nats, first_seen, replay_diffs = [], {}, []
+    for k in range(0, len(order), B):
+        items = order[k:k + B]
+        xs = np.stack([x_val[i] if kind != "probe" else px[i] for kind, i in items])
+        ys = np.stack([y_val[i] if kind != "probe" else py[i] for kind, i in items])
+        _send_message(fd, {"op": "batch", "rows": len(items), "cols": T},
+                      np.stack([xs, ys]).astype("<i4").tobytes())
+        header = _read_header(fd)
+        if header.get("op") != "nats":
+            raise ValueError("the template answered a batch with something else than its losses")
+        nats = np.frombuffer(_read_exact(fd, len(items) * T * 8), dtype="<f8").reshape(len(items), T)
+        for r, (kind, i) in enumerate(items):
+            if kind == "val":
+                nbytes = b_val[i]
+                total_nats += float(nats[r][nbytes > 0].sum())
+                trace.add(x_val[i:i + 1], y_val[i:i + 1], nbytes)
+                if i in replayed:
+                    first_seen[i] = float(nats[r].mean())
+            elif kind == "probe":
+                probe_nats.append(nats[r, cuts[i]:])
+            else:
+                replay_diffs.append(first_seen.get(i, math.nan) - float(nats[r].mean()))
+    bpb = total_nats / (math.log(2) * trace.bytes)
+    _send_message(fd, {"op": "done", "val_bpb": bpb})
+    n = np.concatenate(probe_nats) if probe_nats else np.zeros(0)
+    w = V * np.exp(-n)
+    return dict(version=2, val_bpb=bpb, harness=_FIXED._asdict(),
+                eval=dict(trace.summary(B), served_rows=len(order), probe=dict(
+                    rows=probes, tokens=int(n.size), nats=round(float(n.mean()), 4) if n.size else None,
+                    nats_se=round(float(n.std() / math.sqrt(n.size)), 4) if n.size else None,
+                    floor=round(math.log(V), 4), z=round(float(w.mean()), 4) if n.size else None,
+                    z_se=round(float(w.std() / math.sqrt(n.size)), 4) if n.size else None),
+                    replay=dict(rows=replays, max_diff=round(max((abs(d) for d in replay_diffs), default=0.0), 5)
+                                if all(d == d for d in replay_diffs) else None)))
+
+
+def probe_verdict(probe, replay):
+    """Why the losses of a served evaluation are not the model's cross-entropy, or
+    None when the probes agree with it (the thresholds are the constants above)."""
+    z, z_se, nats, nats_se, floor = (probe.get(k) for k in ("z", "z_se", "nats", "nats_se", "floor"))
+    if z is None or not math.isfinite(z) or nats is None:
+        return "the probe rows were not scored"
+    if z > 1 + PROBE_SIGMAS * z_se + PROBE_SLACK:
+        return (f"on random next tokens the losses give mean(V*exp(-nats)) = {z:.3f} +/- {z_se:.3f}, "
+                "where any model's cross-entropy gives 1: the losses are lowered")
+    if nats < floor - PROBE_SIGMAS * nats_se - PROBE_SLACK:
+        return (f"on random next tokens the losses average {nats:.3f} nats, below ln(vocab) = {floor:.3f}, "
+                "which no model can")
+    diff = (replay or {}).get("max_diff")
+    if diff is None or diff > REPLAY_SLACK:
+        return (f"a validation row served twice got losses {diff} nats apart: the model changed while "
+                "it was evaluated (it learned from validation rows)")
+    return None
 
 
 def eval_fingerprint(dataset=None, batch_size=1):
@@ -640,7 +831,7 @@ class RunReport:
             num_params=model.get("num_params") if ok else None, depth=model.get("depth") if ok else None,
             dmodel_scale=t.get("dmodel_scale") if ok else None, final_train_loss=t.get("final_train_loss"))
         evaluated = None if _LEDGER.eval is None else dict(_LEDGER.eval, calls=_LEDGER.eval_calls)
-        return dict(version=RESULT_VERSION, status=status, error=error, val_bpb=_LEDGER.val_bpb,
+        return dict(op="report", version=RESULT_VERSION, status=status, error=error, val_bpb=_LEDGER.val_bpb,
                     template_val_bpb=val_bpb, val_bpb_source=_val_bpb_source(val_bpb),
                     eval=evaluated, served=dict(_LEDGER.served), harness=_FIXED._asdict(),
                     template=self.record["template"], **summary)

@@ -81,7 +81,7 @@ def main(argv=None):
                                                results=results)
     with open(os.path.join(root, common.RUN_LOG), encoding="utf-8", errors="replace") as f:
         text = f.read()
-    status, detail, metrics = runner.verdict(config, code, text, results)
+    status, detail, metrics = runner.verdict(config, code, text, results, root=root)
     if status == "ok" and config.get("checks"):
         status, detail, text = runner.run_checks(root, config["checks"], timeout, status, detail, text)
     if runner.tampered(root, config):       # the run itself changed a fixed file

@@ -2,6 +2,7 @@
 bytes, then runs the target as __main__.
 
     python launch.py ROOT TARGET PINS_JSON
+    python launch.py ROOT --evaluate PINS_JSON FD BATCH_SIZE   (the runner's evaluation)
 
 PINS_JSON is the session's fixed files with the sha256 of each, recorded at setup;
 the top-level .py files among them (prepare.py, data_sources.py, ...) are the fixed
@@ -57,6 +58,8 @@ class FixedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def main(argv):
+    if argv[2] == "--evaluate":
+        return evaluate(argv[1], json.loads(argv[3]), int(argv[4]), int(argv[5]))
     root, target, pins = argv[1], argv[2], json.loads(argv[3])
     sys.dont_write_bytecode = True
     sys.meta_path.insert(0, FixedModules(root, pins))
@@ -65,6 +68,19 @@ def main(argv):
     if "prepare.py" in pins:
         import prepare  # noqa: F401  (the harness takes its channel before the target runs)
     runpy.run_path(os.path.join(root, target), run_name="__main__")
+
+
+def evaluate(root, pins, fd, batch_size):
+    """The runner's evaluation of a run: the harness's serve_evaluation, loaded from
+    the same verified bytes, talks to the run over `fd` and prints its result as one
+    JSON line. No code of the target's runs in this process."""
+    sys.dont_write_bytecode = True
+    sys.meta_path.insert(0, FixedModules(root, pins))
+    sys.path[0] = root
+    import prepare
+    result = prepare.serve_evaluation(fd, batch_size)
+    verdict = prepare.probe_verdict(result["eval"]["probe"], result["eval"]["replay"])
+    print(json.dumps(dict(result, probe_verdict=verdict)), flush=True)
 
 
 if __name__ == "__main__":

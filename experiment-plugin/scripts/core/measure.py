@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import threading
+import time
 
 from .common import UserError
 
@@ -24,9 +27,6 @@ EVAL_TOKENS_ENV = "AUTORESEARCH_EVAL_TOKENS"
 # open, and the eval size is the one pinned at setup (the runner sets it).
 STRIPPED_ENV = (CHANNEL_ENV, EVAL_TOKENS_ENV)
 PINNED = ("tokens", "bytes", "rows", "digest")
-# The probe's bound (prepare._probe): any model averages at least ln V nats on random
-# next tokens; the margin leaves room for the sample's spread (~1,000 tokens).
-PROBE_MARGIN = 0.9
 # The harness's summary numbers, under the names its printed summary block uses.
 SUMMARY = ("training_seconds", "total_seconds", "eval_seconds", "train_peak_mb", "peak_memory_mb",
            "mfu_percent", "avg_tok_sec", "num_steps", "depth", "dmodel_scale", "final_train_loss")
@@ -90,63 +90,174 @@ def cache_changed(config: dict) -> bool:
     return bool(pin.get("cache_state")) and cache_state(pin["cache_dir"]) != pin["cache_state"]
 
 
-def documents(data: bytes) -> list:
-    """The JSON documents a run wrote to its channel, one per line (a line that is
-    not a JSON object is kept as None, and makes the result invalid)."""
-    out = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                doc = None
-            out.append(doc if isinstance(doc, dict) else None)
-    return out
+HEADER_LIMIT = 1 << 16
 
 
-def check(config: dict, docs: list) -> tuple[str | None, dict]:
-    """The reason a run's channel result cannot be judged (None when it can), and the
-    metrics it carries (the harness's own val_bpb and its summary numbers)."""
-    if not docs:
-        return "no result from the harness (the run ended before RunReport.finish)", {}
-    if len(docs) > 1:
-        return f"{len(docs)} results on the harness's channel (one is written per run)", {}
-    doc = docs[0]
-    if doc is None or doc.get("version") != 1:
-        return "the harness's result is not a version-1 document", {}
-    if doc.get("status") != "ok":
+def read_header(fd: int) -> dict:
+    """One JSON header line from the channel, bounded (a flood is an error)."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        b = os.read(fd, 1)
+        if not b:
+            raise EOFError("closed")
+        line += b
+        if len(line) > HEADER_LIMIT:
+            raise ValueError("oversized header")
+    doc = json.loads(line)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+class ServedRun:
+    """The runner's end of a measured run: a socket the run's harness holds, the
+    runner's clock, and the evaluation served from a process of the runner's.
+
+    The run trains until its harness asks for the evaluation (evaluate_bpb): that
+    moment, on this clock, ends its training time. The runner then starts the
+    harness's serve_evaluation in a fresh interpreter (`python -I`, the harness
+    loaded from the bytes pinned at setup, an environment of its own, the session's
+    dataset cache), which serves the validation and probe rows over the socket,
+    scores the losses and prints the result; past `eval_limit` seconds it is killed
+    and the run is invalid. Last, the harness's report (its summary numbers) comes
+    on the same socket. Nothing the run prints or writes elsewhere is read."""
+
+    def __init__(self, root: str, config: dict, launch: str, eval_limit: float | None = None):
+        self.root, self.config, self.launch, self.eval_limit = root, config, launch, eval_limit
+        self.parent, self.child = socket.socketpair()
+        self.requested = self.eval_seconds = self.evaluation = self.report = self.why = None
+        self.thread = None
+
+    def child_env(self) -> dict:
+        return {CHANNEL_ENV: str(self.child.fileno()), EVAL_TOKENS_ENV: str(self.config["eval"]["eval_tokens"])}
+
+    def start(self, started: float) -> "ServedRun":
+        """Call once the run is started (its copy of the socket is its own now)."""
+        self.child.close()
+        self.started = started
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def _serve(self):
+        fd = self.parent.fileno()
+        try:
+            message = read_header(fd)
+            if message.get("op") == "eval":
+                self.requested = time.monotonic() - self.started
+                self._evaluate(message.get("batch_size"))
+                message = read_header(fd)
+            if message.get("op") == "report":
+                self.report = message
+        except (EOFError, OSError, ValueError):
+            pass
+
+    def _evaluate(self, batch_size):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            self.why = f"evaluate_bpb asked for batch_size {batch_size!r}"
+            return
+        pin, fd = self.config["eval"], self.parent.fileno()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.path.expanduser("~"),
+               "LANG": "C.UTF-8", "AUTORESEARCH_DATASET": self.config["dataset"],
+               "AUTORESEARCH_EVAL_TOKENS": str(pin["eval_tokens"]), "AUTORESEARCH_QUIET": "1"}
+        if pin.get("cache_dir"):
+            env["AUTORESEARCH_CACHE"] = os.path.dirname(pin["cache_dir"])
+        command = [self.config["python"], "-I", "-B", self.launch, self.root, "--evaluate",
+                   json.dumps(self.config["fixed_files"]), str(fd), str(batch_size)]
+        began = time.monotonic()
+        proc = subprocess.Popen(command, cwd=self.root, env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=self.eval_limit)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self.why = (f"the evaluation ran past its limit of {self.eval_limit:.0f} s (pinned from the "
+                        "baseline's): evaluate with the model as trained, no more")
+            self.parent.shutdown(socket.SHUT_RDWR)
+            return
+        self.eval_seconds = time.monotonic() - began
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            self.evaluation = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
+            self.why = f"the evaluation did not complete ({last[:200]})"
+
+    def finish(self) -> "ServedRun":
+        """After the run has ended: the last of the channel, then close it."""
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+        self.parent.close()
+        return self
+
+
+def allowances(config: dict, pins: dict | None) -> tuple[float, float | None]:
+    """(startup allowance, evaluation limit) in seconds for a run of this session.
+
+    The allowance is what the baseline spent before its training counted (imports,
+    data, compilation, untimed warm-up steps), doubled, plus a margin; it is
+    pinned by the session's first measured ok run and capped, so that no run can
+    buy itself a longer budget. Until then, the cap."""
+    budget = config["budget"]
+    cap = max(60.0, 0.5 * budget)
+    if not pins:
+        return cap, None
+    return pins["startup_allowance_s"], pins["eval_limit_s"]
+
+
+def pin_from(config: dict, served: "ServedRun") -> dict:
+    """The pins a baseline run sets: its startup allowance and evaluation limit."""
+    budget = config["budget"]
+    overhead = max(0.0, served.requested - budget)
+    allowance = min(max(60.0, 0.5 * budget), 2 * overhead + max(5.0, 0.05 * budget))
+    return {"startup_allowance_s": round(allowance, 1),
+            "eval_limit_s": round(max(60.0, 4 * (served.eval_seconds or 0)), 1),
+            "baseline_seconds_to_eval": round(served.requested, 1)}
+
+
+def check(config: dict, served: "ServedRun | None", pins: dict | None = None) -> tuple[str | None, dict]:
+    """The reason a served run's result cannot be judged (None when it can), and the
+    metrics it carries: the runner's val_bpb, its own clock, the harness's summary."""
+    if served is None or (served.report is None and served.requested is None):
+        return "no result from the harness (the run ended before it asked for its evaluation)", {}
+    report = served.report or {}
+    if report.get("status") == "failed" and served.requested is None:
         return None, {}                         # a failed run: its output tells why
-    pin, evaluated = config["eval"], doc.get("eval") or {}
-    harness = doc.get("harness") or {}
-    if harness.get("dataset") != config["dataset"] or harness.get("eval_tokens") != pin["eval_tokens"]:
-        return (f"measured on {harness.get('dataset')} with {harness.get('eval_tokens')} eval tokens, "
-                f"expected {config['dataset']} with {pin['eval_tokens']}"), {}
-    if harness.get("time_budget_s") != config["budget"]:
-        return f"trained for a {harness.get('time_budget_s')} s budget, expected {config['budget']:g} s", {}
-    if doc.get("val_bpb") is None or doc.get("val_bpb_source") != "harness":
-        return "the reported val_bpb is not the one the harness's evaluate_bpb returned", {}
-    if evaluated.get("calls") != 1:
-        return f"evaluate_bpb ran {evaluated.get('calls')} times (an honest run evaluates once)", {}
+    if served.requested is None:
+        return "the run reported without asking the runner for its evaluation (evaluate_bpb)", {}
+    allowance, _ = allowances(config, pins)
+    budget = config["budget"]
+    if served.requested > budget + allowance:
+        return (f"trained for {served.requested:.1f} s before asking for its evaluation: the budget is "
+                f"{budget:g} s plus a startup allowance of {allowance:.1f} s "
+                f"({'pinned from the baseline' if pins else 'the cap, before the baseline pins it'}); "
+                "every step before the evaluation counts, warm-up included"), {}
+    if served.why:
+        return served.why, {}
+    evaluation = served.evaluation or {}
+    evaluated, harness = evaluation.get("eval") or {}, report.get("harness") or {}
+    if harness and (harness.get("dataset") != config["dataset"] or harness.get("time_budget_s") != budget):
+        return (f"the run's harness measured {harness.get('dataset')} with a {harness.get('time_budget_s')} s "
+                f"budget, expected {config['dataset']} with {budget:g} s"), {}
+    pin = config["eval"]
     for key in PINNED:
         if evaluated.get(key) != pin[key]:
-            shown = (f"{evaluated.get(key):,}" if isinstance(evaluated.get(key), int)
-                     else str(evaluated.get(key))[:12])
-            want = f"{pin[key]:,}" if isinstance(pin[key], int) else str(pin[key])[:12]
-            return (f"eval: {key} {shown}, expected {want} (evaluate with a batch size that "
-                    f"divides {pin['rows']} rows)" if key == "rows" else
-                    f"eval: {key} {shown}, expected {want}"), {}
-    probe = evaluated.get("probe") or {}
-    if not probe or probe.get("nats") is None or probe["nats"] < PROBE_MARGIN * probe["floor"]:
-        return (f"the evaluation's losses are not the model's cross-entropy: on random next tokens "
-                f"they average {probe.get('nats')} nats, below ln(vocab) = {probe.get('floor')}, "
-                "which no model can"), {}
-    served = (doc.get("served") or {}).get("val")
-    if served:
-        return f"the template's loader served {served:,} validation tokens (train only on train)", {}
-    metrics = {"val_bpb": doc["val_bpb"]}
-    metrics.update({k: doc[k] for k in SUMMARY if doc.get(k) is not None})
-    if doc.get("total_tokens") is not None:
-        metrics["total_tokens_M"] = doc["total_tokens"] / 1e6
-    if doc.get("num_params") is not None:
-        metrics["num_params_M"] = doc["num_params"] / 1e6
+            return (f"eval: {key} {str(evaluated.get(key))[:16]}, expected {str(pin[key])[:16]} "
+                    "(the validation data changed since setup)"), {}
+    if evaluation.get("probe_verdict"):
+        return f"the evaluation's losses are not the model's cross-entropy: {evaluation['probe_verdict']}", {}
+    served_val = (report.get("served") or {}).get("val")
+    if served_val:
+        return f"the template's loader served {served_val:,} validation tokens (train only on train)", {}
+    metrics = {"val_bpb": evaluation["val_bpb"]}
+    if report.get("status") == "ok":
+        metrics.update({k: report[k] for k in SUMMARY if report.get(k) is not None})
+        if report.get("total_tokens") is not None:
+            metrics["total_tokens_M"] = report["total_tokens"] / 1e6
+        if report.get("num_params") is not None:
+            metrics["num_params_M"] = report["num_params"] / 1e6
+    metrics["seconds_to_eval"] = round(served.requested, 2)
+    if served.eval_seconds is not None:
+        metrics["eval_seconds"] = round(served.eval_seconds, 2)
     return None, metrics

@@ -10,14 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from .common import COMPILE_CACHE, finite, PLUGIN_ROOT, read_json, RUN_LOG, STATE_DIR, UserError, write_atomic
 from .harness import changed_fixed_files, plugin_digest, TAMPER_REPAIR
 from .parsing import parse_metrics
 from .monitor import LoadMonitor
-from .measure import cache_changed, CHANNEL_ENV, check as check_result, documents, EVAL_TOKENS_ENV, STRIPPED_ENV
+from .measure import allowances, cache_changed, check as check_result, pin_from, ServedRun, STRIPPED_ENV
 
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 PR_SET_CHILD_SUBREAPER = 36
@@ -161,8 +160,9 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
 
     A project of the person's own starts with its run command (config "run").
     A session measured by the harness (config "measure": "harness") starts the target
-    through launch.py, with the harness's result channel: a pipe whose write end only
-    the harness holds. The documents read from it are appended to `results`. This
+    through launch.py, with the harness's result channel: a socket whose other end
+    the runner serves (measure.ServedRun: the runner's clock, the evaluation in a
+    process of its own); that ServedRun is appended to `results`. This
     process is the subreaper of the run: whatever the run started is killed with it,
     in its group or not.
 
@@ -197,25 +197,12 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     # A project of the person's own runs as they run it (setup --run: `uv run train.py`,
     # a script of theirs), through the shell, in the same process group as always.
     command = ["/bin/sh", "-c", config["run"]] if config.get("run") else [python, config["target"]]
-    fds, reader = (), None
+    fds, served = (), None
     if config.get("measure") == "harness":
         command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(config["fixed_files"])]
-        read_end, write_end = os.pipe()
-        fds, env[CHANNEL_ENV] = (write_end,), str(write_end)
-        env[EVAL_TOKENS_ENV] = str(config["eval"]["eval_tokens"])     # the pinned eval size
-        chunks: list[bytes] = []
-
-        def drain():
-            while True:
-                block = os.read(read_end, 65536)
-                if not block:
-                    break
-                if sum(map(len, chunks)) < (1 << 20):      # a flood is cut, not stored
-                    chunks.append(block)
-            os.close(read_end)
-
-        reader = threading.Thread(target=drain, daemon=True)
-        reader.start()
+        served = ServedRun(root, config, LAUNCH, eval_limit=allowances(config, read_pins(root, config))[1])
+        fds = (served.child.fileno(),)
+        env.update(served.child_env())
     become_subreaper()
     spared = set(children(os.getpid()))
     os.makedirs(os.path.dirname(running), exist_ok=True)
@@ -226,8 +213,8 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
                                     start_new_session=True, pass_fds=fds,
                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         finally:
-            for fd in fds:
-                os.close(fd)
+            if served is not None:
+                served.start(start)
         monitor = LoadMonitor(proc.pid, cpus=cpus, siblings=siblings).start()
         write_atomic(running, json.dumps({"pgid": proc.pid, "target": config["target"]}) + "\n")
 
@@ -266,10 +253,10 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         reading = monitor.stop()
         if os.path.exists(running):
             os.unlink(running)
-    if reader is not None:
-        reader.join(timeout=5)
+    if served is not None:
+        served.finish()
         if results is not None:
-            results.extend(documents(b"".join(chunks)))
+            results.append(served)
     if stopped:
         sys.exit(128 + stopped)
     return code, time.monotonic() - start, reading
@@ -292,18 +279,32 @@ def classify(code, text, metrics, name):
     return "ok", None
 
 
-def verdict(config, code, text, results):
+PINS = "pins-{tag}.json"      # in the state folder: the baseline's startup allowance and eval limit
+
+
+def read_pins(root, config):
+    return read_json(os.path.join(root, STATE_DIR, PINS.format(tag=config["tag"])), default=None)
+
+
+def verdict(config, code, text, results, root=None):
     """(status, detail, metrics) of a finished run. Measured by the harness, the
-    metrics are the ones on its channel (what the target printed is not judged), and a
-    result that fails measure.check is `invalid`; otherwise they are parsed from the
-    output."""
+    metrics are the runner's (the value its evaluation computed, its clock) and the
+    harness's summary; what the target printed is not judged, and a result that
+    fails measure.check is `invalid`; otherwise they are parsed from the output.
+    The session's first measured ok run (the baseline) pins the startup allowance
+    and the evaluation's time limit for every later one."""
     metrics = parse_metrics(text)
     if config.get("measure") != "harness":
         return (*classify(code, text, metrics, config["metric"]), metrics)
-    why, measured = check_result(config, results)
+    pins = read_pins(root, config) if root else None
+    served = results[0] if results else None
+    why, measured = check_result(config, served, pins)
     status, detail = classify(code, text, measured, config["metric"])
     if why and (status == "ok" or (status == "crash" and code == 0)):   # exited 0, result refused
         return "invalid", why, measured
+    if status == "ok" and root and pins is None:
+        write_atomic(os.path.join(root, STATE_DIR, PINS.format(tag=config["tag"])),
+                     json.dumps(pin_from(config, served)) + "\n")
     return status, detail, measured
 
 

@@ -155,7 +155,7 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
             results=results)
     with open(log_path(root, name), encoding="utf-8", errors="replace") as f:
         text = f.read()
-    status, detail, metrics = verdict(config, code, text, results)
+    status, detail, metrics = verdict(config, code, text, results, root=root)
     if status == "ok" and config.get("checks"):
         status, detail, _ = run_checks(path, config["checks"], timeout, status, detail, text)
     if changed_fixed_files(path, config["fixed_files"]) or cache_changed(config):
