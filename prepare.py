@@ -528,6 +528,7 @@ def _served_bpb(per_token_loss, batch_size):
     if header.get("op") != "done":
         raise RuntimeError(f"the runner refused the evaluation: {header.get('error', header)}")
     _LEDGER.val_bpb = header.get("val_bpb")
+    _LEDGER.eval = dict(served_by="runner", batch_size=int(batch_size))
     return _LEDGER.val_bpb
 
 
