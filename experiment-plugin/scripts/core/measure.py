@@ -191,6 +191,24 @@ class ServedRun:
         self.parent.close()
         return self
 
+    def summary(self) -> str:
+        """The runner's account of the run, for the end of run.log."""
+        if self.requested is None:
+            return "runner: the run never asked for its evaluation"
+        lines = [f"runner: the run asked for its evaluation after {self.requested:.1f} s"]
+        ev = self.evaluation or {}
+        if ev:
+            e, p, r = ev["eval"], ev["eval"]["probe"], ev["eval"]["replay"]
+            lines.append(f"runner: served {e['rows']} validation rows, {p['rows']} probe rows and {r['rows']} "
+                         f"replays in {e['served_rows'] // e['batch_size']} batches of {e['batch_size']} "
+                         f"({self.eval_seconds:.1f} s): val_bpb {ev['val_bpb']:.6f}")
+            lines.append(f"runner: probe z {p['z']} +/- {p['z_se']} (1 for a model's cross-entropy), "
+                         f"nats {p['nats']} +/- {p['nats_se']} (>= {p['floor']}), replay diff {r['max_diff']}"
+                         + (f": {ev['probe_verdict']}" if ev.get("probe_verdict") else ""))
+        if self.why:
+            lines.append(f"runner: {self.why}")
+        return "\n".join(lines)
+
 
 def allowances(config: dict, pins: dict | None) -> tuple[float, float | None]:
     """(startup allowance, evaluation limit) in seconds for a run of this session.

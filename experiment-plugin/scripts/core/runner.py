@@ -255,6 +255,8 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
             os.unlink(running)
     if served is not None:
         served.finish()
+        with open(log_path or os.path.join(root, RUN_LOG), "a", encoding="utf-8") as out:
+            out.write("\n" + served.summary() + "\n")
         if results is not None:
             results.append(served)
     if stopped:
