@@ -470,9 +470,9 @@ def _probe(per_token_loss, x):
 # ---------------------------------------------------------------------------
 
 PROBE_FRACTION = 0.03        # random rows, as a share of the validation rows
-PROBE_MIN_ROWS = 4
+PROBE_MIN_ROWS = 16
 REPLAY_ROWS = 2
-PROBE_SIGMAS = 5.0           # Z may exceed 1 by this many of its standard errors...
+PROBE_SIGMAS = 4.0           # Z may exceed 1 by this many of its standard errors...
 PROBE_SLACK = 0.02           # ...plus this much (low-precision kernels), and no more
 REPLAY_SLACK = 0.01          # nats per token a replayed row may differ by (batch-dependent kernels)
 _HEADER_LIMIT = 1 << 16

@@ -140,17 +140,25 @@ class ServedRun:
         return self
 
     def _serve(self):
+        """Read the run's messages until it closes the channel: one request for the
+        evaluation (served at once), then its report. Anything else, or in another
+        order, is recorded as the reason the result cannot be judged."""
         fd = self.parent.fileno()
-        try:
-            message = read_header(fd)
-            if message.get("op") == "eval":
+        while True:
+            try:
+                message = read_header(fd)
+            except (EOFError, OSError, ValueError):
+                return
+            op = message.get("op")
+            if op == "eval" and self.requested is None and self.report is None:
                 self.requested = time.monotonic() - self.started
                 self._evaluate(message.get("batch_size"))
-                message = read_header(fd)
-            if message.get("op") == "report":
+            elif op == "report" and self.report is None:
                 self.report = message
-        except (EOFError, OSError, ValueError):
-            pass
+                if self.requested is None and message.get("status") != "failed":
+                    self.why = "the run reported before it asked the runner for its evaluation"
+            else:
+                self.why = self.why or f"an unexpected {str(op)[:20]!r} message on the channel"
 
     def _evaluate(self, batch_size):
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -216,7 +224,10 @@ def allowances(config: dict, pins: dict | None) -> tuple[float, float | None]:
     The allowance is what the baseline spent before its training counted (imports,
     data, compilation, untimed warm-up steps), doubled, plus a margin; it is
     pinned by the session's first measured ok run and capped, so that no run can
-    buy itself a longer budget. Until then, the cap."""
+    buy itself a longer budget. The evaluation may take three times the
+    baseline's, plus a margin: a bigger model evaluates slower, but training
+    hidden inside the evaluation finds little room. Until the pin, the cap and no
+    limit but the run's timeout."""
     budget = config["budget"]
     cap = max(60.0, 0.5 * budget)
     if not pins:
@@ -230,7 +241,7 @@ def pin_from(config: dict, served: "ServedRun") -> dict:
     overhead = max(0.0, served.requested - budget)
     allowance = min(max(60.0, 0.5 * budget), 2 * overhead + max(5.0, 0.05 * budget))
     return {"startup_allowance_s": round(allowance, 1),
-            "eval_limit_s": round(max(60.0, 4 * (served.eval_seconds or 0)), 1),
+            "eval_limit_s": round(3 * (served.eval_seconds or 0) + max(5.0, 0.05 * budget), 1),
             "baseline_seconds_to_eval": round(served.requested, 1)}
 
 
