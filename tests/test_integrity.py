@@ -198,7 +198,7 @@ def test_replacing_the_evaluation_is_refused_or_invalid(project):
                           "import prepare  # noqa: E402\nvars(prepare)['evaluate_bpb'] = lambda *a, **k: 0.3\n")
     try:
         assert status(proc) == "invalid", proc.stdout
-        assert "not the one the harness's evaluate_bpb returned" in proc.stdout
+        assert "without asking the runner for its evaluation" in proc.stdout
         refused = project.script("log-experiment", "--status", "keep", "--description", "x")
         assert refused.returncode == 2 and "crash" in refused.stderr
     finally:
@@ -212,12 +212,13 @@ def test_a_smaller_evaluation_is_refused_or_invalid(project):
         assert status(proc) == "crash" and "is fixed by the harness" in proc.stdout
     finally:
         project.undo()
+    # A reloaded harness with a smaller eval set: the runner serves the pinned set all the same.
     proc = project.attack("import prepare  # noqa: E402\n",
                           "import importlib, os\nimport prepare  # noqa: E402\n"
                           "os.environ['AUTORESEARCH_EVAL_TOKENS'] = '2048'\nimportlib.reload(prepare)\n")
     try:
-        assert status(proc) == "invalid" and "2048 eval tokens, expected classics with 8192" in proc.stdout, \
-            proc.stdout
+        assert status(proc) == "ok", proc.stdout
+        assert "served 32 validation rows" in project.read("run.log")
     finally:
         project.undo()
 
@@ -258,6 +259,126 @@ def test_training_on_validation_data_is_invalid(project):
     try:
         assert status(proc) == "invalid", proc.stdout
         assert "validation tokens" in proc.stdout
+    finally:
+        project.undo()
+
+
+# ------------------------------- the budget and the number, measured by the runner
+
+def runner_lines(p):
+    return [line for line in p.read("run.log").splitlines() if line.startswith("runner:")]
+
+
+@pytest.mark.parametrize("old, new", [
+    # A clock that runs 15 times slower: the template believes it trained 1 s.
+    ("import prepare  # noqa: E402\n",
+     "import prepare  # noqa: E402\nimport time as _t\n_real = _t.time\n_t0 = _real()\n"
+     "_t.time = lambda: _t0 + (_real() - _t0) / 15\n"),
+    # 15 times the budget, reported as the budget.
+    ("if counted and training_time >= TIME_BUDGET:", "if counted and training_time >= 15 * TIME_BUDGET:"),
+], ids=["slower clock", "budget multiplied"])
+def test_training_past_the_budget_is_invalid(project, old, new):
+    proc = project.attack(old, new)
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "before asking for its evaluation" in proc.stdout and "pinned from the baseline" in proc.stdout
+    finally:
+        project.undo()
+
+
+def test_training_inside_the_evaluation_runs_into_its_limit(project):
+    """The first per_token_loss call trains on training batches for 30 s: the
+    evaluation's limit (pinned from the baseline's) cuts it and the run is invalid."""
+    proc = project.attack("    def per_token_loss(xv, yv):\n", """    def per_token_loss(xv, yv, _until=[]):
+        _until[:] = _until or [time.time() + 30]
+        model.train()
+        while time.time() < _until[0]:
+            step_model(*to_device(*next(loader))).mean().backward()
+            for opt in optimizers:
+                opt.step()
+            model.zero_grad(set_to_none=True)
+        model.eval()
+""")
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "the evaluation ran past its limit" in proc.stdout
+    finally:
+        project.undo()
+
+
+def test_learning_from_the_validation_rows_is_invalid(project):
+    """Test-time training: after scoring each batch the model takes SGD steps on it.
+    A validation row the runner serves twice then scores better the second time."""
+    proc = project.attack("            return eval_model(xv, yv).float().cpu().numpy()\n", """            out = eval_model(xv, yv).float().cpu().numpy()
+        model.train()
+        for _ in range(3):
+            model(xv, yv).mean().backward()
+            for opt in optimizers:
+                opt.step()
+            model.zero_grad(set_to_none=True)
+        model.eval()
+        return out
+""")
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "served twice" in proc.stdout
+    finally:
+        project.undo()
+
+
+def test_the_harness_arithmetic_patched_in_process_changes_nothing(project):
+    """math.log made to read log(2) x 1.25, the harness's arithmetic wrapped, its
+    ledger set: the runner computes the value in a process of its own, so the run is
+    ok and its value an honest one (within the seed-to-seed spread, not 20 % lower)."""
+    proc = project.attack("import prepare  # noqa: E402\n", """import prepare  # noqa: E402
+import math as _m
+_log = _m.log
+_m.log = lambda v, *b: _log(v, *b) * (1.25 if v == 2 else 1)
+vars(prepare)["_bits_per_byte"] = lambda *a, **k: 0.5
+prepare._LEDGER.val_bpb = 0.5
+""")
+    try:
+        assert status(proc) == "ok", proc.stdout
+        value = project.pending()["metrics"]["val_bpb"]
+        assert abs(value - project.baseline) < 0.1 * project.baseline, (value, project.baseline)
+    finally:
+        project.undo()
+
+
+def test_a_loss_scaled_by_five_percent_trips_the_probe(project):
+    """Every loss x 0.95: the probe rows, at places drawn per run, show it; an
+    honest repeat of the same session passes the same probe."""
+    proc = project.attack("val_bpb = prepare.evaluate_bpb(per_token_loss, DEVICE_BATCH_SIZE)",
+                          "val_bpb = prepare.evaluate_bpb(lambda x, y: per_token_loss(x, y) * 0.95, "
+                          "DEVICE_BATCH_SIZE)")
+    try:
+        assert status(proc) == "invalid", proc.stdout
+        assert "the losses are lowered" in proc.stdout
+    finally:
+        project.undo()
+    honest = project.script("run-experiment")
+    try:
+        assert status(honest) == "ok", honest.stdout
+        assert any(line.startswith("runner: probe z") for line in runner_lines(project))
+    finally:
+        core_records.clear_pending(project.root, TAG)
+
+
+def test_a_message_forged_on_the_channel_is_not_a_result(project):
+    """The channel's socket found in /proc/self/fd and written: a report of the
+    template's own is not a measurement."""
+    proc = project.attack("import prepare  # noqa: E402\n", """import prepare  # noqa: E402
+import json as _j, os as _o, stat as _s
+for _fd in map(int, _o.listdir("/proc/self/fd")):
+    try:
+        if _s.S_ISSOCK(_o.fstat(_fd).st_mode):
+            _o.write(_fd, (_j.dumps({"op": "report", "status": "ok", "val_bpb": 0.5}) + "\\n").encode())
+    except OSError:
+        pass
+""")
+    try:
+        assert status(proc) in ("invalid", "timeout"), proc.stdout
+        assert "0.5" not in "".join(line for line in proc.stdout.splitlines() if line.startswith("METRIC val_bpb"))
     finally:
         project.undo()
 
