@@ -126,6 +126,7 @@ class ServedRun:
         self.root, self.config, self.launch, self.eval_limit = root, config, launch, eval_limit
         self.parent, self.child = socket.socketpair()
         self.requested = self.eval_seconds = self.evaluation = self.report = self.why = None
+        self.violation = None       # a rule the runner enforces was broken: invalid, however the run ended
         self.thread = None
 
     def child_env(self) -> dict:
@@ -156,9 +157,9 @@ class ServedRun:
             elif op == "report" and self.report is None:
                 self.report = message
                 if self.requested is None and message.get("status") != "failed":
-                    self.why = "the run reported before it asked the runner for its evaluation"
+                    self.why = self.violation = "the run reported before it asked the runner for its evaluation"
             else:
-                self.why = self.why or f"an unexpected {str(op)[:20]!r} message on the channel"
+                self.why = self.violation = self.why or f"an unexpected {str(op)[:20]!r} message on the channel"
 
     def _evaluate(self, batch_size):
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -180,8 +181,8 @@ class ServedRun:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            self.why = (f"the evaluation ran past its limit of {self.eval_limit:.0f} s (pinned from the "
-                        "baseline's): evaluate with the model as trained, no more")
+            self.why = self.violation = (f"the evaluation ran past its limit of {self.eval_limit:.0f} s (pinned "
+                                         "from the baseline's): evaluate the model as trained, no more")
             self.parent.shutdown(socket.SHUT_RDWR)
             return
         self.eval_seconds = time.monotonic() - began
@@ -258,6 +259,7 @@ def check(config: dict, served: "ServedRun | None", pins: dict | None = None) ->
     allowance, _ = allowances(config, pins)
     budget = config["budget"]
     if served.requested > budget + allowance:
+        served.violation = "over budget"
         return (f"trained for {served.requested:.1f} s before asking for its evaluation: the budget is "
                 f"{budget:g} s plus a startup allowance of {allowance:.1f} s "
                 f"({'pinned from the baseline' if pins else 'the cap, before the baseline pins it'}); "

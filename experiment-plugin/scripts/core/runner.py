@@ -302,7 +302,9 @@ def verdict(config, code, text, results, root=None):
     served = results[0] if results else None
     why, measured = check_result(config, served, pins)
     status, detail = classify(code, text, measured, config["metric"])
-    if why and (status == "ok" or (status == "crash" and code == 0)):   # exited 0, result refused
+    # Refused: a run that exited 0, or one that broke a rule the runner enforces (its
+    # budget, the evaluation's limit), however it ended.
+    if why and (status == "ok" or (status == "crash" and (code == 0 or getattr(served, "violation", None)))):
         return "invalid", why, measured
     if status == "ok" and root and pins is None:
         write_atomic(os.path.join(root, STATE_DIR, PINS.format(tag=config["tag"])),
