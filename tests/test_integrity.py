@@ -311,11 +311,10 @@ def test_learning_from_the_validation_rows_is_invalid(project):
     A validation row the runner serves twice then scores better the second time."""
     proc = project.attack("            return eval_model(xv, yv).float().cpu().numpy()\n", """            out = eval_model(xv, yv).float().cpu().numpy()
         model.train()
-        for _ in range(3):
-            model(xv, yv).mean().backward()
-            for opt in optimizers:
-                opt.step()
-            model.zero_grad(set_to_none=True)
+        model(xv, yv).mean().backward()
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
         model.eval()
         return out
 """)
