@@ -42,7 +42,9 @@ The result channel
 ------------------
 A runner that wants the result it can trust sets AUTORESEARCH_RESULT_FD to the
 number of a writable file descriptor it passes to the child (a pipe's write end,
-or a file; subprocess's pass_fds). At import this module takes the number, removes
+or a file; subprocess's pass_fds). Where that descriptor is a socket, the runner
+also serves the evaluation over it (see "The served evaluation" below): the
+template never reads validation data, and the runner computes the value. At import this module takes the number, removes
 the variable from the environment and makes the descriptor non-inheritable, so a
 process the template starts gets neither. RunReport.finish (or fail) writes
 exactly one JSON document to it, then closes it; a run that dies first writes
@@ -406,7 +408,7 @@ def evaluate_bpb(per_token_loss, batch_size):
     here at all: the runner serves them, mixed with probe rows, scores the losses
     this process returns and sends back the value (see _served_bpb).
     """
-    if _LEDGER.result_fd is not None:
+    if _LEDGER.result_fd is not None and _is_socket(_LEDGER.result_fd):
         return _served_bpb(per_token_loss, batch_size)
     trace = _EvalTrace()
     first = []   # the first batch's inputs, for the probe
@@ -476,6 +478,16 @@ PROBE_SIGMAS = 4.0           # Z may exceed 1 by this many of its standard error
 PROBE_SLACK = 0.02           # ...plus this much (low-precision kernels), and no more
 REPLAY_SLACK = 0.01          # nats per token a replayed row may differ by (batch-dependent kernels)
 _HEADER_LIMIT = 1 << 16
+
+
+def _is_socket(fd):
+    """A runner that serves the evaluation opens a socket; a pipe is a result channel only."""
+    import stat
+
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _send_message(fd, header, payload=b""):

@@ -286,3 +286,91 @@ def test_validation_rows_are_counted_whoever_asks_for_them(harness):
     assert harness._LEDGER.served == before
     next(harness._packed_rows(tokenizer, 2, harness.MAX_SEQ_LEN, "val"))
     assert harness._LEDGER.served["val"] == before["val"] + 2 * harness.MAX_SEQ_LEN
+
+
+def served(harness, per_token_loss, batch_size, seed=0):
+    """evaluate_bpb under a runner: the harness's serve_evaluation on one end of a
+    socket (in a thread here; a process of the runner's in a real run), the template's
+    evaluate_bpb on the other. Returns (what evaluate_bpb returned, the runner's result)."""
+    import socket
+
+    runner_end, run_end = socket.socketpair()
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(harness.serve_evaluation(runner_end.fileno(), batch_size, seed)))
+    thread.start()
+    saved = (harness._LEDGER.result_fd, harness._LEDGER.eval_calls)
+    harness._LEDGER.result_fd, harness._LEDGER.eval_calls = run_end.fileno(), 0
+    try:
+        value = harness.evaluate_bpb(per_token_loss, batch_size)
+    finally:
+        harness._LEDGER.result_fd, harness._LEDGER.eval_calls = saved
+        thread.join()
+        runner_end.close()
+        run_end.close()
+    return value, out
+
+
+def fixed_model(harness, seed=1, peak=3.0):
+    """A fixed bigram-free model: the same distribution at every position."""
+    V = harness.VOCAB_SIZE
+    logits = np.random.default_rng(seed).normal(size=V) * peak
+    return logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+
+
+def test_the_served_value_is_the_in_process_arithmetic(harness):
+    """Moving the arithmetic to the runner changes no value: the same rows, the same
+    sums, whatever batch size the template asks for (probe rows fill the last batch)."""
+    logp = fixed_model(harness)
+    loss = lambda x, y: -logp[y]
+    local = harness.evaluate_bpb(loss, 1)
+    for batch_size in (1, 3, 8):
+        value, result = served(harness, loss, batch_size)
+        assert value == result["val_bpb"]
+        assert abs(value - local) < 1e-12 * local, (batch_size, value, local)
+        assert result["eval"]["rows"] == harness.eval_fingerprint()["rows"]
+        assert harness.probe_verdict(result["eval"]["probe"], result["eval"]["replay"]) is None
+
+
+def test_the_probe_sits_at_places_drawn_per_run(harness):
+    """Where the probe rows go changes from run to run: no position gives them away."""
+    seen = []
+    for seed in (1, 2):
+        rows = []
+
+        def loss(x, y, rows=rows):
+            rows.extend(map(bytes, x))
+            return -fixed_model(harness)[y]
+
+        served(harness, loss, 4, seed=seed)
+        seen.append(rows)
+    assert len(seen[0]) == len(seen[1]) and seen[0] != seen[1]
+    assert seen[0][0] != seen[1][0] or seen[0][-1] != seen[1][-1] or seen[0][5] != seen[1][5]
+
+
+@pytest.mark.parametrize("scale", [0.95, 0.9, 0.5])
+def test_a_scaled_loss_trips_the_probe(harness, scale):
+    """Any model's cross-entropy makes the probe's Z = mean(V exp(-nats)) estimate 1;
+    losses scaled down make it larger, beyond its own sampling error."""
+    logp = fixed_model(harness, peak=1.0)
+    value, result = served(harness, lambda x, y: -logp[y] * scale, 8)
+    assert "the losses are lowered" in (harness.probe_verdict(result["eval"]["probe"], result["eval"]["replay"]) or "")
+
+
+def test_an_honest_model_never_trips_the_probe(harness):
+    """Models from flat to very peaked, on many draws of the probe's places."""
+    for seed in range(6):
+        for peak in (0.3, 1.0, 3.0, 6.0):
+            logp = fixed_model(harness, seed=seed, peak=peak)
+            value, result = served(harness, lambda x, y: -logp[y], 8, seed=seed)
+            assert harness.probe_verdict(result["eval"]["probe"], result["eval"]["replay"]) is None, (seed, peak)
+
+
+def test_a_model_that_changes_while_evaluated_trips_the_replay(harness):
+    logp = fixed_model(harness)
+    calls = []
+
+    def learning(x, y):
+        calls.append(1)
+        return -logp[y] * (1 - 0.02 * len(calls))     # better on every batch it has seen
+    value, result = served(harness, learning, 4)
+    assert "served twice" in (harness.probe_verdict(result["eval"]["probe"], result["eval"]["replay"]) or "")
