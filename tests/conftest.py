@@ -10,6 +10,15 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
+# The plugin's scripts keep a copy of each session's records outside the project, in
+# the user's cache; the tests' sessions keep theirs in a temporary folder instead.
+if "AUTORESEARCH_SESSIONS" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["AUTORESEARCH_SESSIONS"] = tempfile.mkdtemp(prefix="autoresearch-sessions-")
+    atexit.register(shutil.rmtree, os.environ["AUTORESEARCH_SESSIONS"], True)
+
 
 def run_prepare(args, env, timeout=300):
     """Run `python prepare.py ARGS` from the repo with `env` added; returns CompletedProcess."""

@@ -128,6 +128,9 @@ def _copy_of(key: str, build, path: Path) -> Path:
         build(built)
         _BUILT[key] = built
     shutil.copytree(_BUILT[key], path, symlinks=True, dirs_exist_ok=True)
+    copies = core_records.copies_dir(str(_BUILT[key]))      # the records' copies outside it, too
+    if os.path.isdir(copies):
+        shutil.copytree(copies, core_records.copies_dir(str(path)), dirs_exist_ok=True)
     return path
 
 
@@ -227,6 +230,7 @@ def fill_log(project: Path, n: int) -> None:
                      "asi": {"hypothesis": "x" * 80, "category": rng.choice(["optimizer", "architecture"])}})
     with open(project / common.LOG, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in runs)
+    core_records.back_up_log(str(project), config["tag"])     # its copies, as the scripts keep them
     core_records.write_results(str(project), config, runs)
 
 

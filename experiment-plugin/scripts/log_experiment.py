@@ -73,9 +73,7 @@ def json_object(text, flag):
 def restore_unlogged(root, config, runs, path):
     """Put a set-aside result back as the waiting run, with the change it measured
     checked out again from the ref resume-session saved it under."""
-    data = common.read_json(os.path.join(root, path), default=None)
-    if data is None:
-        raise common.UserError(f"{path} not found: pass the file resume-session printed")
+    data = records.take_unlogged(root, config["tag"], path)
     ref, files = data.pop("ref", None), common.editable_files(config)
     again = (f"measure it again instead: git checkout {ref} -- {' '.join(files)}, then run-experiment"
              if ref else "its change was not saved; nothing to record")
@@ -89,7 +87,7 @@ def restore_unlogged(root, config, runs, path):
                             "run resume-session first (nothing was recorded)")
     git.git(root, "checkout", ref, "--", *files)
     records.write_pending(root, config["tag"], data)
-    os.unlink(os.path.join(root, path))
+    records.drop_unlogged(root, config["tag"], path)
 
 
 def take_pending(root, config, a):

@@ -6,6 +6,9 @@
   * saves any uncommitted change, and a branch moved off the last kept commit, under
     refs/autoresearch/<tag>/interrupted-<time> (nothing is lost), then resets the
     work tree to the last kept commit;
+  * restores the log from its copy where it differs (lines the scripts did not write
+    are set aside in .autoresearch/set-aside-<time>.jsonl), and sets aside a
+    pending.json that run-experiment did not write, putting back the run's own;
   * sets aside a run that finished but was never logged, with the ref that holds
     the change it measured, and prints its result and the one command that records
     it (log-experiment --unlogged FILE ...);
@@ -18,7 +21,6 @@ A session that ended at its iteration cap goes on with --max-iterations N (N lar
 than the runs already logged).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -51,10 +53,9 @@ def set_aside(root, config, runs, label, refs, kept):
     files = " ".join(common.editable_files(config))
     ref = next((r for r in refs + [kept]
                 if harness.code_hash(root, config, r) == pending.get("target_sha")), None)
-    dest = os.path.join(root, common.STATE_DIR, f"unlogged-run-{label}.json")
-    common.write_atomic(dest, json.dumps({**pending, "ref": ref, "after_runs": len(runs)}, indent=1) + "\n")
+    rel = records.write_unlogged(root, config["tag"], label,
+                                 {**pending, "ref": ref, "after_runs": len(runs)})
     records.clear_pending(root, config["tag"])
-    rel = os.path.relpath(dest, root)
     name, number = config["metric"], len(runs) + 1
     if pending.get("run_status") == "ok":
         value = pending["samples"][-1] if pending.get("samples") else pending["metrics"].get(name)
@@ -131,6 +132,9 @@ def main(argv=None):
             git.reset_to(root, kept)
             notes.append(f"the branch was {where} the last kept commit: saved it as {ref} "
                          f"and restored {kept[:7]}")
+        forged = records.set_aside_pending(root, tag, label)
+        if forged:
+            notes.append(forged)
         notes += set_aside(root, config, runs, label, refs, kept)
         notes += waves.recover(root, config)
         if os.path.exists(session.stop_file(root)):

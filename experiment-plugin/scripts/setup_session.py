@@ -457,8 +457,9 @@ def main(argv=None):
         freed = drop_compile_caches(root)
         added = git.ensure_ignored(root)
         with common.Lock(root):
-            common.write_atomic(os.path.join(root, common.LOG), json.dumps(config) + "\n")
-            records.back_up_log(root, a.tag)
+            first = (json.dumps(config) + "\n").encode()
+            records.back_up_log(root, a.tag, first)      # the copies first, then the log
+            common.write_atomic(os.path.join(root, common.LOG), first)
             records.write_results(root, config, [])
             common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
             session.start_loop(root)

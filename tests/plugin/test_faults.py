@@ -4,7 +4,8 @@ Each fault gets a clear message and loses nothing. Where the faults are tested:
 
     concurrent log writers              test_log_experiment::test_concurrent_writers_lose_and_tear_nothing
     log-experiment killed mid-write     here: test_log_experiment_killed_at_any_moment_loses_nothing
-    a truncated last jsonl line         test_log_experiment::test_a_truncated_last_line_is_reported_kept_and_repaired
+    a truncated last jsonl line         test_log_experiment::test_a_truncated_last_line_is_completed_from_the_copy
+    records forged or deleted           test_records_integrity (each class of attack on the records)
     a corrupt or truncated shard        test_prepare::test_a_corrupt_shard_is_detected_and_repaired
     a download that drops               test_prepare::test_downloads_survive_drops_errors_and_truncation
     a download that keeps failing       test_prepare::test_a_download_that_keeps_failing_keeps_what_finished

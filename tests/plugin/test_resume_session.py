@@ -3,6 +3,9 @@ unlogged runs found and recorded with one command, older logs, a higher cap."""
 
 import json
 import re
+import shutil
+
+from core import records as core_records
 
 from plugin_helpers import (edit_target, git, make_project, ok, records, run_and_log, script,
                             strict_session)
@@ -70,6 +73,7 @@ def test_a_log_in_the_first_format_still_resumes(project):
                  "timestamp": "2026-03-05T22:01:07Z", "run_status": "ok", "seconds": 1.2,
                  "recommendation": "keep", "notes": {"learned": "the stand-in gives 1.0"}}]
     git(project, "update-ref", "-d", "refs/autoresearch/t1/log")   # that release kept no copy in git
+    shutil.rmtree(core_records.copies_dir(str(project)))          # nor outside the project
     (project / "autoresearch.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in [old_config, *old_runs]))
     out = ok(script(project, "resume-session")).stdout

@@ -9,6 +9,7 @@ LAYERS = (
     "common",       # paths, session files, errors, atomic writes, the lock
     "templates",    # the harness and templates a project with no training code starts from
     "git",          # every git command the loop runs
+    "copies",       # the copies of the scripts-only files, outside the project and in git
     "harness",      # the fixed files and their hashes; the hash of the measured code
     "parsing",      # THE metric parser
     "measure",      # the harness's result channel and the checks a result must pass

@@ -19,14 +19,73 @@ from .common import LOG, SESSION_FILES, STATE_DIR, temp_path, TEMP_PATTERN, User
 # Session files are git-ignored, so none of this ever touches them.
 
 
-def git(root: str, *args: str, check: bool = True, env: dict | None = None) -> str:
+# Git reads the repository's configuration on every call, and configuration can name
+# programs for git to run: hooks (core.hooksPath), a file-system monitor, filters that
+# .gitattributes attach to the target, diff and merge drivers, pagers, editors,
+# credential helpers. The agent can write that configuration, and the scripts' own
+# git calls must never run its code, nor read objects through `git replace`. So every
+# call here runs with hooks, the monitor, replace objects, transports and auto-gc off,
+# without the system configuration or inherited GIT_* variables (GIT_CONFIG_PARAMETERS
+# would smuggle settings in), and with every configured filter, diff and merge driver
+# emptied (an empty command is one git does not run). A command-line setting outranks
+# every configuration file, included ones too.
+SAFE_CONFIG = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "core.pager=cat",
+               "core.editor=:", "sequence.editor=:", "core.askPass=", "credential.helper=",
+               "diff.external=", "core.alternateRefsCommand=", "gc.auto=0",
+               "maintenance.auto=false", "commit.gpgSign=false", "tag.gpgSign=false",
+               "protocol.allow=never")
+KEPT_ENV = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+DRIVER_KEYS = {"filter": ("clean", "smudge", "process"), "diff": ("command", "textconv"),
+               "merge": ("driver",)}
+_DRIVERS: dict = {}
+
+
+def git_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in KEPT_ENV}
+    env.update(GIT_NO_REPLACE_OBJECTS="1", GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0",
+               GIT_PAGER="cat", GIT_EDITOR=":")
+    env.update(extra or {})
+    return env
+
+
+def _drivers_off(root: str) -> list[str]:
+    """`-c` settings that empty every filter, diff and merge driver the configuration
+    names (read once per repository and process)."""
     import subprocess
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    key = os.path.realpath(root)
+    if key not in _DRIVERS:
+        base = ["git", "--no-replace-objects"] + [a for c in SAFE_CONFIG for a in ("-c", c)]
+        out = subprocess.run(base + ["config", "-z", "--get-regexp", r"^(filter|diff|merge)\."],
+                             cwd=root, capture_output=True, env=git_env()).stdout
+        found = {}
+        for entry in out.split(b"\0"):
+            name = entry.split(b"\n", 1)[0].decode("utf-8", "replace")
+            section, _, rest = name.partition(".")
+            driver = rest.rpartition(".")[0]
+            if driver and section.lower() in DRIVER_KEYS:
+                for k in DRIVER_KEYS[section.lower()]:
+                    found[f"{section}.{driver}.{k}="] = True
+                if section.lower() == "filter":
+                    found[f"{section}.{driver}.required=false"] = True
+        _DRIVERS[key] = [a for setting in found for a in ("-c", setting)]
+    return _DRIVERS[key]
+
+
+def run_git(root: str, *args: str, input: bytes | None = None, env: dict | None = None):
+    """Run one git command the safe way (above); the CompletedProcess, output as bytes."""
+    import subprocess
+    command = ["git", "--no-replace-objects"] + [a for c in SAFE_CONFIG for a in ("-c", c)]
+    return subprocess.run(command + _drivers_off(root) + list(args), cwd=root, input=input,
+                          capture_output=True, env=git_env(env))
+
+
+def git(root: str, *args: str, check: bool = True, env: dict | None = None) -> str:
+    proc = run_git(root, *args, env=env)
+    out = proc.stdout.decode("utf-8", "replace")
     if check and proc.returncode != 0:
-        raise UserError(f"git {' '.join(args[:3])} failed: "
-                        f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    return proc.stdout.strip()
+        said = (proc.stderr.decode("utf-8", "replace") or out).strip().splitlines()[-1:]
+        raise UserError(f"git {' '.join(args[:3])} failed: {said}")
+    return out.strip()
 
 
 def git_identity_env(root: str) -> dict:
@@ -53,15 +112,12 @@ def current_branch(root: str) -> str:
 
 
 def branch_exists(root: str, branch: str) -> bool:
-    import subprocess
-    return subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
-                          cwd=root, capture_output=True).returncode == 0
+    return run_git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
 def tracked_changes(root: str) -> list[str]:
-    import subprocess
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                         capture_output=True, text=True).stdout   # unstripped: XY columns
+    out = run_git(root, "status", "--porcelain", "--untracked-files=no").stdout.decode(
+        "utf-8", "replace")                                   # unstripped: XY columns
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
@@ -86,7 +142,7 @@ def save_ref(root: str, tag: str, name: str, commit: str) -> str:
             return ref
         if found == "":
             # The zero old value: created only if still absent, so a ref is never moved.
-            git(root, "update-ref", ref, commit, "0" * 40)
+            git(root, "update-ref", "--no-deref", ref, commit, "0" * 40)
             return ref
         n += 1
         ref = f"refs/autoresearch/{tag}/{name}-{n}"
@@ -112,13 +168,11 @@ def apply_change(worktree: str, old: str, new: str, paths: list[str]) -> bool:
     """Apply the change from commit `old` to `new` (the session's files only) to the
     work tree at `worktree`, merging where they overlap; False (tree untouched) on a
     conflict. How a winner is re-based onto a kept state that moved."""
-    import subprocess
-    diff = subprocess.run(["git", "diff", "--binary", old, new, "--", *paths], cwd=worktree,
-                          capture_output=True).stdout
+    diff = run_git(worktree, "diff", "--binary", "--no-ext-diff", "--no-textconv", old, new,
+                   "--", *paths).stdout
     if not diff:
         return True
-    proc = subprocess.run(["git", "apply", "--3way", "--index"], cwd=worktree, input=diff,
-                          capture_output=True)
+    proc = run_git(worktree, "apply", "--3way", "--index", input=diff)
     if proc.returncode != 0:
         git(worktree, "reset", "--hard", "-q", check=False)
         return False
@@ -129,15 +183,16 @@ def apply_change(worktree: str, old: str, new: str, paths: list[str]) -> bool:
 def applies_cleanly(root: str, onto: str, parent: str, commit: str) -> bool:
     """Would the change parent..commit apply cleanly on top of `onto`? Checked in a
     throwaway index, so neither the work tree nor any branch is touched (finalize's plan)."""
-    import subprocess
     index = os.path.join(root, STATE_DIR, "finalize.index")
-    env = {**os.environ, "GIT_INDEX_FILE": index}
+    env = {"GIT_INDEX_FILE": index}
     try:
-        subprocess.run(["git", "read-tree", onto], cwd=root, env=env, check=True, capture_output=True)
-        diff = subprocess.run(["git", "diff", "--binary", parent, commit], cwd=root,
-                              capture_output=True, check=True).stdout
-        return subprocess.run(["git", "apply", "--cached", "--check"], cwd=root, env=env,
-                              input=diff, capture_output=True).returncode == 0
+        if run_git(root, "read-tree", onto, env=env).returncode != 0:
+            raise UserError(f"git read-tree {onto} failed")
+        diff = run_git(root, "diff", "--binary", "--no-ext-diff", "--no-textconv", parent, commit)
+        if diff.returncode != 0:
+            raise UserError(f"git diff {parent[:7]} {commit[:7]} failed")
+        return run_git(root, "apply", "--cached", "--check", input=diff.stdout,
+                       env=env).returncode == 0
     finally:
         if os.path.exists(index):
             os.unlink(index)
@@ -161,17 +216,14 @@ def ensure_ignored(root: str) -> list[str]:
     """Make sure git ignores the session files (so reset/clean never touch them), by
     adding any missing ones to .git/info/exclude; the project's .gitignore is left
     alone. Returns the names added."""
-    import subprocess
     # The state folder is asked about as a folder ("name/"), so that a directory-only
     # pattern such as `.autoresearch/` in the project's .gitignore counts as covering it.
     names = [n + "/" if n == STATE_DIR else n for n in SESSION_FILES]
-    proc = subprocess.run(["git", "check-ignore", "--no-index", *names], cwd=root,
-                          capture_output=True, text=True)
-    ignored = {n.rstrip("/") for n in proc.stdout.split()}
+    proc = run_git(root, "check-ignore", "--no-index", *names)
+    ignored = {n.rstrip("/") for n in proc.stdout.decode("utf-8", "replace").split()}
     missing = [n.rstrip("/") for n in names if n.rstrip("/") not in ignored]
     probe = temp_path(os.path.join(root, LOG))         # a name the pattern must cover
-    if subprocess.run(["git", "check-ignore", "--no-index", "-q", os.path.basename(probe)],
-                      cwd=root).returncode != 0:
+    if run_git(root, "check-ignore", "--no-index", "-q", os.path.basename(probe)).returncode != 0:
         missing.append(TEMP_PATTERN)
     if missing:
         info = git(root, "rev-parse", "--git-path", "info/exclude")
@@ -185,21 +237,40 @@ def ensure_ignored(root: str) -> list[str]:
 
 def store_blob(root: str, ref: str, data: bytes) -> str:
     """Keep `data` as a git object named by `ref` (a ref may name a blob): a copy of a
-    session file that `git clean`, `rm` and a truncating write do not reach."""
-    import subprocess
-    proc = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=root, input=data,
-                          capture_output=True)
+    session file that `git clean`, `rm` and a truncating write do not reach. The ref
+    itself is written (--no-deref): a symbolic ref put in its place is replaced by a
+    plain one, never followed to a ref someone else chose."""
+    proc = run_git(root, "hash-object", "-w", "--no-filters", "--stdin", input=data)
     if proc.returncode != 0:
         raise UserError(f"git hash-object failed: {proc.stderr.decode(errors='replace').strip()[-200:]}")
     blob = proc.stdout.decode().strip()
-    git(root, "update-ref", ref, blob)
+    git(root, "update-ref", "--no-deref", ref, blob)
     return blob
 
 
+def ref_blob(root: str, ref: str) -> tuple[bytes | None, str]:
+    """The content of the blob that `ref` names, as (bytes, "") for a plain ref; (None,
+    why) where there is no such ref, or it is symbolic or names something else (then
+    its content is not trusted)."""
+    out = git(root, "for-each-ref", "--format=%(objectname) %(objecttype) %(symref)", ref,
+              check=False)
+    line = next((l for l in out.splitlines() if l), "")
+    if not line:
+        return None, "missing"
+    sha, kind, *symref = line.split(" ")
+    if symref and symref[0]:
+        return None, f"a symbolic ref to {symref[0]}"
+    if kind != "blob":
+        return None, f"a {kind}, not a copy"
+    proc = run_git(root, "cat-file", "blob", sha)
+    return (proc.stdout, "") if proc.returncode == 0 else (None, "unreadable")
+
+
 def blob_at(root: str, ref: str) -> bytes | None:
-    """The content of the blob `ref` names, or None when there is no such ref."""
-    import subprocess
-    proc = subprocess.run(["git", "cat-file", "blob", ref], cwd=root, capture_output=True)
+    """The content of the blob `ref` names (a plain ref, or `commit:path`), or None."""
+    if ref.startswith("refs/") and ":" not in ref:
+        return ref_blob(root, ref)[0]
+    proc = run_git(root, "cat-file", "blob", ref)
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -209,4 +280,4 @@ def file_at(root: str, commit: str, path: str) -> bytes | None:
 
 
 def drop_ref(root: str, ref: str) -> None:
-    git(root, "update-ref", "-d", ref, check=False)
+    git(root, "update-ref", "--no-deref", "-d", ref, check=False)

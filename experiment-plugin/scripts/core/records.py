@@ -1,6 +1,7 @@
 """The session log `autoresearch.jsonl` and its views: the JSON Schema every record
-is checked against, reading the log (tolerating a torn last line), appending under the
-lock, and `results.tsv`.
+is checked against, reading the log, appending under the lock, `results.tsv`; and the
+copies of every file only the scripts write (the log, the waiting run, a set-aside
+result), one outside the project and one in git, which each such file must equal.
 """
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import re
 import sys
 
 from .common import find_root, LOG, RESULTS, SCHEMA_PATH, STATE_DIR, UserError, write_atomic
-from .git import blob_at, current_branch, drop_ref, store_blob
+from .git import current_branch
+# The copies, and the waiting run and set-aside results they guard (re-exported: the
+# scripts know them as records.*).
+from .copies import (copy_of, COPIES_ENV, copies_dir, drop_untrusted_ref, keep_copies,  # noqa: F401
+                     repair_git_copy, _ref, clear_pending, pending_path, pending_ref, read_pending,
+                     set_aside_pending, write_pending, drop_unlogged, take_unlogged, write_unlogged)
 from .parsing import memory_mb
 
 
@@ -137,15 +143,13 @@ def read_log(root: str, required: bool = True, data: bytes | None = None) -> Ses
     return SessionLog(config, runs, events, warnings)
 
 
-# ---------------------------------------------------------------- the log's copy in git
-# After every write the whole log is also stored as a git object under
-# refs/autoresearch/<tag>/log, out of reach of `git clean`, `rm` and a target that
-# truncates files. Every write and every script checks that the log on disk still
-# begins with that copy: a line rewritten, removed or truncated is refused, and
-# resume-session puts the copy back.
+# ---------------------------------------------------------------- the log and its copies
+# The log must equal its copy (core/copies.py says where the copies live and why): a
+# last record cut short by a killed writer is completed from it; anything else is
+# refused, and resume-session sets the foreign lines aside and restores the copy.
 
 def log_ref(tag: str) -> str:
-    return f"refs/autoresearch/{tag}/log"
+    return _ref(tag, LOG)
 
 
 def tag_of(data: bytes) -> str | None:
@@ -163,122 +167,129 @@ def session_tag(root: str, data: bytes | None) -> str | None:
                                                 if branch.startswith("autoresearch/") else None)
 
 
+def log_copy(root: str, tag: str | None) -> tuple[bytes | None, str]:
+    return copy_of(root, tag, LOG)
+
+
 def back_up_log(root: str, tag: str, data: bytes | None = None) -> None:
-    store_blob(root, log_ref(tag), log_bytes(root) if data is None else data)
+    keep_copies(root, tag, LOG, log_bytes(root) if data is None else data)
 
 
-def check_intact(root: str, data: bytes, tag: str | None = None) -> None:
-    """Refuse a log that no longer begins with its copy in git (it was rewritten,
-    shortened or replaced since the scripts last wrote it)."""
-    tag = tag or tag_of(data)
-    copy = blob_at(root, log_ref(tag)) if tag else None
-    if copy is None or data.startswith(copy):
-        return
-    kept, found = len(copy.splitlines()), len(data.splitlines())
-    raise UserError(f"{LOG} is not the log the scripts wrote ({kept} lines recorded in "
-                    f"{log_ref(tag)}, {found} here, and they differ): run resume-session, which "
-                    "restores the recorded log (this file is kept aside); nothing was recorded")
+def cut_short(data: bytes, copy: bytes) -> bool:
+    """Whether `data` is `copy` less (part of) its last line: what a writer killed
+    after its copies and before the file leaves."""
+    return len(data) < len(copy) and copy.startswith(data) and copy.count(b"\n", len(data)) <= 1
+
+
+def foreign_lines(data: bytes, copy: bytes) -> list[bytes]:
+    """The lines of `data` that its copy does not hold (in order, each as often as it
+    is extra)."""
+    from collections import Counter
+    have = Counter(copy.splitlines())
+    extra = []
+    for line in data.splitlines():
+        if have[line] > 0:
+            have[line] -= 1
+        elif line.strip():
+            extra.append(line)
+    return extra
+
+
+def check_log(root: str, data: bytes | None, tag: str | None) -> bytes | None:
+    """The log as the scripts recorded it: `data` when it equals its copy (or there is
+    no copy), the copy when `data` is only cut short; refused otherwise."""
+    copy, where = log_copy(root, tag)
+    if copy is None or data == copy:
+        return data
+    if data is None:
+        raise UserError(f"{LOG} is gone, but its copy is kept ({where}): run resume-session, "
+                        "which restores it")
+    if cut_short(data, copy):
+        return copy
+    extra, missing = len(foreign_lines(data, copy)), len(foreign_lines(copy, data))
+    said = ", ".join(x for x in (f"{extra} line(s) the scripts did not write" if extra else "",
+                                 f"{missing} of theirs missing or changed" if missing else "") if x)
+    raise UserError(f"{LOG} is not the log the scripts wrote ({said or 'rewritten'}; their copy "
+                    f"is {where}): run resume-session, which sets the foreign lines aside and "
+                    "restores the recorded log; nothing was recorded")
 
 
 def restore_log(root: str, label: str) -> str | None:
-    """Put the log's copy in git back when the log is gone or no longer begins with
-    it (a replaced file is kept aside); returns what was done, or None."""
+    """Put the recorded log back where the file differs from its copy: a missing file
+    or a cut-short last record restored, foreign lines moved to
+    .autoresearch/set-aside-<label>.jsonl; the git copy made good again. Returns what
+    was done, or None. Call with the lock held."""
     path = os.path.join(root, LOG)
     data = log_bytes(root)
     tag = session_tag(root, data)
-    copy = blob_at(root, log_ref(tag)) if tag else None
-    if copy is None or (data is not None and data.startswith(copy)):
-        return None
-    note = f"restored {LOG} from {log_ref(tag)} ({len(copy.splitlines())} lines)"
-    if data is not None:
-        aside = os.path.join(STATE_DIR, f"replaced-{label}.jsonl")
-        os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)
-        os.replace(path, os.path.join(root, aside))
-        note += f"; the file found there is kept as {aside}"
-    write_atomic(path, copy)
-    return note
-
-
-# The run waiting to be logged (.autoresearch/pending.json) has a copy in git too, so
-# a process that rewrites it between the run and the log is caught, and a deleted one
-# comes back.
-
-def pending_path(root: str) -> str:
-    return os.path.join(root, STATE_DIR, "pending.json")
-
-
-def pending_ref(tag: str) -> str:
-    return f"refs/autoresearch/{tag}/pending"
-
-
-def write_pending(root: str, tag: str, pending: dict) -> None:
-    data = json.dumps(pending, indent=1) + "\n"
-    write_atomic(pending_path(root), data)
-    store_blob(root, pending_ref(tag), data.encode())
-
-
-def read_pending(root: str, tag: str) -> dict | None:
-    """The waiting run as run-experiment wrote it; a missing file is restored from its
-    copy, a changed one refused."""
-    copy = blob_at(root, pending_ref(tag))
-    try:
-        with open(pending_path(root), "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        data = None
-    if copy is not None and data is None:
-        write_atomic(pending_path(root), copy)
-        print(f"note: restored {STATE_DIR}/pending.json from its copy in git", file=sys.stderr)
-        data = copy
-    if data is None:
-        return None
-    if copy is not None and data != copy:
-        raise UserError(f"{STATE_DIR}/pending.json changed after run-experiment wrote it: run "
-                        "run-experiment again; nothing was recorded")
-    try:
-        return json.loads(data)
-    except ValueError:
-        raise UserError(f"{STATE_DIR}/pending.json is not valid JSON: run run-experiment again") from None
-
-
-def clear_pending(root: str, tag: str) -> None:
-    if os.path.exists(pending_path(root)):
-        os.unlink(pending_path(root))
-    drop_ref(root, pending_ref(tag))
+    dropped = drop_untrusted_ref(root, tag, LOG)
+    copy, where = log_copy(root, tag)
+    if copy is None:
+        return dropped
+    tag = tag_of(copy) or tag
+    notes = [dropped] if dropped else []
+    if data != copy:
+        note = f"restored {LOG} from its copy ({len(copy.splitlines())} lines)"
+        if data is not None and cut_short(data, copy):
+            note += ": its last record had been cut short by an interrupted write"
+        elif data is not None:
+            extra = foreign_lines(data, copy)
+            if extra:
+                aside = os.path.join(STATE_DIR, f"set-aside-{label}.jsonl")
+                os.makedirs(os.path.join(root, STATE_DIR), exist_ok=True)
+                write_atomic(os.path.join(root, aside), b"\n".join(extra) + b"\n")
+                note += f"; set aside {len(extra)} line(s) the scripts did not write, in {aside}"
+            else:
+                note += "; the file had lost or reordered lines"
+        write_atomic(path, copy)
+        notes.append(note)
+    repaired = repair_git_copy(root, tag, LOG, copy, where)
+    if repaired:
+        notes.append(repaired)
+    return "; ".join(notes) or None
 
 
 def append_record(root: str, record: dict, check: bool = True) -> None:
-    """Append one line to the log. Call with the Lock held. A partial last line left by
-    a killed writer is moved to .autoresearch/salvaged.jsonl first, so the new record
-    starts on its own line and the fragment is kept for inspection."""
+    """Append one line to the log, its copies first. Call with the Lock held. The log
+    must be the one the scripts wrote (check_log); a last record cut short by a killed
+    writer is completed from the copy first. A log with no copy at all (a session from
+    before copies) that ends in a partial line has the fragment moved to
+    .autoresearch/salvaged.jsonl, so the new record starts on its own line."""
     if check:
         validate(record)
     path = os.path.join(root, LOG)
     line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        before = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
-        if before and not before.endswith(b"\n"):
-            fragment = before[before.rfind(b"\n") + 1:]
-            try:
-                json.loads(fragment)            # a whole record missing its newline
-                line = b"\n" + line
-            except ValueError:
-                salvage = os.path.join(root, STATE_DIR, "salvaged.jsonl")
-                with open(salvage, "ab") as s:
-                    s.write(fragment + b"\n")
-                before = before[:len(before) - len(fragment)]
-                os.ftruncate(fd, len(before))
-                print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
-                      f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
-        check_intact(root, before)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tag = tag_of(before) or record.get("tag")
+    on_disk = log_bytes(root)
+    tag = (tag_of(on_disk) if on_disk else None) or record.get("tag") or session_tag(root, on_disk)
+    copy, _ = log_copy(root, tag)
+    before = check_log(root, on_disk, tag) if copy is not None else (on_disk or b"")
+    if copy is not None:
+        tag = tag_of(copy) or tag
+        if before != on_disk:
+            print(f"note: completed the last record of {LOG} from its copy (a write had been "
+                  "cut short)", file=sys.stderr)
+    elif before and not before.endswith(b"\n"):
+        fragment = before[before.rfind(b"\n") + 1:]
+        try:
+            json.loads(fragment)            # a whole record missing its newline
+            before += b"\n"
+        except ValueError:
+            with open(os.path.join(root, STATE_DIR, "salvaged.jsonl"), "ab") as s:
+                s.write(fragment + b"\n")
+            before = before[:len(before) - len(fragment)]
+            print(f"note: moved a truncated last line of {LOG} ({len(fragment)} bytes) "
+                  f"to {STATE_DIR}/salvaged.jsonl", file=sys.stderr)
     if tag:
-        back_up_log(root, tag, before + line)
+        keep_copies(root, tag, LOG, before + line)
+    if before == on_disk:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    else:
+        write_atomic(path, before + line)
 
 
 def tsv_field(text: str) -> str:
@@ -312,15 +323,11 @@ def write_results(root: str, config: dict, runs: list[dict]) -> None:
 
 def load_session(start: str | None = None) -> tuple[str, SessionLog]:
     """The project root and its session log, refused when the log is not the one the
-    scripts wrote (see check_intact) or is gone while its copy is not."""
+    scripts wrote (see check_log) or is gone while its copy is not. Reads no git
+    object where the copy outside the project is there."""
     root = find_root(start)
-    data = log_bytes(root)
-    tag = session_tag(root, data)
-    if data is not None and tag:
-        check_intact(root, data, tag)
-    elif tag and blob_at(root, log_ref(tag)) is not None:
-        raise UserError(f"{LOG} is gone, but its copy is in {log_ref(tag)}: run resume-session, "
-                        "which restores it")
+    data = log_bytes(root)          # before the copy: a writer writes the copy first
+    data = check_log(root, data, session_tag(root, data))
     log = read_log(root, data=data)
     for w in log.warnings:
         print(f"warning: {w}", file=sys.stderr)

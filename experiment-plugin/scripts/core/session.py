@@ -9,9 +9,8 @@ import os
 
 from .common import (editable_files, find_root, finite, fmt, Lock, LOG, NOTES, now_iso, PLUGIN_ROOT,
     read_json, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
-from .git import blob_at
 from .project import HARNESS, KIND_NAMES, plot_of
-from .records import append_record, asi, lesson, log_ref, read_config, read_log, session_tag
+from .records import append_record, asi, lesson, log_copy, read_config, read_log, session_tag
 from .stats import (baseline_run, best_run, better, experiments, improvement, noise_line,
     standing_keeps, undone_runs)
 from .candidates import wave_line
@@ -89,8 +88,8 @@ def active_root(payload: dict) -> str | None:
 def is_active(root: str) -> bool:
     """Whether a session is active in `root`. state.json says so; where it is gone or
     says otherwise, the log decides (a session is active from its config line until
-    an "end" event), and where the log is gone too, the session branch with its log's
-    copy in git: deleting a file never switches the guard off."""
+    an "end" event), and where the log is gone too, its copy (outside the project, or
+    in git under the session branch's tag): deleting a file never switches the guard off."""
     if read_state(root).get("active"):
         return True
     try:
@@ -102,7 +101,10 @@ def is_active(root: str) -> bool:
         tail = None
     if tail is None:
         tag = session_tag(root, None)
-        return bool(tag) and blob_at(root, log_ref(tag)) is not None
+        try:
+            return log_copy(root, tag)[0] is not None
+        except UserError:           # a copy in git that is not a plain ref: someone was here
+            return True
     for line in reversed(tail.splitlines()):
         try:
             record = json.loads(line)
