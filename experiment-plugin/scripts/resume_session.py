@@ -25,7 +25,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, harness, records, stats, session, runner, waves  # noqa: E402
+from core import common, git, harness, agent_sandbox, records, stats, session, runner, waves  # noqa: E402
 
 
 def save_work(root, tag, label):
@@ -151,6 +151,7 @@ def main(argv=None):
             event["max_iterations"] = a.max_iterations
         records.append_record(root, event)
         session.start_loop(root)
+        notes += agent_sandbox.apply(root, config)     # the agent's Bash back in its sandbox
 
     for n in notes:
         print(n)

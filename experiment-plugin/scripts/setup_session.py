@@ -39,7 +39,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, templates, harness, project, devices, measure, records, policy, session, skypilot  # noqa: E402
+from core import common, git, templates, harness, agent_sandbox, project, devices, measure, records, policy, session, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -463,6 +463,7 @@ def main(argv=None):
             records.write_results(root, config, [])
             common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
             session.start_loop(root)
+        sandbox = agent_sandbox.apply(root, config)     # the agent's Bash in Claude Code's sandbox
     except BaseException:
         git.git(root, "checkout", "-q", start if start != "HEAD" else base)
         git.git(root, "branch", "-q", "-D", branch)
@@ -482,6 +483,7 @@ def main(argv=None):
     print(session.research_config(config))
     for note in notes:
         print(note)
+    print("\n".join(sandbox))
     if a.worker_note:
         print(a.worker_note)
     if a.workers > 1 or a.backend != "local":

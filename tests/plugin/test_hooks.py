@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from core import common, records as core_records
-from plugin_helpers import HOOKS, git, make_project, ok, records, script, set_up_project
+from plugin_helpers import HOOKS, PLUGIN, git, make_project, ok, records, script, set_up_project
 
 
 OWNER = {"CLAUDE_CODE_SESSION_ID": "s"}     # the conversation that runs the loop
@@ -56,13 +56,30 @@ def stop(project, active=False, cwd=None, conversation="s"):
 def test_hooks_json_uses_exec_form_with_the_plugin_root():
     config = json.loads((HOOKS / "hooks.json").read_text())
     handlers = [h for event in config["hooks"].values() for group in event for h in group["hooks"]]
-    assert {h["args"][0] for h in handlers} == {"${CLAUDE_PLUGIN_ROOT}/hooks/guard.py",
-                                                "${CLAUDE_PLUGIN_ROOT}/hooks/session_start.py",
-                                                "${CLAUDE_PLUGIN_ROOT}/hooks/stop.py",
-                                                "${CLAUDE_PLUGIN_ROOT}/hooks/prompt.py"}
+    assert {h["args"][-1] for h in handlers} == {"${CLAUDE_PLUGIN_ROOT}/hooks/guard.py",
+                                                 "${CLAUDE_PLUGIN_ROOT}/hooks/session_start.py",
+                                                 "${CLAUDE_PLUGIN_ROOT}/hooks/stop.py",
+                                                 "${CLAUDE_PLUGIN_ROOT}/hooks/prompt.py"}
     assert all(h["type"] == "command" and " " not in h["command"] for h in handlers)
+    assert {tuple(h["args"][:-1]) for h in handlers} == {("${CLAUDE_PLUGIN_ROOT}/hooks/run.sh",)}
     matcher = config["hooks"]["PreToolUse"][0]["matcher"].split("|")
     assert set(matcher) == {"Edit", "Write", "MultiEdit", "NotebookEdit", "Bash"}
+
+
+def test_the_hooks_start_past_a_version_managers_shim(tmp_path):
+    """run.sh starts the first python3 on PATH that is not a shim (pyenv's costs ~50 ms
+    a start, on every tool call), without site-packages or PYTHON* variables."""
+    shims, real = tmp_path / "pyenv" / "shims", tmp_path / "bin"
+    shims.mkdir(parents=True)
+    real.mkdir()
+    (shims / "python3").write_text("#!/bin/sh\necho shim\n")
+    (shims / "python3").chmod(0o755)
+    (real / "python3").symlink_to(sys.executable)
+    probe = tmp_path / "probe.py"
+    probe.write_text("import sys, os; print(sys.executable, sys.flags.no_site, sys.flags.ignore_environment)")
+    proc = subprocess.run(["sh", str(HOOKS / "run.sh"), str(probe)], capture_output=True, text=True,
+                          env={"PATH": f"{shims}:{real}:/usr/bin:/bin", "PYTHONPATH": "/nowhere"})
+    assert proc.stdout.split() == [str(real / "python3"), "1", "1"], proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("tool,key,path,says", [
@@ -177,6 +194,137 @@ def test_guard_denies_package_installs(guarded, command):
 ])
 def test_guard_allows_reads_runs_and_restores(guarded, command):
     assert pre_tool_use(guarded, "Bash", {"command": command}) is None
+
+
+# The classes of what the guard refuses, each in spellings no earlier list named.
+
+IN_PLACE_EDITS = ["sed -i 's/a/b/' {f}", "sed -Ei 's/a/b/' {f}", "sed -ni.bak 'p' {f}",
+                  "sed --in-place=.orig -e 's/a/b/' {f}", "gsed -i -e 's/a/b/' {f}",
+                  "perl -pi -e 's/a/b/' {f}", "perl -0pi -e 's/a/b/' {f}", "perl -0777 -pi.bak -e 's/a/b/' {f}",
+                  "perl -i -pe 's/a/b/' {f}", "perl -wnli -e 'print' {f}", "ruby -pi -e 'sub(/a/, %q(b))' {f}",
+                  "gawk -i inplace '{{print}}' {f}", "awk -i inplace '{{print}}' {f}"]
+
+
+@pytest.mark.parametrize("edit", IN_PLACE_EDITS)
+def test_guard_denies_in_place_edits_in_any_spelling(guarded, edit):
+    for target in ("prepare.py", "autoresearch.jsonl", str(PLUGIN / "scripts" / "core" / "runner.py")):
+        assert pre_tool_use(guarded, "Bash", {"command": edit.format(f=target)}), (edit, target)
+    # Several files at once: the plugin's checks with the harness, as one command.
+    both = edit.format(f=f"{PLUGIN / 'scripts' / 'core' / 'runner.py'} prepare.py")
+    assert pre_tool_use(guarded, "Bash", {"command": both})
+    assert pre_tool_use(guarded, "Bash", {"command": edit.format(f="train.py")}) is None
+
+
+@pytest.mark.parametrize("command", ["sed -n 1,20p prepare.py", "sed -e 's/i/j/' prepare.py",
+                                     "perl -ne 'print if /EVAL/' prepare.py", "awk '{print $1}' results.tsv",
+                                     "ruby -e 'puts File.read(%q(prepare.py))'"])
+def test_guard_allows_editors_that_only_read(guarded, command):
+    assert pre_tool_use(guarded, "Bash", {"command": command}) is None
+
+
+@pytest.fixture(scope="module")
+def links(guarded):
+    """Links in the project to what the guard protects, made before the session (or by
+    a command the guard could not read)."""
+    for name, to in (("cfg", ".claude"), ("harness.py", "prepare.py"), ("gitdir", ".git"),
+                     ("log", "autoresearch.jsonl"), ("state", ".autoresearch"),
+                     ("plugin", str(PLUGIN))):
+        if not (guarded / name).is_symlink():
+            (guarded / name).symlink_to(to)
+    (guarded / ".claude").mkdir(exist_ok=True)
+    return guarded
+
+
+@pytest.mark.parametrize("command", ["echo '{{}}' > cfg/settings.local.json", "cat x >> harness.py",
+                                     "echo ref > gitdir/refs/heads/main", "tee -a log < /tmp/line",
+                                     "cp /tmp/s.json state/state.json", "rm plugin/hooks/guard.py",
+                                     "sed -i 's/deny/allow/' plugin/hooks/guard.py",
+                                     "python3 -c \"open('cfg/settings.local.json', 'w')\""])
+def test_guard_denies_writes_through_links_to_what_it_protects(links, command):
+    assert pre_tool_use(links, "Bash", {"command": command.format()}), command
+
+
+@pytest.mark.parametrize("path", ["cfg/settings.local.json", "harness.py", "gitdir/config",
+                                  "log", "state/pending.json", "plugin/hooks/guard.py"])
+def test_guard_denies_the_edit_tools_through_links(links, path):
+    assert pre_tool_use(links, "Write", {"file_path": str(links / path), "content": "x"}), path
+
+
+@pytest.mark.parametrize("command", ["ln -s .claude c2", "ln -sf ./.claude c3", "ln -s prepare.py p.py",
+                                     "ln prepare.py hard.py", "ln -sfn .git g2", "cp -s prepare.py p2.py",
+                                     "cp -l autoresearch.jsonl l2", "link prepare.py p3.py",
+                                     "python3 -c \"import os; os.symlink('.claude', 'c4')\""])
+def test_guard_denies_making_links_to_what_it_protects(guarded, command):
+    assert pre_tool_use(guarded, "Bash", {"command": command}), command
+
+
+def test_guard_allows_links_of_the_agents_own(guarded):
+    assert pre_tool_use(guarded, "Bash", {"command": "ln -s /tmp/data data_link"}) is None
+    assert pre_tool_use(guarded, "Bash", {"command": "ln -sf notes/idea.md idea.md"}) is None
+
+
+@pytest.mark.parametrize("command", [
+    "pip3.11 install einops", ".venv/bin/pip install einops", "/usr/bin/pip3 install -U torch",
+    "python -m pip install einops", "python3.11 -mpip install einops", ".venv/bin/python -m pip install x",
+    "env PIP_INDEX_URL=http://x pip install y", "python -m ensurepip", "python3 -m uv pip install x",
+    "uv run --with einops python train.py", "uv run --with-requirements r.txt train.py", "uvx ruff",
+    "uv tool run black", "uv pip sync r.txt", "pipx run black", "pip uninstall -y numpy",
+    "pip download torch -d wheels", "conda create -n x numpy", "mamba update numpy", "npx cowsay",
+    "pnpm dlx x", "poetry install", "pdm sync", "pipenv install x",
+    "python -c 'import subprocess; subprocess.run([\"pip\", \"install\", \"x\"])'",
+    "python3 - <<'PY'\nimport pip._internal\nPY", "xargs -a reqs.txt pip install",
+    "bash -c 'pip3 install x'", "nice -n 5 uv add einops",
+])
+def test_guard_denies_package_installs_in_any_spelling(guarded, command):
+    reason = pre_tool_use(guarded, "Bash", {"command": command})
+    assert reason and "installing packages is not allowed" in reason, command
+
+
+@pytest.mark.parametrize("command", ["pip3.11 list", "pip freeze", "python -m pip show torch",
+                                     "uv run train.py", "uv --version", "uv pip list", "uv tree",
+                                     "python -m pytest -q", "conda list"])
+def test_guard_allows_looking_at_packages(guarded, command):
+    assert pre_tool_use(guarded, "Bash", {"command": command}) is None
+
+
+SCRIPT = str(PLUGIN / "scripts" / "run-experiment")
+LOG_SCRIPT = str(PLUGIN / "scripts" / "log-experiment")
+
+
+@pytest.mark.parametrize("command", [
+    f'PYTHONPATH=/tmp "{SCRIPT}"', f'"{SCRIPT}"; echo $?', f'cd /tmp && "{SCRIPT}"',
+    f'timeout 900 "{SCRIPT}"', f'env -i "{SCRIPT}"', f'"{SCRIPT}" > /tmp/out.txt', f'"{SCRIPT}" | tail -3',
+    f'"{SCRIPT}" && rm -rf /tmp/x', f'true\n"{SCRIPT}"', f'"{LOG_SCRIPT}" --description "$(cat x)"',
+    f"{LOG_SCRIPT} --description `id`", f'"{SCRIPT}" & sleep 1', f'("{SCRIPT}")',
+])
+def test_guard_lets_the_scripts_run_outside_the_sandbox_only_alone(guarded, command):
+    """Claude Code runs a command that starts with a script's path outside the sandbox,
+    so everything in such a command would escape it: only the script alone may run so."""
+    reason = pre_tool_use(guarded, "Bash", {"command": command})
+    assert reason and "only when called alone" in reason, command
+
+
+@pytest.mark.parametrize("command", [
+    f'"{SCRIPT}"', f"{SCRIPT}", f'"{LOG_SCRIPT}" --status keep --description \'a; b $x `y`\'',
+    f'"{LOG_SCRIPT}" --status discard --description "wider MLP" --asi \'{{"category": "architecture"}}\'',
+    f'cat "{PLUGIN}/scripts/run_experiment.py"', f"grep -n budget {PLUGIN}/scripts/core/runner.py",
+    f'"{SCRIPT}"  # the baseline',
+])
+def test_guard_allows_the_scripts_alone_and_reading_them(guarded, command):
+    assert pre_tool_use(guarded, "Bash", {"command": command}) is None
+
+
+def test_guard_reads_a_new_line_as_the_end_of_a_command(guarded):
+    assert pre_tool_use(guarded, "Bash", {"command": "echo start\nrm autoresearch.jsonl"})
+    assert pre_tool_use(guarded, "Bash", {"command": "echo 'a\nb' > notes.txt"}) is None
+
+
+@pytest.mark.parametrize("command", ["git config core.hooksPath /tmp/hooks", "git config core.fsmonitor x",
+                                     "git fetch --prune /tmp/empty", "git -c gc.pruneExpire=now gc",
+                                     "git symbolic-ref HEAD refs/heads/other", "git replace HEAD abc",
+                                     "git checkout main", "git switch -c other", "git checkout -b other"])
+def test_guard_denies_git_that_moves_the_branch_or_reaches_its_records(guarded, command):
+    assert pre_tool_use(guarded, "Bash", {"command": command}), command
 
 
 def test_guard_is_off_without_an_active_session(project, tmp_path):

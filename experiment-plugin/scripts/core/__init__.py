@@ -11,6 +11,7 @@ LAYERS = (
     "git",          # every git command the loop runs
     "copies",       # the copies of the scripts-only files, outside the project and in git
     "harness",      # the fixed files and their hashes; the hash of the measured code
+    "agent_sandbox",  # what the agent's sandboxed Bash may not write; Claude Code's settings for it
     "parsing",      # THE metric parser
     "measure",      # the harness's result channel and the checks a result must pass
     "project",      # the kind of project: harness, karpathy clone or own; how runs reach it
