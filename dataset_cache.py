@@ -181,6 +181,75 @@ def read_texts(source, file, first, stop):
     return column.slice(first, None if stop is None else stop - first).to_pylist()
 
 
+def train_view(source, dest, link=True):
+    """Write into `dest` a cache of `source` that holds only its training split, and
+    return its manifest.
+
+    A sandboxed run sees this folder in place of the cache while it trains, so the
+    validation (and any test) text is not there to read, whatever the run does: the
+    manifest's splits hold only `train`, and only the files train reads are present.
+    A file that only train reads is hard-linked (copied across file systems), or with
+    link=False left as an empty file of its name, for whoever shows the view to bind
+    the cache's own file over (a hard link changes the cache file's ctime, which a
+    runner watching the cache takes for a change); a file that mixes splits
+    (tinystories: one file, val its first rows) is written again with only its train
+    rows, under the same name, each slice moved to its new rows.
+    Training reads exactly the same texts in the same order as from the full cache:
+    the dataloader's shuffle is seeded by the file name and the slice list, and both
+    are kept. The manifest records the view's own sizes and sha256, so load_manifest
+    verifies the view as it verifies a cache. `dest` is written whole or not at all."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shutil
+
+    directory = cache_dir(source)
+    manifest = load_manifest(source)
+    train = [list(s) for s in manifest["splits"]["train"]]
+    others = {f for name, split in manifest["splits"].items() if name != "train" for f, _, _ in split}
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(dest)), prefix=".view-")
+    try:
+        files, slices, rewritten = {}, [], {}
+        for file, first, stop in train:
+            if file not in others:
+                slices.append([file, first, stop])
+                continue
+            rows = rewritten.setdefault(file, [])
+            start = sum(len(r) for r in rows)
+            texts = read_texts(source, file, first, stop)
+            rows.append(texts)
+            slices.append([file, start, start + len(texts)])
+        for file in sorted({f for f, _, _ in slices} | {"tokenizer.pkl", "token_bytes.npy"}):
+            path = os.path.join(tmp, file)
+            if file in rewritten:
+                pq.write_table(pa.table({"text": [t for rows in rewritten[file] for t in rows]}), path)
+                files[file] = {"size": os.path.getsize(path), "sha256": sha256_file(path)}
+                continue
+            files[file] = dict(manifest["files"][file])
+            if not link:
+                open(path, "wb").close()
+                continue
+            try:
+                os.link(os.path.join(directory, file), path)
+            except OSError:
+                shutil.copyfile(os.path.join(directory, file), path)
+            if os.path.getsize(path) != files[file]["size"]:
+                raise DataError(f"{os.path.join(directory, file)} changed while its view was made; "
+                                f"run `{prepare_command(source)}`")
+        view = {**manifest, "splits": {"train": slices}, "files": files,
+                "view_of": {"cache": directory, "bind": [] if link else sorted(set(files) - set(rewritten)),
+                            "manifest_sha256": hashlib.sha256(
+                    json.dumps(manifest, sort_keys=True).encode()).hexdigest()}}
+        with open(os.path.join(tmp, "manifest.json"), "w") as f:
+            json.dump(view, f, indent=2)
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return view
+
+
 def iter_documents(source, slices, max_chars=None):
     for file, first, stop in slices:
         for text in read_texts(source, file, first, stop):

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from core import common, git as core_git, records as core_records
@@ -47,8 +48,9 @@ if MODE == "nan":
     print("FAIL: loss is NaN at step 12", flush=True)
     sys.exit(1)
 if MODE == "hang":
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    with open("hang_child.pid", "w") as f:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.getcwd()])
+    os.makedirs("data", exist_ok=True)
+    with open("data/hang_child.pid", "w") as f:
         f.write(str(child.pid))
     time.sleep(600)
 if MODE != "nometric":
@@ -106,7 +108,7 @@ def _build_project(path: Path) -> None:
     (path / "datasets" / "classics" / "book.txt").write_text("It was a dark and stormy night.\n")
     (path / "train.py").write_text(STAND_IN_TARGET)
     (path / "train_mlx.py").write_text(STAND_IN_TARGET)
-    (path / ".gitignore").write_text("hang_child.pid\n")
+    (path / ".gitignore").write_text("hang_child.pid\ndata/\n")
     commit_all(path)
 
 
@@ -291,8 +293,9 @@ if MODE == "nan":
     print("FAIL: loss is NaN at step 12", flush=True)
     sys.exit(1)
 if MODE == "hang":
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    with open("hang_child.pid", "w") as f:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", os.getcwd()])
+    os.makedirs("data", exist_ok=True)
+    with open("data/hang_child.pid", "w") as f:
         f.write(str(child.pid))
     time.sleep(600)
 print("---")
@@ -314,6 +317,38 @@ def stop_workers(p: Path):
             os.killpg(json.loads(f.read_text())["pgid"], signal.SIGKILL)
         except (OSError, ValueError, KeyError):
             pass
+
+
+def hang_children(tree: Path) -> list[int]:
+    """The process ids, on this machine, of the children a hanging stand-in started in
+    `tree`. In the run's sandbox (its own PID namespace) the number the stand-in writes
+    to data/hang_child.pid is another one: the child is found by its command line,
+    which names the tree."""
+    wanted = ["-c", "import time; time.sleep(600)", str(tree)]
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                args = f.read().decode(errors="replace").split("\0")[:-1]
+            with open(f"/proc/{name}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if name.isdigit() and args[1:] == wanted and not zombie:
+            found.append(int(name))
+    return found
+
+
+def hang_child(tree: Path, timeout: float = 20) -> int:
+    """The child a hanging stand-in started in `tree`, once it has (see hang_children)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid_file = tree / "data" / "hang_child.pid"
+        found = hang_children(tree) if pid_file.exists() and pid_file.read_text() else []
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, "the stand-in's child never started"
+        time.sleep(0.1)
 
 
 def gone_now(pid: int) -> bool:

@@ -234,8 +234,10 @@ importlib.reload(prepare)
 """)
     try:
         assert status(proc) == "crash", proc.stdout
-        assert "prepare.py changed since the session was set up" in proc.stdout
-        assert project.git("status", "--porcelain", "prepare.py") == ""     # restored, as promised
+        # In the run's sandbox the project is read-only: the rewrite itself fails (unsandboxed,
+        # the launcher's hash check refuses the reload).
+        assert "Read-only file system: 'prepare.py'" in proc.stdout
+        assert project.git("status", "--porcelain", "prepare.py") == ""
     finally:
         project.undo()
 
@@ -385,7 +387,7 @@ for _fd in map(int, _o.listdir("/proc/self/fd")):
 def test_a_process_that_leaves_the_group_dies_with_the_run(project):
     """A child in a session of its own outlives a group kill; it would rewrite the
     waiting result once run-experiment is done."""
-    marker = project.path("escaped.pid")
+    marker = project.path("data/escaped.pid")
     proc = project.attack("import prepare  # noqa: E402\n", f"""import prepare  # noqa: E402
 import subprocess as _sp, sys as _sys
 _sp.Popen([_sys.executable, '-c', '''
@@ -400,9 +402,19 @@ json.dump({{"run_status": "ok", "metrics": {{"val_bpb": 0.5}}}}, open(".autorese
 """)
     try:
         assert status(proc) == "ok", proc.stdout
-        pid = int(open(marker).read())
+        assert os.path.exists(marker)
         time.sleep(3)
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        # Found by its command line (which names the marker): in the run's sandbox, its own
+        # PID namespace, the number it wrote is not its number here.
+        alive = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if marker.encode() in open(f"/proc/{pid}/cmdline", "rb").read() and \
+                        open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+            except OSError:
+                pass
+        assert alive == [], "the process that left the group outlived the run"
         assert honest_value(project, proc) != 0.5
     finally:
         project.undo()
@@ -493,17 +505,13 @@ def test_git_clean_loses_nothing(project):
 
 
 def test_a_target_that_truncates_the_log_loses_nothing(project):
-    runs_before = [r for r in project.records() if r["type"] == "run"]
+    """The log is read-only in the run's sandbox: the truncation fails, the run with it."""
+    before = project.read("autoresearch.jsonl")
     proc = project.attack("import prepare  # noqa: E402\n",
                           "import prepare  # noqa: E402\nopen('autoresearch.jsonl', 'w').close()\n")
-    assert status(proc) == "ok"
-    refused = project.script("log-experiment", "--status", "discard", "--description", "truncates")
-    assert refused.returncode == 2 and "not the log the scripts wrote" in refused.stderr
+    assert status(proc) == "crash" and "Read-only file system: 'autoresearch.jsonl'" in proc.stdout
+    assert project.read("autoresearch.jsonl") == before
     project.undo()
-    resumed = project.script("resume-session")
-    assert resumed.returncode == 0 and "restored autoresearch.jsonl" in resumed.stdout
-    assert [r for r in project.records() if r["type"] == "run"] == runs_before
-    assert f"next is run {len(runs_before) + 1}" in resumed.stdout
 
 
 # --------------------------------------------------------------- 4. the guard

@@ -39,7 +39,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, templates, harness, agent_sandbox, project, devices, measure, records, policy, session, skypilot  # noqa: E402
+from core import common, git, templates, harness, agent_sandbox, project, devices, measure, records, policy, session, sandbox, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -142,10 +142,16 @@ def parse_args(argv):
                    help="a directory with no training code: copy this project's harness and "
                         "templates into it (git init first where it is no repository), commit "
                         "them as the session's base, then set up as usual")
+    p.add_argument("--network", action="store_true",
+                   help="let runs reach the network (default: none; the run's sandbox cuts it)")
+    p.add_argument("--writable", action="append", default=[], metavar="DIRS",
+                   help="further folders a run may write, comma-separated (default: data/ of this "
+                        "project's harness; a project of your own: all of it but .git, the records, "
+                        "the target and the fixed files; there also folders outside it, e.g. ~/.cache/huggingface)")
     p.add_argument("--python", help="interpreter for runs (default: the project's .venv, else the "
                                     "one running this script)")
     a = p.parse_args(argv)
-    a.scope, a.read_only = file_list(a.scope), file_list(a.read_only)
+    a.scope, a.read_only, a.writable = file_list(a.scope), file_list(a.read_only), file_list(a.writable)
     return a
 
 
@@ -441,6 +447,8 @@ def main(argv=None):
     if p.get("off"):
         config["off"] = p["off"]
     config["measure"] = measured_by
+    config["sandbox"] = sandbox.session_setting(p["project"], network=a.network, writable=a.writable,
+                                                hide_validation=sandbox.harness_serves_validation(root, measured_by))
     if pinned:
         config["eval"] = pinned
     if a.backend == "skypilot":
@@ -463,7 +471,7 @@ def main(argv=None):
             records.write_results(root, config, [])
             common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
             session.start_loop(root)
-        sandbox = agent_sandbox.apply(root, config)     # the agent's Bash in Claude Code's sandbox
+        agent_lines = agent_sandbox.apply(root, config)     # the agent's Bash in Claude Code's sandbox
     except BaseException:
         git.git(root, "checkout", "-q", start if start != "HEAD" else base)
         git.git(root, "branch", "-q", "-D", branch)
@@ -481,9 +489,10 @@ def main(argv=None):
                              "judged)" if measured_by == "harness" else
                              "the run's printed output (a target can print any number there)"))
     print(session.research_config(config))
+    print(f"  {'sandbox':<10} {sandbox.describe(config['sandbox'])}")
     for note in notes:
         print(note)
-    print("\n".join(sandbox))
+    print("\n".join(agent_lines))
     if a.worker_note:
         print(a.worker_note)
     if a.workers > 1 or a.backend != "local":

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from plugin_helpers import (PLUGIN, WAVE_TARGET, git, gone_now, make_project, records,
+from plugin_helpers import (PLUGIN, WAVE_TARGET, git, gone_now, hang_child, hang_children, make_project, records,
                             require_claude, stop_workers)
 from plugin_helpers_model import ScriptedModel, text, tool, tool_results, user_text
 
@@ -162,10 +162,7 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
             time.sleep(0.2)
         assert states.get(hang) == "running" and list(states.values()).count("done") == 2, states
         cli["hang_run"] = json.loads((wave / f"{hang}.running").read_text())["pgid"]
-        child = project / ".autoresearch" / "worktrees" / hang / "hang_child.pid"
-        while not child.exists() and time.time() < deadline:
-            time.sleep(0.1)         # the hung run's child has started
-        cli["hang_child"] = int(child.read_text())
+        cli["hang_child"] = hang_child(project / ".autoresearch" / "worktrees" / hang)   # it has started
         for f in wave.glob("worker-*.pid"):
             try:
                 os.kill(int(f.read_text()), signal.SIGKILL)
@@ -205,7 +202,7 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
         runs = [r for r in records(project) if r["type"] == "run"]
         assert [r["status"] for r in runs] == ["keep", "keep", "discard"]
         assert runs[1]["candidate"] == agent.names["A"] and runs[2]["recommendation"] == "rebase"
-        assert not gone_now(cli["hang_run"]), "the hung run outlived its killed worker"
+        assert gone_now(cli["hang_run"]), "the hung run's sandbox died with its killed worker"
 
         # The morning after: /experiment:resume in a new conversation. -----------------
         seen = {}
@@ -217,7 +214,7 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
         def requeue(body):
             out = result(body)
             assert f"wave: {agent.names['crash']} finished, not logged (status crash)" in out, out
-            assert f"wave: {agent.names['hang']} was lost" in out and "stopped what was left of it" in out, out
+            assert f"wave: {agent.names['hang']} was lost" in out, out     # its run died with its worker
             finished = re.findall(r"^wave: (c\d+) finished, not logged", out, re.M)
             assert len(finished) == 2, out          # the crash, and the re-based winner
             assert "submit-wave re-queues it" in out
@@ -234,9 +231,9 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
             line = re.search(r"^next: (log-experiment .*)$", out, re.M)
             assert line, out
             seen.setdefault("shown", []).append(out)
-            if "status: timeout" in out:        # the second hang: its child, before the worktree goes
-                seen["hang_child"] = int((project / ".autoresearch" / "worktrees" / agent.names["hang"] /
-                                          "hang_child.pid").read_text())
+            if "status: timeout" in out:        # the second hang: its worktree, before it goes
+                seen["hang_tree"] = project / ".autoresearch" / "worktrees" / agent.names["hang"]
+                assert (seen["hang_tree"] / "data" / "hang_child.pid").exists(), "its child had started"
             return bash(f"{agent.s('log-experiment')} {shlex.join(shlex.split(line.group(1))[1:])}")
 
         def done(body):
@@ -252,13 +249,13 @@ def test_a_wave_night_through_the_real_cli(tmp_path):
                                   env=model.client_env(str(home), CLAUDE_CODE_STOP_HOOK_BLOCK_CAP="0"))
         assert model.errors == [], model.errors
         assert model.finished, f"stopped after {model.step} of {len(second)} steps:\n{proc.stdout[-3000:]}"
-        assert gone_now(cli["hang_run"]), "resume stopped the run its killed worker left behind"
+        assert gone_now(cli["hang_run"]), "no run of a killed worker is left behind"
         shown = "\n".join(seen["shown"])
         assert "status: crash candidate" in shown and "shape mismatch in attention" in shown
         assert re.search(r"^status: timeout candidate .*\(limit 6s, process group killed\)", shown, re.M), shown
         time.sleep(0.3)
-        assert gone_now(cli["hang_child"]), "the first hang's child went with its group at resume"
-        assert gone_now(seen["hang_child"]), "the second hang's child was killed with its group at the timeout"
+        assert gone_now(cli["hang_child"]), "the first hang's child went with its sandbox"
+        assert hang_children(seen["hang_tree"]) == [], "the second hang's child was killed at the timeout"
         runs = [r for r in records(project) if r["type"] == "run"]
         assert len(runs) == CAP
         by = {r.get("candidate"): r for r in runs}

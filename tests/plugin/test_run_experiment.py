@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from plugin_helpers import SCRIPTS, edit_target, make_project, ok, records, run_and_log, script
+from plugin_helpers import SCRIPTS, edit_target, hang_child, hang_children, make_project, ok, records, run_and_log, script
 
 
 def test_run_ok_prints_compact_metrics_and_status(project):
@@ -64,8 +64,8 @@ def test_run_timeout_kills_the_whole_process_group(project):
     assert proc.returncode == 1 and "status: timeout" in proc.stdout
     assert "process group killed" in proc.stdout
     assert time.monotonic() - start < 20
-    child = int((project / "hang_child.pid").read_text())
-    assert gone(child), "the target's child process survived the timeout"
+    assert (project / "data" / "hang_child.pid").exists()
+    assert hang_children(project) == [], "the target's child process survived the timeout"
 
 
 COMPILE_PROBE = """
@@ -76,10 +76,11 @@ print("compile cache:", os.environ.get("TORCHINDUCTOR_CACHE_DIR"), flush=True)
 """
 
 
-def test_runs_compile_into_the_session_cache_unless_the_user_chose_one(project, tmp_path):
+def test_runs_compile_into_the_session_cache(project, tmp_path):
     """torch.compile's cache is the session's (.autoresearch/compile-cache/<tag>/), so it
-    lasts between runs wherever /tmp does not; a TORCHINDUCTOR_CACHE_DIR the user set
-    wins; the next session starts without the old cache."""
+    lasts between runs wherever /tmp does not; in the sandbox it is the one folder of
+    .autoresearch the run may write, and a TORCHINDUCTOR_CACHE_DIR in the caller's
+    environment does not move it; the next session starts without the old cache."""
     pytest.importorskip("torch")
     with open(project / "train.py", "a") as f:
         f.write(COMPILE_PROBE)
@@ -89,7 +90,8 @@ def test_runs_compile_into_the_session_cache_unless_the_user_chose_one(project, 
     assert list(cache.glob("fxgraph/**/*")), "the run's compiled graph is in the session's cache"
     mine = tmp_path / "my-cache"
     ok(script(project, "run-experiment", env={"TORCHINDUCTOR_CACHE_DIR": str(mine)}))
-    assert f"compile cache: {mine}" in (project / "run.log").read_text()
+    assert f"compile cache: {cache}" in (project / "run.log").read_text()
+    assert not mine.exists()
     ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline"))
     proc = ok(script(project, "setup-session", "--tag", "t2", "--dataset", "classics", "--budget", "1"))
     assert "deleted the earlier sessions' compile cache" in proc.stdout
@@ -116,13 +118,17 @@ def test_run_refuses_when_a_fixed_file_changed(project):
     assert script(project, "run-experiment").returncode == 0
 
 
-def test_a_run_that_tampers_with_data_is_not_recorded(project):
+def test_a_run_cannot_tamper_with_data(project):
+    """The project is read-only in the run's sandbox: the write fails, and a run
+    that failed is never recorded as a result."""
+    before = (project / "datasets/classics/book.txt").read_text()
     (project / "train.py").write_text((project / "train.py").read_text().replace(
         'if MODE == "crash":',
         'open("datasets/classics/book.txt", "a").write("more")\nif MODE == "crash":'))
     proc = script(project, "run-experiment")
-    assert proc.returncode == 3 and "status: tampered" in proc.stdout
-    assert "datasets/classics/book.txt" in proc.stdout
+    assert proc.returncode == 1 and "status: crash" in proc.stdout
+    assert "Read-only file system" in proc.stdout
+    assert (project / "datasets/classics/book.txt").read_text() == before
     proc = script(project, "log-experiment", "--status", "keep", "--description", "x")
     assert proc.returncode == 2 and "nothing was recorded" in proc.stderr
     assert len(records(project)) == 1
@@ -133,12 +139,7 @@ def start_hanging_run(project):
     edit_target(project, MODE="hang")
     runner = subprocess.Popen([sys.executable, str(SCRIPTS / "run-experiment")], cwd=project,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid_file = project / "hang_child.pid"
-    deadline = time.monotonic() + 20
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline, "the stand-in never started"
-        time.sleep(0.1)
-    return runner, int(pid_file.read_text())
+    return runner, hang_child(project)
 
 
 def test_stopping_run_experiment_takes_the_run_down_with_it(project):
@@ -168,22 +169,24 @@ subprocess.Popen._try_wait = signalled_inside
 config = records.read_config({str(project)!r})
 runner.run_target({str(project)!r}, config, 60, 1)
 """
-    proc = subprocess.run([sys.executable, "-c", driver], cwd=project, capture_output=True,
-                          text=True, timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert gone(int((project / "hang_child.pid").read_text()))
+    proc = subprocess.Popen([sys.executable, "-c", driver], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    child = hang_child(project)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert gone(child)
 
 
-def test_a_run_orphaned_by_a_killed_runner_is_stopped_next_time(project):
-    """SIGKILL cannot be caught: the next run-experiment cleans up instead."""
+def test_a_run_dies_with_a_killed_runner(project):
+    """SIGKILL cannot be caught, but the sandbox dies with the runner that started it
+    (bubblewrap's --die-with-parent), and every process of the run with it."""
     runner, child = start_hanging_run(project)
     runner.kill()
     runner.communicate(timeout=20)
-    os.kill(child, 0)                                  # the orphan is still training
+    assert gone(child, wait=2), "the run outlived its killed runner"
     edit_target(project, MODE="ok")
     proc = ok(script(project, "run-experiment"))
-    assert "stopped a leftover run" in proc.stdout
-    assert gone(child)
+    assert "stopped a leftover run" not in proc.stdout       # there was none left
 
 
 def test_a_run_that_fails_its_checks_is_never_kept(tmp_path):

@@ -24,6 +24,7 @@ LAYERS = (
     "candidates",   # a wave's candidates: state files and worktrees
     "session",      # lifecycle, loop ownership and end, messages and reports
     "report",       # the session as a page: the dashboard's and the HTML report's data and chart
+    "sandbox",      # the run's sandbox: bubblewrap, sandbox-exec or none; what it hides and allows
     "runner",       # run a target: process group, timeout, status, checks
     "skypilot",     # waves on SkyPilot
     "waves",        # waves: workers, results, recovery

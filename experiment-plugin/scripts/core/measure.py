@@ -193,6 +193,11 @@ class ServedRun:
             last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
             self.why = f"the evaluation did not complete ({last[:200]})"
 
+    def close(self):
+        """A run that never started: both ends of the channel, closed."""
+        self.child.close()
+        self.parent.close()
+
     def finish(self) -> "ServedRun":
         """After the run has ended: the last of the channel, then close it."""
         if self.thread is not None:

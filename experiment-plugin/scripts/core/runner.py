@@ -1,12 +1,16 @@
-"""Running the target once: its own process group, the session's environment, the
-timeout that kills the whole group, the load reading around it, the status
-(ok, crash, nan, timeout, checks_failed, tampered), and a leftover run stopped.
+"""Running the target once: in the session's sandbox (see sandbox.py), in its own
+process group, with the session's environment, the timeout that kills the whole
+group, the load reading around it, the status (ok, crash, nan, timeout,
+checks_failed, tampered), and a leftover run stopped.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,7 +20,8 @@ from .common import COMPILE_CACHE, finite, PLUGIN_ROOT, read_json, RUN_LOG, STAT
 from .harness import changed_fixed_files, plugin_digest, TAMPER_REPAIR
 from .parsing import parse_metrics
 from .monitor import LoadMonitor
-from .measure import allowances, cache_changed, check as check_result, pin_from, ServedRun, STRIPPED_ENV
+from .measure import allowances, cache_changed, cache_state, check as check_result, pin_from, ServedRun
+from . import sandbox
 
 LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch.py")
 PR_SET_CHILD_SUBREAPER = 36
@@ -78,46 +83,195 @@ def sweep(spared: set[int] = frozenset()) -> int:
     return killed
 
 
-def compile_cache_env(root: str, config: dict) -> dict:
-    """The environment that gives a run the session's own torch.compile cache.
+def compile_cache_env(root: str, config: dict, sandboxed: bool = True) -> dict:
+    """The environment that gives a run the session's own compile caches.
 
-    torch keeps compiled graphs and kernels in TORCHINDUCTOR_CACHE_DIR (and Triton's
-    under it, in triton/, unless TRITON_CACHE_DIR is set); by default that is
-    /tmp/torchinductor_<user>, which a container, a batch job's private /tmp or a tmp
-    cleaner does not keep between runs, so each run would compile from scratch. In
-    the session's folder every run finds what earlier runs compiled: a repeat of the
-    same code, or a change the compiled model does not see (the optimizer, the
-    schedule), compiles nothing; another change recompiles only what changed. A
-    folder the user chose is kept."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    torch keeps compiled graphs and kernels in TORCHINDUCTOR_CACHE_DIR; by default
+    that is /tmp/torchinductor_<user>, which a container, a batch job's private /tmp
+    or a tmp cleaner does not keep between runs, so each run would compile from
+    scratch. In the session's folder every run finds what earlier runs compiled: a
+    repeat of the same code, or a change the compiled model does not see (the
+    optimizer, the schedule), compiles nothing; another change recompiles only what
+    changed. Triton's own cache and CUDA's JIT cache go beside it: in a sandbox HOME
+    is read-only, and this folder is the one the run may write. A folder the user
+    chose is kept only where no sandbox runs: in one, the caller's environment never
+    picks a folder the run may write."""
+    if not sandboxed and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return {}
-    return {"TORCHINDUCTOR_CACHE_DIR": os.path.join(root, COMPILE_CACHE, config["tag"])}
+    folder = os.path.join(root, COMPILE_CACHE, config["tag"])
+    env = {"TORCHINDUCTOR_CACHE_DIR": folder}
+    if sandboxed:
+        env.update(TRITON_CACHE_DIR=os.path.join(folder, "triton"), CUDA_CACHE_PATH=os.path.join(folder, "cuda"))
+    return env
+
+
+# A leftover run is found by proof, never by a number read from a file alone: the
+# running file records the process's id, its start time (which a reused id does not
+# share) and a hash of a random token that only the runner's child holds in its
+# environment. A running file that names any other process, however it was written,
+# names one whose start time or environment does not match, and nothing is killed.
+TOKEN_ENV = "AUTORESEARCH_RUN_TOKEN"
+
+
+def start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot; `ps` elsewhere), None when it is gone."""
+    try:
+        if os.path.isdir("/proc"):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            return stat[stat.rfind(b")") + 2:].split()[19].decode()
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        return out or None
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def holds_token(pid: int, digest: str) -> bool:
+    """Whether the environment `pid` started with holds a run token of that hash."""
+    try:
+        if os.path.isdir("/proc"):
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                entries = f.read().split(b"\0")
+        else:
+            out = subprocess.run(["ps", "eww", "-o", "command=", "-p", str(pid)], capture_output=True,
+                                 timeout=10).stdout
+            entries = out.split()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    prefix = f"{TOKEN_ENV}=".encode()
+    return any(hashlib.sha256(e[len(prefix):]).hexdigest() == digest for e in entries if e.startswith(prefix))
 
 
 def stop_leftover_run(root: str, path: str | None = None) -> str | None:
     """Kill a training run left behind by a run-experiment that was itself killed
-    outright (SIGKILL cannot be caught, and the run lives in its own process group).
-    run-experiment records the group in .autoresearch/running.json while it runs (a
-    wave's worker, in the candidate's own `path`)."""
+    outright (SIGKILL cannot be caught). In bubblewrap there is none to find: the
+    sandbox dies with its runner. Unsandboxed, the run lives in its own process
+    group; run-experiment records it in .autoresearch/running.json while it runs (a
+    wave's worker, in the candidate's own `path`), and the group is killed only when
+    the process it names is that run (see start_time, holds_token)."""
     path = path or os.path.join(root, STATE_DIR, "running.json")
     info = read_json(path, default=None)
     if not info:
         return None
     os.unlink(path)
     try:
-        pgid = int(info["pgid"])
-        # Make sure the number still names that run, not a process that reused the id:
-        # it must lead its own group and (where /proc exists) be running the target.
-        if os.getpgid(pgid) != pgid:
+        pid = int(info["pid"])
+        if start_time(pid) != info["start"] or not holds_token(pid, info["token"]):
             return None
-        if os.path.isdir("/proc"):
-            with open(f"/proc/{pgid}/cmdline", "rb") as f:
-                if os.path.basename(info.get("target", "")).encode() not in f.read():
-                    return None
-        os.killpg(pgid, signal.SIGKILL)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
     except (OSError, KeyError, ValueError, TypeError):
         return None
-    return f"stopped a leftover run (process group {info['pgid']}) from an interrupted run-experiment"
+    return f"stopped a leftover run (process group {pid}) from an interrupted run-experiment"
+
+
+# Makes the training view with the session's interpreter, outside the sandbox, so
+# nothing of the project's but the two fixed modules may run: -I keeps the project's
+# folder off the import path (a numpy.py planted there is never imported) and ignores
+# PYTHON* variables; the modules are compiled from the bytes whose hash setup pinned
+# (a planted .pyc is never read); the cache is the session's, whatever the caller set.
+VIEW_BUILDER = """
+import hashlib, importlib.util, json, sys
+root, cache_base, dataset, dest, pins = sys.argv[1:6]
+pins = json.loads(pins)
+for name in ("data_sources", "dataset_cache"):
+    path = root + "/" + name + ".py"
+    with open(path, "rb") as f:
+        source = f.read()
+    if hashlib.sha256(source).hexdigest() != pins.get(name + ".py"):
+        sys.exit(name + ".py is not the one the session was set up with")
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None, origin=path))
+    module.__file__ = path
+    sys.modules[name] = module
+    exec(compile(source, path, "exec", dont_inherit=True), module.__dict__)
+sys.modules["dataset_cache"].CACHE_BASE = cache_base
+sys.modules["dataset_cache"].train_view(sys.modules["data_sources"].get_source(dataset), dest, link=False)
+"""
+
+
+def train_view(root: str, config: dict) -> tuple[str, list[str]]:
+    """The folder that stands for the dataset cache in the sandbox: the training split
+    only (dataset_cache.train_view), and the names of the cache's files to bind into
+    it (whole training files, the tokenizer: bound, not linked, so the cache itself
+    is never touched). Made once per session (see VIEW_BUILDER), kept while the cache
+    is unchanged (a cache that changed makes the run tampered anyway), under a lock:
+    a wave's workers share it."""
+    cache = config["eval"]["cache_dir"]
+    folder = os.path.join(root, sandbox.VIEW_DIR)
+    os.makedirs(folder, exist_ok=True)
+    view = sandbox.real_dir(os.path.join(folder, os.path.basename(cache)), folder)
+    stamp = os.path.join(folder, os.path.basename(cache) + ".state")
+    state = cache_state(cache)
+    with open(os.path.join(folder, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if read_json(stamp, default=None) != {"cache": cache, "state": state} \
+                or not os.path.exists(os.path.join(view, "manifest.json")):
+            env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+            proc = subprocess.run([config["python"], "-I", "-B", "-c", VIEW_BUILDER, root, os.path.dirname(cache),
+                                   config["dataset"], view, json.dumps(config["fixed_files"])],
+                                  cwd=folder, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise UserError(f"the training view of the dataset could not be made ({last}): check "
+                                f"the data with python prepare.py --dataset {config['dataset']} --verify")
+            write_atomic(stamp, json.dumps({"cache": cache, "state": state}) + "\n")
+    made = read_json(os.path.join(view, "manifest.json"), default={}) or {}
+    splits, bound = made.get("splits"), (made.get("view_of") or {}).get("bind") or []
+    if not isinstance(splits, dict) or list(splits) != ["train"] \
+            or not all(isinstance(f, str) and f in made.get("files", {}) and "/" not in f for f in bound):
+        raise UserError(f"{view} is not a view of the training split alone: delete it, and run again")
+    return view, bound
+
+
+def sandboxed_command(root: str, config: dict, setting: dict, command: list[str], tree: str,
+                      env: dict, caches: dict, token: str) -> tuple[list[str], dict]:
+    """`command` wrapped in the session's sandbox, and the environment to start it
+    with (the run token in it: see stop_leftover_run)."""
+    kind = setting["kind"]
+    if kind == sandbox.NONE:
+        return command, {**env, TOKEN_ENV: token}
+    writable = sandbox.writable_dirs(root, config, tree, caches["TORCHINDUCTOR_CACHE_DIR"])
+    cache = (config.get("eval") or {}).get("cache_dir")
+    hidden_val = config.get("measure") == "harness" and cache and setting.get("validation") == "hidden"
+    if kind == sandbox.SANDBOX_EXEC:
+        unreadable = []
+        if hidden_val:
+            manifest = read_json(os.path.join(cache, "manifest.json"), default={}) or {}
+            train = {f for f, _, _ in manifest.get("splits", {}).get("train", [])}
+            unreadable = [os.path.join(cache, f) for split, slices in manifest.get("splits", {}).items()
+                          if split != "train" for f, _, _ in slices if f not in train]
+        return sandbox.sandbox_exec_command(command, writable=writable, unreadable=unreadable,
+                                            network=setting.get("network", False)), {**env, TOKEN_ENV: token}
+    binds, hidden = [], []
+    if hidden_val:
+        view, bound = train_view(root, config)
+        binds += [(view, cache)] + [(os.path.join(cache, f), os.path.join(cache, f)) for f in bound]
+        # Other copies of the validation text within reach: a second cache of the same
+        # dataset in the default place, the files an embedded dataset ships in the
+        # tree, and git's history of them (a run has no use for git).
+        default = os.path.join(os.path.expanduser("~/.cache/autoresearch"), os.path.basename(cache))
+        if os.path.isdir(default) and os.path.realpath(default) != os.path.realpath(cache):
+            hidden.append(default)
+        manifest = read_json(os.path.join(cache, "manifest.json"), default={}) or {}
+        held_out = {f for split, slices in manifest.get("splits", {}).items() if split != "train"
+                    for f, _, _ in slices}
+        for base in dict.fromkeys([tree, root]):
+            hidden.append(os.path.join(base, ".git"))
+            shipped = os.path.join(base, "datasets", config["dataset"])
+            hidden += [os.path.join(shipped, f) for f in sorted(held_out)]
+        hidden = [h for h in hidden if os.path.lexists(h)]
+    python = config["python"]
+    needed = [root, tree, PLUGIN_ROOT, os.path.dirname(os.path.dirname(python)),
+              os.path.dirname(os.path.dirname(os.path.realpath(python))), *([os.path.dirname(cache)] if cache else [])]
+    wrapped = sandbox.bwrap_command(command, cwd=tree, needed=needed, writable=writable,
+                                    protected=sandbox.protected(root, config, tree), binds=binds,
+                                    hidden=hidden, network=setting.get("network", False), env=env)
+    # bubblewrap itself needs no environment (the run's is on its command line): the
+    # token stays with bubblewrap, outside the sandbox.
+    return wrapped, {TOKEN_ENV: token}
 
 
 NAN = re.compile(r"\bnan\b|explod", re.IGNORECASE)   # the harness: "loss is NaN", "loss exploded"
@@ -174,10 +328,16 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         raise UserError(f"interpreter {python} from the session config is gone: recreate "
                             "it, or set up a new session with --python")
     worker = worker or {}
-    caller = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
-    env = {**caller, **compile_cache_env(root, config), "AUTORESEARCH_DATASET": config["dataset"],
-           "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
-           "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
+    tree = cwd or root
+    setting = sandbox.setting(config)
+    sandbox.check(setting)
+    caches = compile_cache_env(root, config, sandboxed=setting["kind"] != sandbox.NONE)
+    base = {**caches, "AUTORESEARCH_DATASET": config["dataset"],
+            "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
+            "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
+    if (config.get("eval") or {}).get("cache_dir"):
+        # The data the session was pinned on, whatever AUTORESEARCH_CACHE the caller has.
+        base["AUTORESEARCH_CACHE"] = os.path.dirname(config["eval"]["cache_dir"])
     cpus = worker.get("cpus")
     start = time.monotonic()
     running = running or os.path.join(root, STATE_DIR, "running.json")
@@ -193,22 +353,33 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         if armed[0]:
             raise Stopped(signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     # A project of the person's own runs as they run it (setup --run: `uv run train.py`,
     # a script of theirs), through the shell, in the same process group as always.
     command = ["/bin/sh", "-c", config["run"]] if config.get("run") else [python, config["target"]]
     fds, served = (), None
     if config.get("measure") == "harness":
-        command = [python, "-B", LAUNCH, cwd or root, config["target"], json.dumps(config["fixed_files"])]
+        # -E -s: no PYTHON* variable and no user site-packages (a usercustomize) take
+        # part; -u for the unbuffered output that -E no longer takes from the variable.
+        command = [python, "-E", "-s", "-u", "-B", LAUNCH, tree, config["target"],
+                   json.dumps(config["fixed_files"])]
         served = ServedRun(root, config, LAUNCH, eval_limit=allowances(config, read_pins(root, config))[1])
         fds = (served.child.fileno(),)
-        env.update(served.child_env())
+        base.update(served.child_env())
+    token = secrets.token_hex(16)
+    try:
+        command, env = sandboxed_command(root, config, setting, command, tree,
+                                         sandbox.run_env(config, base, os.environ), caches, token)
+    except BaseException:
+        if served is not None:
+            served.close()
+        raise
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     become_subreaper()
     spared = set(children(os.getpid()))
     os.makedirs(os.path.dirname(running), exist_ok=True)
     with open(log_path or os.path.join(root, RUN_LOG), "wb") as out:
         try:
-            proc = subprocess.Popen(command, cwd=cwd or root, env=env, stdout=out,
+            proc = subprocess.Popen(command, cwd=tree, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True, pass_fds=fds,
                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -216,7 +387,9 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
             if served is not None:
                 served.start(start)
         monitor = LoadMonitor(proc.pid, cpus=cpus, siblings=siblings).start()
-        write_atomic(running, json.dumps({"pgid": proc.pid, "target": config["target"]}) + "\n")
+        write_atomic(running, json.dumps({
+            "pid": proc.pid, "pgid": proc.pid, "start": start_time(proc.pid), "sandbox": setting["kind"],
+            "token": hashlib.sha256(token.encode()).hexdigest(), "target": config["target"]}) + "\n")
 
         def kill_group():
             # TERM the whole group, give it 5 s, then KILL whatever is left (dataloader
