@@ -137,6 +137,7 @@ def test_the_metric_is_read_from_what_an_unchanged_script_prints(tmp_path, shape
     first = ok(script(p, "run-experiment"))
     value = float(re.search(rf"^METRIC {metric}=(\S+)$", first.stdout, re.M).group(1))
     assert value == pytest.approx(last, abs=0.05)        # the last match, not the first
+    assert f'"{metric}": {value}' in ok(script(p, "parse-metrics")).stdout     # the same reading
     logged = ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline")).stdout
     assert f"logged run 1: keep {metric}={value:.6f}" in logged
 
