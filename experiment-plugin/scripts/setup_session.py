@@ -253,7 +253,8 @@ def plan(root, target, a):
     p["run"] = a.run or project.default_run(root, target, python)
     if not a.run and project.package_module(root, target) is False:
         raise common.UserError(project.PACKAGE_ADVICE.format(target=target))
-    program = (shlex.split(p["run"]) or [""])[0]
+    # The program: the first word after any `NAME=value` the command sets for it.
+    program = next((w for w in shlex.split(p["run"]) if not re.match(r"^\w+=", w)), "")
     if not (shutil.which(program) or os.path.exists(os.path.join(root, program))):
         raise common.UserError(f"{program or 'the run command'} not found (from --run {p['run']!r}): "
                                + ("install uv, or pass --run 'python " + target + "'"

@@ -182,3 +182,12 @@ def test_where_budget_and_seed_cannot_reach_setup_says_what_to_add(tmp_path):
     assert "budget = float(os.environ.get('AUTORESEARCH_TIME_BUDGET', 300))" in out
     assert "if time.time() - t0 > budget: break" in out
     assert "seed = int(os.environ.get('AUTORESEARCH_SEED', 0))`, then `torch.manual_seed(seed)`" in out
+
+
+def test_a_run_command_that_sets_a_variable_first_is_accepted(tmp_path):
+    """The advice above: an iteration count from the environment, set in --run."""
+    p = own_repo(tmp_path / "own", {"train.py": "import os\nn = os.environ['MAX_ITERS']\n" + SCRIPT})
+    out = ok(script(p, "setup-session", "--tag", "t", "--metric", "val_nll", "--baseline-runs", "1",
+                    "--run", f"MAX_ITERS=2 {sys.executable} train.py")).stdout
+    assert "run        MAX_ITERS=2 " in out
+    assert "status: ok" in ok(script(p, "run-experiment")).stdout
