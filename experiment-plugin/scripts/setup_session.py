@@ -253,8 +253,7 @@ def plan(root, target, a):
     p["run"] = a.run or project.default_run(root, target, python)
     if not a.run and project.package_module(root, target) is False:
         raise common.UserError(project.PACKAGE_ADVICE.format(target=target))
-    # The program: the first word after any `NAME=value` the command sets for it.
-    program = next((w for w in shlex.split(p["run"]) if not re.match(r"^\w+=", w)), "")
+    program = run_program(p["run"])
     if not (shutil.which(program) or os.path.exists(os.path.join(root, program))):
         raise common.UserError(f"{program or 'the run command'} not found (from --run {p['run']!r}): "
                                + ("install uv, or pass --run 'python " + target + "'"
@@ -325,6 +324,29 @@ def metric_source(root, files, target, a, framework):
     return pattern, (f"metric: {target} prints {shape}: read with --metric-pattern "
                      f"{shlex.quote(pattern)} (its last match in a run's output; pass "
                      "--metric-pattern to read it otherwise)")
+
+
+def run_program(run):
+    """The program a run command starts: its first word after any `NAME=value`."""
+    return next((w for w in shlex.split(run) if not re.match(r"^\w+=", w)), "")
+
+
+def platform(root, plan, framework):
+    """devices.platform_info, with the framework's version read from the interpreter that
+    runs: the one the run command names (`python3 train.py`, `.venv/bin/python -m ...`)
+    before the project's; where none has it yet (uv installs on the first run), the
+    version uv.lock pins."""
+    python = plan["python"]
+    program = run_program(plan.get("run") or "")
+    if re.match(r"python[0-9.]*$", os.path.basename(program)):
+        python = shutil.which(program) or os.path.join(root, program)
+    info = devices.platform_info(python, framework)
+    if framework and info.get("framework", "(version unknown)").endswith("(version unknown)"):
+        m = re.search(rf'^name = "{re.escape(framework)}"\nversion = "([^"]+)"',
+                      project.text(root, "uv.lock"), re.MULTILINE)
+        if m:
+            info["framework"] = f"{framework} {m.group(1)} (pinned in uv.lock)"
+    return info
 
 
 INIT_IGNORE = "# run outputs and environments\ndata/\n.venv/\n__pycache__/\n"
@@ -485,7 +507,7 @@ def main(argv=None):
         "fixed_files": harness.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "plugin_digest": harness.plugin_digest(common.PLUGIN_ROOT),
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
-        "platform": project.platform(root, p, project.framework(root, target, p["project"])),
+        "platform": platform(root, p, project.framework(root, target, p["project"])),
         "checks": a.checks, "progress_every": a.progress_every, "created": common.now_iso(),
         "workers": a.workers, "backend": a.backend,
         # seed 001's names for the session's identity and metric, beside ours

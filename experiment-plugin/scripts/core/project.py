@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 
 from .common import PLOT, PLOT_TRACKED
 from .git import git
@@ -159,25 +158,6 @@ def framework(root: str, target: str, project_kind: str) -> str | None:
     if project_kind == HARNESS:
         return "mlx" if "mlx" in os.path.basename(target) else "torch"
     return None
-
-
-def platform(root: str, plan: dict, framework: str | None) -> dict:
-    """devices.platform_info, the framework's version read from the interpreter that
-    runs: the one the run command names (`python3 train.py`, `.venv/bin/python -m ...`)
-    before the project's; where none has it yet (uv installs on the first run), the
-    version uv.lock pins."""
-    from .devices import platform_info
-    python = plan["python"]
-    words = shlex.split(plan.get("run") or "") or [""]
-    if re.match(r"python[0-9.]*$", os.path.basename(words[0])):
-        python = shutil.which(words[0]) or os.path.join(root, words[0])
-    info = platform_info(python, framework)
-    if framework and info.get("framework", "(version unknown)").endswith("(version unknown)"):
-        m = re.search(rf'^name = "{re.escape(framework)}"\nversion = "([^"]+)"',
-                      text(root, "uv.lock"), re.MULTILINE)
-        if m:
-            info["framework"] = f"{framework} {m.group(1)} (pinned in uv.lock)"
-    return info
 
 
 # What setup says to add where the budget or the seed cannot reach a script.

@@ -335,9 +335,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     base = {**caches, "AUTORESEARCH_DATASET": config["dataset"],
             "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
             "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
-    if config.get("budget_via") == "script":
-        # The script keeps its own budget (setup --budget-via script): a time cap from
-        # here would cut its plan short, so the variable is not passed.
+    if config.get("budget_via") == "script":    # its own budget: a cap from here would cut it short
         del base["AUTORESEARCH_TIME_BUDGET"]
     if (config.get("eval") or {}).get("cache_dir"):
         # The data the session was pinned on, whatever AUTORESEARCH_CACHE the caller has.
@@ -450,8 +448,7 @@ def classify(code, text, metrics, name, pattern=None):
     if code != 0:
         return ("nan" if NAN.search(text) else "crash"), f"exit {code}"
     if not finite(value) and pattern:
-        return "crash", (f"no {name} in the output: the session's --metric-pattern {pattern!r} "
-                         "matched nothing (or no number)")
+        return "crash", f"no {name} in the output: the session's --metric-pattern {pattern!r} matched nothing"
     if not finite(value):
         found = [k for k, v in metrics.items() if finite(v)]
         return "crash", (f"no {name} in the output" + (
@@ -476,9 +473,8 @@ def verdict(config, code, text, results, root=None):
     The session's first measured ok run (the baseline) pins the startup allowance
     and the evaluation's time limit for every later one."""
     if config.get("measure") != "harness":
-        pattern = config.get("metric_pattern")
-        metrics = parse_metrics(text, pattern, config["metric"])
-        return (*classify(code, text, metrics, config["metric"], pattern), metrics)
+        metrics = parse_metrics(text, config.get("metric_pattern"), config["metric"])
+        return (*classify(code, text, metrics, config["metric"], config.get("metric_pattern")), metrics)
     pins = read_pins(root, config) if root else None
     served = results[0] if results else None
     why, measured = check_result(config, served, pins)
