@@ -321,9 +321,9 @@ def metric_source(root, files, target, a, framework):
     if not proposed:
         return None, None
     shape, pattern = proposed
-    return pattern, (f"metric: {target} prints {shape}: read with --metric-pattern "
-                     f"{shlex.quote(pattern)} (its last match in a run's output; pass "
-                     "--metric-pattern to read it otherwise)")
+    return pattern, (f"metric: {target} prints {shape}: read by the pattern in the research "
+                     "config, its last match in a run's output (--metric-pattern REGEX reads it "
+                     "otherwise)")
 
 
 def run_program(run):

@@ -129,7 +129,7 @@ def test_the_metric_is_read_from_what_an_unchanged_script_prints(tmp_path, shape
     p = own_repo(tmp_path / shape, code)
     out = ok(script(p, "setup-session", "--tag", "t", "--metric", metric, "--baseline-runs", "1",
                     "--budget", "30")).stdout
-    assert f"metric: train.py prints {said}: read with --metric-pattern" in out
+    assert f"metric: train.py prints {said}: read by the pattern in the research config" in out
     config = records(p)[0]
     assert config["direction"] == direction and config["metric_pattern"]
     assert f"{metric}, {direction} is better, read by the pattern" in out
