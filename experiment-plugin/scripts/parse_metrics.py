@@ -7,6 +7,8 @@ lines) or a last_run.json (its `result` section). With output piped in
 printed no summary is reported as such, never answered with an older file. Without
 an argument or a pipe it reads run.log in the project root, or data/last_run.json
 when there is no run.log.
+Inside a session set up with --metric-pattern, its metric is read by that pattern
+(the last match), as run-experiment reads it.
 Values like `1,660,000` become numbers; `n/a` stays a string; NaN becomes "nan".
 Exit status 1 when nothing was found.
 """
@@ -24,15 +26,25 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", nargs="?", help="run log or last_run.json (default: run.log)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    path = a.path
+    path, pattern = a.path, session_pattern()
     if path is None and piped_stdin():
-        return report(parsing.parse_metrics(sys.stdin.read()), "standard input")
+        return report(parsing.parse_metrics(sys.stdin.read(), *pattern), "standard input")
     if path is None:
         root = common.find_root()
         path = os.path.join(root, common.RUN_LOG)
         if not os.path.exists(path):
             path = os.path.join(root, "data", "last_run.json")
-    return report(parsing.parse_metrics_file(path), path)
+    return report(parsing.parse_metrics_file(path, *pattern), path)
+
+
+def session_pattern():
+    """(pattern, metric) of the session here, if it reads its metric by a pattern."""
+    try:
+        with open(os.path.join(common.find_root(), common.LOG), encoding="utf-8") as f:
+            config = json.loads(f.readline())
+        return config.get("metric_pattern"), config.get("metric")
+    except (common.UserError, OSError, ValueError, AttributeError):
+        return None, None
 
 
 def piped_stdin():

@@ -6,8 +6,11 @@ Works in three kinds of project (the research config names which):
   a karpathy/autoresearch clone (or a port): `uv run train.py`, prepare.py read-only,
   val_bpb lower, its ~/.cache/autoresearch/ as the data check, its TIME_BUDGET;
   your own repository      --run "CMD" (default `uv run <target>` in a uv project,
-  else the project's python on the target), --metric NAME --direction lower|higher
-  (the name it prints as `name: value` after `---`, or `METRIC name=value`),
+  else the project's python on the target; `python -m pkg.module` for a script
+  inside a package), --metric NAME --direction lower|higher (the name it prints as
+  `name: value` after `---`, or `METRIC name=value`, or in a shape setup knows:
+  `val loss X`, `val_loss=X`, `'val_loss': X`, Hugging Face's Trainer, Keras,
+  Lightning; then setup reads it with a --metric-pattern it proposes),
   --data-check "CMD" (or none).
 The budget reaches a run as AUTORESEARCH_TIME_BUDGET where the script reads it;
 otherwise the script enforces its own and --budget sets only the timeout. Likewise
@@ -17,7 +20,8 @@ not estimated from repeats.
 Checks everything first and changes nothing until all checks pass:
   the tag makes a valid branch name, autoresearch/<tag> does not exist yet (if it
   does, continue it with resume-session), the work tree has no uncommitted changes
-  to tracked files, the target exists, the metric appears in it, the run command's
+  to tracked files, the target exists, it prints the metric under its own name
+  (not inside a longer one: val_loss is not best_val_loss), the run command's
   program exists, the data check passes (the harness's is `prepare.py --dataset D`
   with --verify; on failure its own last line is shown), and the config validates.
 Then it creates the branch (a failure from here on removes it again), writes the config as the first record of
@@ -39,7 +43,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, templates, harness, agent_sandbox, project, devices, measure, records, policy, session, sandbox, skypilot  # noqa: E402
+from core import common, git, templates, harness, agent_sandbox, parsing, project, devices, measure, records, policy, session, sandbox, skypilot  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -94,8 +98,14 @@ def parse_args(argv):
                                                   "script's own TIME_BUDGET)")
     p.add_argument("--timeout", type=float,
                    help="kill a run after this many seconds (default 2 x budget + 120)")
-    p.add_argument("--metric", default="val_bpb", help="metric to optimise, as the run prints it "
-                                                      "(default val_bpb)")
+    p.add_argument("--metric", help="metric to optimise, as the run prints it (default val_bpb, "
+                                    "or the name of --metric-pattern's group)")
+    p.add_argument("--metric-pattern", metavar="REGEX",
+                   help="read the metric from the run's output with this regular expression: "
+                        "its last match is the result, from the group named after the metric "
+                        "(or `value`), else the first group, e.g. 'val loss ([0-9.]+)' "
+                        "(default: the summary block, or a pattern setup proposes from the "
+                        "target's print statements)")
     p.add_argument("--direction", choices=["lower", "higher"],
                    help="which way is better (default lower; higher for names like acc, f1, "
                         "score, reward)")
@@ -177,6 +187,10 @@ def check_args(a):
     policy.policy_name({"policy": a.policy})      # an unknown policy: one line, what to use
     if a.baseline_runs is not None and a.baseline_runs < 1:
         raise common.UserError("--baseline-runs must be 1 or more (3 measures the noise; 1 skips it)")
+    if a.metric_pattern:
+        named = [g for g in parsing.check_pattern(a.metric_pattern).groupindex if g != "value"]
+        a.metric = a.metric or (named[0] if named else None)
+    a.metric = a.metric or "val_bpb"
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_.-]*$", a.metric):
         raise common.UserError(f"invalid metric name {a.metric!r}: use a name like val_bpb")
     if a.progress_every < 0:
@@ -214,6 +228,7 @@ def plan(root, target, a):
     Nothing here changes anything."""
     kind = project.kind(root, target)
     python = a.python or common.project_python(root)
+    framework = project.framework(root, target, kind)
     files = [target, *a.scope]
     notes, off = [], []
     p = {"project": kind, "python": python, "run": None, "budget_via": "env", "seeds": True,
@@ -227,13 +242,18 @@ def plan(root, target, a):
         if a.data_check:
             raise common.UserError("--data-check is for a project of your own: here the harness "
                                    "checks its dataset (--dataset); drop --data-check")
+        if a.metric_pattern:
+            raise common.UserError("--metric-pattern is for a project of your own: here the "
+                                   "harness measures and prints the metric; drop --metric-pattern")
         return p, notes
     if a.dataset:
         notes.append(f"note: --dataset {a.dataset} is for this project's harness; this project "
                      "uses its own data")
     p["dataset"] = "climbmix (its prepare.py)" if kind == project.KARPATHY else "the project's own"
     p["run"] = a.run or project.default_run(root, target, python)
-    program = (shlex.split(p["run"]) or [""])[0]
+    if not a.run and project.package_module(root, target) is False:
+        raise common.UserError(project.PACKAGE_ADVICE.format(target=target))
+    program = run_program(p["run"])
     if not (shutil.which(program) or os.path.exists(os.path.join(root, program))):
         raise common.UserError(f"{program or 'the run command'} not found (from --run {p['run']!r}): "
                                + ("install uv, or pass --run 'python " + target + "'"
@@ -244,9 +264,8 @@ def plan(root, target, a):
     reads_budget = project.reads(root, files, project.BUDGET_ENV)
     own = project.budget_constant(root, files)
     if a.budget_via == "env" and not reads_budget:
-        raise common.UserError(f"{target} never reads {project.BUDGET_ENV}: make it read it "
-                               f"(float(os.environ.get('{project.BUDGET_ENV}', 300))), or pass "
-                               "--budget-via script")
+        raise common.UserError(f"{target} never reads {project.BUDGET_ENV}: make it stop its "
+                               f"loop on time ({project.BUDGET_SNIPPET}), or pass --budget-via script")
     p["budget_via"] = a.budget_via or ("env" if reads_budget else "script")
     if p["budget_via"] == "script":
         p["budget"] = own or a.budget or 300
@@ -254,19 +273,26 @@ def plan(root, target, a):
             notes.append(f"note: the script enforces its own budget (TIME_BUDGET = {own:g}); "
                          f"--budget {a.budget:g} cannot reach it: runs get {own:g} s, and the "
                          "timeout is set from that")
+        elif reads_budget:
+            # Asked for its own budget: runs do not get the variable, so the script's
+            # own default (its iteration count, say) decides, not a time cap from here.
+            notes.append(f"note: --budget-via script: runs do not get {project.BUDGET_ENV}, so "
+                         f"{target} trains by its own default, and {p['budget']:g} s only sets "
+                         "the timeout")
         elif not own:
             notes.append(f"note: {target} does not read {project.BUDGET_ENV}: it enforces its own "
-                         f"budget, and {p['budget']:g} s only sets the timeout")
+                         f"budget, and {p['budget']:g} s only sets the timeout. To let --budget "
+                         f"reach it, stop its loop on time: {project.BUDGET_SNIPPET}")
     else:
         p["budget"] = a.budget or 300
     p["seeds"] = project.reads(root, files, project.SEED_ENV)
     if not p["seeds"]:
         notes.append(f"note: {target} does not read {project.SEED_ENV}: seeds are not varied, so "
-                     "repeats cannot measure the noise; each change is judged on one run")
-    if not project.reads(root, files, a.metric):
-        raise common.UserError(f"{target} never prints {a.metric}: print `{a.metric}: <value>` "
-                               f"after a `---` line (or `METRIC {a.metric}=<value>`), or pass "
-                               "--metric with the name it prints")
+                     "repeats cannot measure the noise; each change is judged on one run. To vary "
+                     f"them, seed from it after any other seeding: {project.seed_snippet(framework)}")
+    p["metric_pattern"], note = metric_source(root, files, target, a, framework)
+    if note:
+        notes.append(note)
     off.append("the harness's result channel (the metric is read from the run's printed output, "
                "which the target writes)")
     if a.metric.endswith("bpb") and kind == project.OWN:
@@ -274,6 +300,53 @@ def plan(root, target, a):
     off.append("bench.py (this project's harness has it)")
     p["off"] = off
     return p, notes
+
+
+def metric_source(root, files, target, a, framework):
+    """(pattern, note) for reading the metric from the run's output: the person's
+    --metric-pattern, or one proposed from how the target prints the metric, or none
+    where it prints the summary block or METRIC lines. Refuses a metric it never
+    prints under its own name (val_loss inside best_val_loss is not val_loss)."""
+    if a.metric_pattern:
+        return a.metric_pattern, None
+    code = "\n".join(project.text(root, f) for f in files)
+    if not parsing.printed(code, a.metric, framework):
+        inside = sorted(set(re.findall(rf"\w*{re.escape(a.metric)}\w*", code)) - {a.metric})
+        where = f" (only inside {', '.join(inside[:3])})" if inside else ""
+        raise common.UserError(f"{target} never prints {a.metric}{where}: print `{a.metric}: "
+                               f"<value>` after a `---` line (or `METRIC {a.metric}=<value>`), "
+                               "pass --metric with the name it prints, or --metric-pattern with a "
+                               "group around the number, e.g. 'val loss ([0-9.]+)'")
+    proposed = parsing.propose_pattern(code, a.metric, framework)
+    if not proposed:
+        return None, None
+    shape, pattern = proposed
+    return pattern, (f"metric: {target} prints {shape}: read by the pattern in the research "
+                     "config, its last match in a run's output (--metric-pattern REGEX reads it "
+                     "otherwise)")
+
+
+def run_program(run):
+    """The program a run command starts: its first word after any `NAME=value`."""
+    return next((w for w in shlex.split(run) if not re.match(r"^\w+=", w)), "")
+
+
+def platform(root, plan, framework):
+    """devices.platform_info, with the framework's version read from the interpreter that
+    runs: the one the run command names (`python3 train.py`, `.venv/bin/python -m ...`)
+    before the project's; where none has it yet (uv installs on the first run), the
+    version uv.lock pins."""
+    python = plan["python"]
+    program = run_program(plan.get("run") or "")
+    if re.match(r"python[0-9.]*$", os.path.basename(program)):
+        python = shutil.which(program) or os.path.join(root, program)
+    info = devices.platform_info(python, framework)
+    if framework and info.get("framework", "(version unknown)").endswith("(version unknown)"):
+        m = re.search(rf'^name = "{re.escape(framework)}"\nversion = "([^"]+)"',
+                      project.text(root, "uv.lock"), re.MULTILINE)
+        if m:
+            info["framework"] = f"{framework} {m.group(1)} (pinned in uv.lock)"
+    return info
 
 
 INIT_IGNORE = "# run outputs and environments\ndata/\n.venv/\n__pycache__/\n"
@@ -402,8 +475,7 @@ def main(argv=None):
                             f"/experiment:resume (scripts/resume-session), or pick a new tag")
     target = a.target or default_target(root)
     if not os.path.isfile(os.path.join(root, target)):
-        raise common.UserError(f"target {target} not found in {root}: pass --target train.py or "
-                            "--target train_mlx.py")
+        raise common.UserError(f"target {target} not found in {root}: {project.target_advice(root)}")
     if git.git(root, "ls-files", "--", target) == "":
         raise common.UserError(f"target {target} is not tracked by git: commit it first")
     check_files(root, target, a)
@@ -435,13 +507,14 @@ def main(argv=None):
         "fixed_files": harness.hash_fixed_files(root, a.read_only), "scope": a.scope,
         "plugin_digest": harness.plugin_digest(common.PLUGIN_ROOT),
         "read_only": a.read_only, "target_value": a.target_value, "plateau": a.plateau,
-        "platform": devices.platform_info(python, project.framework(root, target, p["project"])),
+        "platform": platform(root, p, project.framework(root, target, p["project"])),
         "checks": a.checks, "progress_every": a.progress_every, "created": common.now_iso(),
         "workers": a.workers, "backend": a.backend,
         # seed 001's names for the session's identity and metric, beside ours
         "name": a.tag, "metricName": a.metric, "metricUnit": "bpb" if a.metric.endswith("bpb") else "",
         "bestDirection": p["direction"],
         "project": p["project"], "run": p["run"], "budget_via": p["budget_via"],
+        "metric_pattern": p.get("metric_pattern"),
         "seeds": p["seeds"], "data_check": p.get("data_check"), "plot": project.plot_name(root),
     }
     if p.get("off"):

@@ -236,6 +236,7 @@ def test_a_karpathy_clone_is_recognised_and_runs_as_it_is(tmp_path):
     assert ".cache/autoresearch/tokenizer/tokenizer.pkl" in out             # its data check
     assert "300 s per run (killed after 720 s), enforced by the script itself" in out
     assert "--budget 60 cannot reach it: runs get 300 s" in out
+    assert "  read-only  prepare.py\n" in out                               # its fixed file, named
     config = records(p)[0]
     assert config["project"] == "karpathy" and "prepare.py" in config["fixed_files"]
     assert config["measure"] == "output" and config["plot"] == "autoresearch-progress.png"

@@ -15,8 +15,8 @@ import math
 from .common import finite, UserError
 from .git import commit_of, last_kept_commit
 from .monitor import DISTURBED_BUSY
-from .stats import (baseline_run, best_run, code_samples, improvement, kept_state, noise,
-    run_samples, undone_runs)
+from .stats import (baseline_run, best_run, code_groups, code_samples, improvement, kept_state, noise,
+    run_samples, seeds_ignored, SEEDS_IGNORED, undone_runs)
 
 POLICIES = ("noise-aware", "strict", "quality-speed")
 # Configs written before the quality+speed rule was named keep working.
@@ -315,6 +315,8 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
                              "run-experiment again unchanged, on a new seed")
         sigma, dof = noise(runs, candidate)
         extra = f"; noise sigma {sigma:.6f} ({dof} dof)" if sigma is not None else ""
+        if seeds_ignored(code_groups(runs, candidate)):
+            extra = f"; {SEEDS_IGNORED}: each change is judged on one run"
         return "keep", f"baseline: {name} {value:.6f} (mean of {n_c}){extra}"
     if kept["target_sha"] and kept["target_sha"] == candidate["target_sha"]:
         return "keep", (f"re-measure of the kept state: {name} {value:.6f}; it now has "
@@ -340,7 +342,7 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
         # gain is confirmed on a new seed, which is also the first repeat. A script
         # that sets its own seed repeats itself: a second run would agree with the
         # first whatever the noise, so it is judged on the one run, and says so.
-        if config.get("seeds") is False:
+        if config.get("seeds") is False or seeds_ignored(code_groups(runs, candidate)):
             return (("keep", f"{shown}: better (one run: the script sets its own seed, so "
                              "repeats cannot measure the noise)") if gain > 0 else
                     ("discard", f"{shown}: not better"))

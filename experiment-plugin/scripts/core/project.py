@@ -67,10 +67,65 @@ def uses_uv(root: str) -> bool:
 
 def default_run(root: str, target: str, python: str) -> str:
     """How the person would start the script: `uv run` where uv manages the project,
-    else the project's interpreter on it."""
+    else the project's interpreter on it; as a module (`-m pkg.train`) where it is
+    part of a package and imports from it."""
+    module = package_module(root, target)
+    if module:
+        return (f"uv run python -m {module}" if uses_uv(root)
+                else f"{shlex.quote(python)} -m {module}")
     if uses_uv(root):
         return f"uv run {shlex.quote(target)}"
     return f"{shlex.quote(python)} {shlex.quote(target)}"
+
+
+def package_module(root: str, target: str):
+    """A script inside a package that imports from it (`from .model import GPT`, or
+    `from pkg.model import GPT`) fails as `python pkg/train.py` with
+    ModuleNotFoundError: Python puts pkg/ on the path, not the folder above it. Run
+    as a module from the project root it works. Returns the module's name
+    (pkg.train) where that is the way, False where the package does not start at the
+    root (then no default works), None for a plain script."""
+    folder, parts = os.path.dirname(target), [os.path.splitext(os.path.basename(target))[0]]
+    while folder and os.path.isfile(os.path.join(root, folder, "__init__.py")):
+        parts.insert(0, os.path.basename(folder))
+        folder = os.path.dirname(folder)
+    if len(parts) == 1:
+        return None
+    top = re.escape(parts[0])
+    imports = re.search(rf"^\s*from\s+(\.|{top}\b)|^\s*import\s+{top}\b", text(root, target),
+                        re.MULTILINE)
+    if not imports:
+        return None
+    return ".".join(parts) if not folder else False
+
+
+PACKAGE_ADVICE = ("{target} imports from its own package, so `python {target}` fails with "
+                  "ModuleNotFoundError: pass --run with the command that works from the "
+                  "project root, e.g. --run 'python -m <package>.<module>' with the package "
+                  "installed (pip install -e .)")
+
+
+def target_advice(root: str) -> str:
+    """What to pass for a missing target: this project's templates where they are,
+    else the repository's own scripts that look like training (a main guard, a
+    backward pass, a fit), the likeliest first."""
+    if os.path.isfile(os.path.join(root, "train_mlx.py")) or os.path.isfile(
+            os.path.join(root, "data_sources.py")):
+        return "pass --target train.py or --target train_mlx.py"
+    found = []
+    for name in git(root, "ls-files", "--", "*.py").splitlines():
+        code = text(root, name)
+        score = (bool(re.search(r"__name__\s*==\s*['\"]__main__", code))
+                 + bool(re.search(r"\.backward\(|\.step\(\)|\.fit\(|\.train\(\)", code))
+                 + ("train" in os.path.basename(name)))
+        if score >= 2:
+            found.append((-score, name.count("/"), name))
+    names = [n for _, _, n in sorted(found)[:3]]
+    if not names:
+        return ("pass --target with the path of the script that trains, relative to the "
+                "project root")
+    return "pass --target with the script that trains: " + " or ".join(
+        f"--target {shlex.quote(n)}" for n in names)
 
 
 def reads(root: str, files, name: str) -> bool:
@@ -97,12 +152,28 @@ def framework(root: str, target: str, project_kind: str) -> str | None:
     """The framework the target imports, read from its text (never imported here);
     in this project's harness, a template that imports none is taken for its kind."""
     code = text(root, target)
-    for name in ("mlx", "torch", "jax", "tensorflow", "sklearn"):
+    for name in ("mlx", "torch", "jax", "tensorflow", "keras", "sklearn"):
         if re.search(rf"^\s*(import|from)\s+{name}\b", code, re.MULTILINE):
             return {"sklearn": "scikit-learn"}.get(name, name)
     if project_kind == HARNESS:
         return "mlx" if "mlx" in os.path.basename(target) else "torch"
     return None
+
+
+# What setup says to add where the budget or the seed cannot reach a script.
+BUDGET_SNIPPET = (f"`budget = float(os.environ.get('{BUDGET_ENV}', 300))` before the loop, "
+                  "`if time.time() - t0 > budget: break` in it (or an iteration count from "
+                  "the environment: `max_iters = int(os.environ.get('MAX_ITERS', 5000))` with "
+                  "--run 'MAX_ITERS=2000 python train.py')")
+SEEDERS = {"torch": "torch.manual_seed(seed)", "jax": "key = jax.random.PRNGKey(seed)",
+           "tensorflow": "tf.keras.utils.set_random_seed(seed)",
+           "keras": "keras.utils.set_random_seed(seed)", "mlx": "mx.random.seed(seed)",
+           "scikit-learn": "np.random.seed(seed), and random_state=seed wherever it is passed"}
+
+
+def seed_snippet(framework: str | None) -> str:
+    return (f"`seed = int(os.environ.get('{SEED_ENV}', 0))`, then "
+            f"`{SEEDERS.get(framework, 'random.seed(seed); np.random.seed(seed)')}`")
 
 
 def plot_name(root: str) -> str:

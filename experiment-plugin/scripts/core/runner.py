@@ -335,6 +335,8 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     base = {**caches, "AUTORESEARCH_DATASET": config["dataset"],
             "AUTORESEARCH_TIME_BUDGET": f"{config['budget']:g}", "AUTORESEARCH_SEED": str(seed),
             "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
+    if config.get("budget_via") == "script":    # its own budget: a cap from here would cut it short
+        del base["AUTORESEARCH_TIME_BUDGET"]
     if (config.get("eval") or {}).get("cache_dir"):
         # The data the session was pinned on, whatever AUTORESEARCH_CACHE the caller has.
         base["AUTORESEARCH_CACHE"] = os.path.dirname(config["eval"]["cache_dir"])
@@ -437,7 +439,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     return code, time.monotonic() - start, reading
 
 
-def classify(code, text, metrics, name):
+def classify(code, text, metrics, name, pattern=None):
     value = metrics.get(name)
     if code is None:
         return "timeout", None
@@ -445,6 +447,8 @@ def classify(code, text, metrics, name):
         return "nan", None
     if code != 0:
         return ("nan" if NAN.search(text) else "crash"), f"exit {code}"
+    if not finite(value) and pattern:
+        return "crash", f"no {name} in the output: the session's --metric-pattern {pattern!r} matched nothing"
     if not finite(value):
         found = [k for k, v in metrics.items() if finite(v)]
         return "crash", (f"no {name} in the output" + (
@@ -468,9 +472,9 @@ def verdict(config, code, text, results, root=None):
     fails measure.check is `invalid`; otherwise they are parsed from the output.
     The session's first measured ok run (the baseline) pins the startup allowance
     and the evaluation's time limit for every later one."""
-    metrics = parse_metrics(text)
     if config.get("measure") != "harness":
-        return (*classify(code, text, metrics, config["metric"]), metrics)
+        metrics = parse_metrics(text, config.get("metric_pattern"), config["metric"])
+        return (*classify(code, text, metrics, config["metric"], config.get("metric_pattern")), metrics)
     pins = read_pins(root, config) if root else None
     served = results[0] if results else None
     why, measured = check_result(config, served, pins)

@@ -36,14 +36,24 @@ def research_config(config: dict) -> str:
              + (", enforced by the script itself" if config.get("budget_via") == "script" else "")),
             ("seeds", "" if config.get("seeds", True) else
              "not varied (the script sets its own): each change is judged on one run"),
-            ("metric", f"{config['metric']}, {config['direction']} is better"),
+            ("metric", f"{config['metric']}, {config['direction']} is better"
+             + (f", read by the pattern {config['metric_pattern']}" if config.get("metric_pattern") else "")),
             ("target", ", ".join(editable_files(config))),
-            ("read-only", ", ".join(config.get("read_only") or []) or "the harness only"),
+            ("read-only", fixed_row(config)),
             ("policy", config["policy"]),
             ("checks", config.get("checks") or "none"),
             ("stops at", "; ".join(stops)),
             ("off", "; ".join(config.get("off") or []))]
     return "research config:\n" + "\n".join(f"  {k:<10} {v}" for k, v in rows if v)
+
+
+def fixed_row(config: dict) -> str:
+    """What the session holds fixed: the harness here; elsewhere the files it hashed
+    (a karpathy/autoresearch clone's prepare.py, --read-only files), or nothing."""
+    if config.get("project", HARNESS) == HARNESS:
+        return ", ".join(config.get("read_only") or []) or "the harness only"
+    return (", ".join(config.get("fixed_files") or {})
+            or "nothing but the session's records (--read-only FILES holds files fixed)")
 
 
 # A session is *active* from setup-session until it ends: the guard protects the

@@ -58,14 +58,31 @@ def code_groups(runs: list[dict], candidate: dict | None = None) -> dict:
 
 def pooled_noise(groups: dict) -> tuple[float | None, int]:
     """(sigma, degrees of freedom): the pooled within-code standard deviation of one
-    run. sigma is None until some code has been measured twice."""
+    run. sigma is None until some code has been measured twice, and while every
+    repeat is bit-identical to the first (seeds_ignored): that is not a noise of zero,
+    it is a seed that never reaches the randomness."""
     ss, dof = 0.0, 0
     for xs in groups.values():
         if len(xs) > 1:
             m = sum(xs) / len(xs)
             ss += sum((x - m) ** 2 for x in xs)
             dof += len(xs) - 1
-    return (math.sqrt(ss / dof) if dof else None), dof
+    return (math.sqrt(ss / dof) if dof and ss > 0 else None), dof
+
+
+def seeds_ignored(groups: dict) -> bool:
+    """Whether repeats of identical code, each on a new seed, all gave the very same
+    number (at least three runs of some code): the script reseeds after reading
+    AUTORESEARCH_SEED, or its randomness does not come from the seed. Two equal runs
+    can be chance where a metric has few values (an accuracy on 360 examples)."""
+    repeated = [xs for xs in groups.values() if len(xs) > 1]
+    return (any(len(xs) > 2 for xs in repeated)
+            and all(len(set(xs)) == 1 for xs in repeated))
+
+
+SEEDS_IGNORED = ("repeats on new seeds gave bit-identical results: AUTORESEARCH_SEED does not "
+                 "reach the script's randomness (it reseeds after reading it, e.g. "
+                 "random_state=1 or torch.manual_seed(1337)), so the noise is unknown, not zero")
 
 
 def noise(runs: list[dict], candidate: dict | None = None) -> tuple[float | None, int]:
@@ -76,6 +93,8 @@ def noise_line(runs: list[dict], digits: int = 4) -> str:
     """One line for people: 'noise sigma 0.0061 from 5 repeats (4 dof)', or how to get one."""
     groups = code_groups(runs)
     sigma, dof = pooled_noise(groups)
+    if sigma is None and seeds_ignored(groups):
+        return "noise sigma unknown: " + SEEDS_IGNORED
     if sigma is None:
         return "noise sigma unknown: no code measured twice yet (rerun the kept state to measure it)"
     repeats = sum(len(xs) for xs in groups.values() if len(xs) > 1)
