@@ -115,6 +115,12 @@ def branch_exists(root: str, branch: str) -> bool:
     return run_git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
+def leave_branch(root: str, branch: str, back_to: str) -> None:
+    """Check out `back_to` (a branch or a commit) and delete `branch`."""
+    git(root, "checkout", "-q", back_to)
+    git(root, "branch", "-q", "-D", branch)
+
+
 def tracked_changes(root: str) -> list[str]:
     out = run_git(root, "status", "--porcelain", "--untracked-files=no").stdout.decode(
         "utf-8", "replace")                                   # unstripped: XY columns
