@@ -37,21 +37,21 @@ def policy_name(config: dict) -> str:
 # given everything measured so far, under a stated model of proposals. In units of
 # sigma (one run's noise), the true effect d of an edit on the kept state is
 #     null     d = 0                     half of all edits
-#     harmful  d > 0, half-normal(3)     30%
+#     harmful  d > 0, half-normal(3)     29%
+#     broken   d > 0, exponential(30)    1%: a diverged or broken run
 #     helpful  d < 0, exponential        20%, an equal mixture of means 0.5, 1, 2, 4, 8
 # (most ideas do nothing or hurt; a few help, at every scale; no one size is assumed).
-# The model gives two things a threshold on a difference cannot:
-#   * P(helpful) for the candidate, judged against the kept state's *estimated* value
-#     with its uncertainty (not a lucky draw);
-#   * the kept state's value after a keep: the posterior mean of (old value + d),
-#     which shrinks the luck a marginal keep was kept on (the winner's curse) instead
-#     of carrying it into every later comparison;
-#   * more of that value from runs already made: a discarded edit that was probably
-#     null is nearly a re-measure of the kept state, at no extra cost.
+# The broken share is for its tail: a half-normal cannot explain a run 20 sigma worse,
+# so it would be put down partly to the kept state, and drag its estimate up.
+# The model gives what a threshold on a difference cannot:
+#   * P(helpful), judged against the kept state's *estimated* value and its spread;
+#   * the kept value after a keep: the posterior mean of (old value + d), which takes
+#     out the luck a marginal keep was kept on (the winner's curse);
+#   * more of that value from discards: a probably-null edit is nearly a re-measure.
 # Everything is closed form (a point mass, a half-normal and exponentials against a
 # normal likelihood), so a 1,000-run log is replayed in milliseconds.
-PRIOR_NULL, PRIOR_HARMFUL, PRIOR_HELPFUL = 0.5, 0.3, 0.2
-HARMFUL_SCALE = 3.0
+PRIOR_NULL, PRIOR_HARMFUL, PRIOR_BROKEN, PRIOR_HELPFUL = 0.5, 0.29, 0.01, 0.2
+HARMFUL_SCALE, BROKEN_MEAN = 3.0, 30.0
 HELPFUL_MEANS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 # The decision, from P = P(helpful) and the expected gain it carries:
@@ -75,9 +75,8 @@ _SQRT2 = math.sqrt(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 # The prior's constant terms, computed once: effect_posterior runs a few dozen times
 # for every run a log replay passes.
-_LOG_NULL = math.log(PRIOR_NULL)
-_LOG_HARMFUL = math.log(2 * PRIOR_HARMFUL)
-_H2 = HARMFUL_SCALE ** 2
+_LOG_NULL, _LOG_HARMFUL, _H2 = math.log(PRIOR_NULL), math.log(2 * PRIOR_HARMFUL), HARMFUL_SCALE ** 2
+_BROKEN = (1 / BROKEN_MEAN, math.log(PRIOR_BROKEN / BROKEN_MEAN))   # (rate, log of weight * rate)
 _HELPFUL = tuple((1 / mean, math.log(PRIOR_HELPFUL / len(HELPFUL_MEANS)) + math.log(1 / mean))
                  for mean in HELPFUL_MEANS)   # (rate, log of its weight times the rate)
 
@@ -105,9 +104,8 @@ def effect_posterior(diff: float, spread: float) -> dict:
     given diff = observed minus kept estimate and spread = the sd of that difference,
     both in sigma units. Returns {p_helpful, p_null, p_harmful, mean, var}."""
     s2 = spread * spread
-    parts = []   # (log weight, mean of d, variance of d, kind)
-    parts.append((_LOG_NULL + _log_phi(diff / spread) - math.log(spread),
-                  0.0, 0.0, "null"))
+    # (log weight, mean of d, variance of d, kind)
+    parts = [(_LOG_NULL + _log_phi(diff / spread) - math.log(spread), 0.0, 0.0, "null")]
     h2 = _H2
     v = h2 * s2 / (h2 + s2)
     m, sd = diff * h2 / (h2 + s2), math.sqrt(v)
@@ -121,6 +119,11 @@ def effect_posterior(diff: float, spread: float) -> dict:
         lc, r = _log_cdf_mills(b)
         lw = log_w + lam * diff + lam * lam * s2 / 2 + lc
         parts.append((lw, a - spread * r, max(s2 * (1 - b * r - r * r), 0.0), "helpful"))
+    lam, log_w = _BROKEN                # the same exponential, mirrored onto d > 0
+    a = diff - lam * s2
+    lc, r = _log_cdf_mills(a / spread)
+    parts.append((log_w - lam * diff + lam * lam * s2 / 2 + lc, a + spread * r,
+                  max(s2 * (1 - a / spread * r - r * r), 0.0), "harmful"))
     top = max(p[0] for p in parts)
     ws = [math.exp(p[0] - top) for p in parts]
     total = sum(ws)
@@ -304,8 +307,8 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
                             "`sleep 300` before the next run; AUTORESEARCH_LOAD_CHECK=0 judges "
                             "disturbed runs anyway" if busy else ""))
     samples = candidate["samples"]
-    value = sum(samples) / len(samples)
     n_c = len(samples)
+    value = sum(samples) / n_c
     policy = policy_name(config)
     kept = kept_state(config, runs)
     if kept is None:
