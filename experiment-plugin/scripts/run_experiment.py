@@ -97,8 +97,10 @@ def main(argv=None):
                **({"detail": detail} if status == "invalid" else {}),
                "target_sha": target_sha, "samples": samples, "seeds": seeds,
                "disturbed": disturbed, "load": reading, "finished": common.now_iso()}
-    why = monitor.disturbed(reading)
-    load = (f"machine: {'DISTURBED, ' + why if why else 'quiet'} (other processes "
+    why = monitor.disturbed(reading, config)
+    verdict = (("DISTURBED, " + why if why else "quiet") if monitor.load_checked(config)
+               else "load not checked")
+    load = (f"machine: {verdict} (other processes "
             f"{reading.get('others', 0):.0%} of {reading.get('cpus', '?')} CPUs"
             + (f", steal {reading['steal']:.0%}" if "steal" in reading else "")
             + (f", {reading['gpu_others']} other GPU process(es)" if reading.get("gpu_others") else "")

@@ -142,6 +142,9 @@ def parse_args(argv):
                    help="a directory with no training code: copy this project's harness and "
                         "templates into it (git init first where it is no repository), commit "
                         "them as the session's base, then set up as usual")
+    p.add_argument("--no-load-check", dest="load_check", action="store_false",
+                   help="a shared machine: judge every run whatever else the machine runs "
+                        "(by default a run beside other load is set apart and run again)")
     p.add_argument("--network", action="store_true",
                    help="let runs reach the network (default: none; the run's sandbox cuts it)")
     p.add_argument("--writable", action="append", default=[], metavar="DIRS",
@@ -422,6 +425,8 @@ def main(argv=None):
     }
     if p.get("off"):
         config["off"] = p["off"]
+    if not a.load_check:
+        config["load_check"] = False
     config["measure"] = measured_by
     config["sandbox"] = sandbox.session_setting(p["project"], network=a.network, writable=a.writable,
                                                 hide_validation=sandbox.harness_serves_validation(root, measured_by))

@@ -188,7 +188,7 @@ def test_a_run_disturbed_again_and_again_says_the_machine_is_busy():
             "target_sha": "b" * 64, "samples": [], "metrics": {},
             "disturbed_now": "other processes 55% of 2 CPUs", "disturbed_runs": times})
         assert decision == "rerun" and why.startswith("disturbed: other processes")
-        assert ("the machine is busy" in why) is busy and ("AUTORESEARCH_LOAD_CHECK=0" in why) is busy
+        assert ("the machine is busy" in why) is busy and ("--no-load-check" in why) is busy
 
 
 def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):

@@ -304,8 +304,8 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
                          "unchanged (this run is not counted)"
                          + (f". {candidate['disturbed_runs']} runs of this code were disturbed: "
                             "the machine is busy. Find the other load (top) and stop it, or "
-                            "`sleep 300` before the next run; AUTORESEARCH_LOAD_CHECK=0 judges "
-                            "disturbed runs anyway" if busy else ""))
+                            "`sleep 300` before the next run. On a machine always shared, set "
+                            "the session up with --no-load-check" if busy else ""))
     samples = candidate["samples"]
     n_c = len(samples)
     value = sum(samples) / n_c

@@ -37,6 +37,8 @@ def research_config(config: dict) -> str:
             ("data check", (config.get("data_check") or "none") if "data_check" in config else ""),
             ("budget", f"{config['budget']:g} s per run (killed after {config['timeout']:g} s)"
              + (", enforced by the script itself" if config.get("budget_via") == "script" else "")),
+            ("load check", "off: runs are judged whatever else the machine runs (shared)"
+             if config.get("load_check") is False else ""),
             ("seeds", "" if config.get("seeds", True) else
              "not varied (the script sets its own): each change is judged on one run"),
             ("metric", f"{config['metric']}, {config['direction']} is better"),
