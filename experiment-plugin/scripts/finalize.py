@@ -58,7 +58,10 @@ def message(config, runs, changes):
     for r, _, _, gain in changes:
         shown = f"{gain:+.6f}" if gain is not None else "baseline"
         lines.append(f"- run {r['run']} ({shown}): {' '.join(r['description'].split())}")
-    lines += ["", f"Measured on {config['dataset']}, {config['budget']:g} s per run, keep policy "
+    data = config["dataset"] + (" data" if config["dataset"].endswith("own") else "")
+    budget = ("the script's own budget per run" if config.get("budget_via") == "script"
+              else f"{config['budget']:g} s per run")
+    lines += ["", f"Measured on {data}, {budget}, keep policy "
                   f"{config['policy']}; every run is in autoresearch.jsonl of session "
                   f"{config['tag']} (branch {config['branch']})."]
     return "\n".join(lines) + "\n"

@@ -90,7 +90,8 @@ def main(argv=None):
     for k in (config["metric"],) + tuple(k for k in parsing.SHOWN if k != config["metric"]):
         if k in metrics:
             print(f"METRIC {k}={metrics[k]}")
-    when = f"run {number} after {seconds:.1f}s, seed {seed}"
+    # A script that sets its own seed ignores the one passed: naming it would mislead.
+    when = f"run {number} after {seconds:.1f}s" + (f", seed {seed}" if config.get("seeds", True) else "")
     samples, seeds = list(previous.get("samples", [])), list(previous.get("seeds", []))
     disturbed = list(previous.get("disturbed", []))
     pending = {"run_status": status, "metrics": parsing.json_safe(metrics), "seconds": round(seconds, 1),

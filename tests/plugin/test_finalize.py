@@ -103,3 +103,26 @@ def test_finalize_takes_a_keep_made_after_an_undone_one(session):
     out = ok(script(session, "finalize", "--yes")).stdout
     assert "the 1 kept changes" in out and "lucky" not in out
     assert "VAL_BPB = 0.9" in git(session, "show", "main:train.py")
+
+
+def test_an_own_script_with_its_own_seed_and_budget_is_described_as_it_ran(tmp_path):
+    """A script that sets its own seed and budget: the status names no seed it ignores,
+    results.tsv leaves throughput empty, and finalize's message names the data and the
+    budget as they were."""
+    from plugin_helpers import commit_all, new_repo, tsv_rows
+    from .test_own_project import TOY_TARGET
+    p = new_repo(tmp_path / "toy")
+    (p / "train.py").write_text(TOY_TARGET)
+    commit_all(p)
+    ok(script(p, "setup-session", "--tag", "t", "--metric", "val_acc", "--run", "python train.py",
+              "--policy", "strict"))
+    run = ok(script(p, "run-experiment")).stdout
+    assert "run 1 after" in run and "seed" not in run.split("run 1 after")[1].splitlines()[0], run
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline"))
+    (p / "train.py").write_text(TOY_TARGET.replace("ACC = 0.80", "ACC = 0.90"))
+    ok(script(p, "run-experiment"))
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "more epochs"))
+    assert [row[2:4] for row in tsv_rows(p)[1:]] == [["0.5", ""], ["0.5", ""]]
+    ok(script(p, "end-session"))
+    out = ok(script(p, "finalize")).stdout
+    assert "Measured on the project's own data, the script's own budget per run" in out, out

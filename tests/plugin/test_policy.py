@@ -213,6 +213,7 @@ def test_a_keep_the_runs_built_on_it_do_not_bear_out_is_undone_in_git(session):
         if "revert run 2" in outs[-1]:
             break
     assert "revert run 2" in outs[-1], outs
+    assert "undone: revert run 2" in outs[-1] and "logged run 6: revert" not in outs[-1]  # not a run
     assert all("revert" not in o for o in outs[:-1])
     undo = records(session)[-1]
     assert undo["reverts"] == 2 and undo["status"] == "keep" and undo["samples"] == []

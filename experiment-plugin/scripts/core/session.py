@@ -391,12 +391,15 @@ def write_progress(root: str, report: str) -> None:
 
 def ended_message(config: dict, runs: list[dict], reason: str) -> str:
     """What the person reads when a session ends: what happened, and what next."""
-    n = experiments(runs)
-    return (f"autoresearch session {config['tag']} has ended: {reason}. {n} runs, "
-            f"{best_line(config, runs)}. The guard and the loop are off. Next: "
-            f"/experiment:summary writes the report and {plot_of(config)}; "
-            f"/experiment:resume --max-iterations {max(n, config.get('max_iterations') or 0) + 20} "
-            f"continues with 20 more runs; {os.path.join(PLUGIN_ROOT, 'scripts', 'finalize')} "
+    n, cap = experiments(runs), config.get("max_iterations") or 0
+    # Under the cap, resuming simply goes on to it; at the cap, it needs a higher one.
+    more = (f"/experiment:resume continues to the cap of {cap} ({cap - n} more run"
+            f"{'s' if cap - n != 1 else ''})" if n < cap else
+            f"/experiment:resume --max-iterations {n + 20} continues with 20 more runs")
+    return (f"autoresearch session {config['tag']} has ended: {reason}. {n} run"
+            f"{'s' if n != 1 else ''}, {best_line(config, runs)}. The guard and the loop are off. "
+            f"Next: /experiment:summary writes the report and {plot_of(config)}; "
+            f"{more}; {os.path.join(PLUGIN_ROOT, 'scripts', 'finalize')} "
             f"shows how the kept changes on branch {config['branch']} would go into "
             f"{config.get('start_branch') or 'your branch'} (it changes nothing without --yes).")
 
