@@ -8,6 +8,10 @@ THE MODEL OF PROPOSALS (everything in units of sigma, one run's noise):
   * one run of some code observes its true value + N(0, 1), fresh each run;
   * a session has 100 runs; every run costs one, baseline repeats and
     confirmation reruns included;
+  * the outlier case: the same, but 5% of proposals (taken from the harmful ones)
+    break training, d = U(15, 60), as a doubled learning rate that diverges does.
+    Nothing about them is hard to decide; what it tests is that they do not drag
+    the kept state's estimate, and with it every later decision;
   * the agent follows the recommendation: `rerun` runs the same code again (a new
     seed).
 
@@ -39,6 +43,8 @@ G >= 1 and >= 1.25x at G = 0.5; bad kept <= 5%; real kept >= 85%; curse <= 1.
     python benchmarks/bench_decisions.py --sessions 200 # a quick look (intervals ~8% wide)
     python benchmarks/bench_decisions.py --scripts 4    # drive the real scripts too
     python benchmarks/bench_decisions.py --oracle       # and the rule with sigma / the kept value known
+
+After the main table, the outlier case is printed for the default rule and strict.
 """
 import argparse
 import contextlib
@@ -62,14 +68,17 @@ GS = (0.5, 1.0, 2.0, 4.0)
 RUNS = 100
 START = 100.0       # the baseline's true value; any number works, only differences matter
 GOALS = {"bad_kept": 0.05, "real_kept": 0.85, "curse": 1.0, "ratio_small": 1.25, "ratio": 0.9}
+DIVERGE = 0.05      # the outlier case's share of proposals that break training
 
 
-def proposal(rng, g):
+def proposal(rng, g, diverge=0.0):
     u = rng.random()
     if u < 0.5:
         return 0.0
-    if u < 0.8:
+    if u < 0.8 - diverge:
         return abs(rng.gauss(0, 3))
+    if u < 0.8:
+        return rng.uniform(15, 60)
     return -rng.expovariate(1 / g)
 
 
@@ -157,7 +166,7 @@ def ratio_interval(gains, base, draws=1000, seed=0):
     return out[int(0.05 * len(out))], out[int(0.95 * len(out)) - 1]
 
 
-def session(policy, g, seed):
+def session(policy, g, seed, diverge=0.0):
     """One synthetic session through the real decision code; returns its Stats."""
     ideas, noise = random.Random(seed), random.Random(seed + 10**6)
     config = config_for(policy)
@@ -165,10 +174,10 @@ def session(policy, g, seed):
     with contextlib.ExitStack() as stack:
         for patch in oracle(policy, truth) if policy in ORACLES else []:
             stack.enter_context(patch)
-        return _session(policy, g, ideas, noise, config, truth)
+        return _session(policy, g, ideas, noise, config, truth, diverge)
 
 
-def _session(policy, g, ideas, noise, config, truth):
+def _session(policy, g, ideas, noise, config, truth, diverge=0.0):
     runs, stats = [], Stats()
     kept_true, kept_sha = START, None
     truths = {}         # target hash: (true value, d, runs) of every code kept
@@ -176,7 +185,7 @@ def _session(policy, g, ideas, noise, config, truth):
     while used < RUNS:
         if candidate is None:
             number += 1
-            d = proposal(ideas, g) if kept_sha is not None else None
+            d = proposal(ideas, g, diverge) if kept_sha is not None else None
             candidate = {"sha": f"{number:064x}", "true": kept_true + (d or 0.0), "d": d,
                          "samples": []}
         x = candidate["true"] + noise.gauss(0, 1)
@@ -215,18 +224,19 @@ def _session(policy, g, ideas, noise, config, truth):
 
 
 def _cell(args):
-    policy, g, sessions, seed = args
+    policy, g, sessions, seed, diverge = args
     total = Stats()
     for i in range(sessions):
-        total.add(session(policy, g, seed * 7919 + i))
+        total.add(session(policy, g, seed * 7919 + i, diverge))
     return total.row()
 
 
-def replay(policies, sessions, seed=1, jobs=1):
+def replay(policies, sessions, seed=1, jobs=1, diverge=0.0):
     """{(policy, G): row} over `sessions` synthetic sessions per cell; `jobs` > 1 runs
-    the cells in that many processes (the same sessions, the same numbers)."""
+    the cells in that many processes (the same sessions, the same numbers); `diverge`:
+    the share of proposals that break training (the outlier case)."""
     cells = [(policy, g) for policy in policies for g in GS]
-    args = [(policy, g, sessions, seed) for policy, g in cells]
+    args = [(policy, g, sessions, seed, diverge) for policy, g in cells]
     if jobs > 1:
         import multiprocessing
         with multiprocessing.Pool(jobs) as pool:
@@ -423,6 +433,12 @@ def main(argv=None):
                           for k, row in table.items()}))
     else:
         print_table(table, policies, f"synthetic replay: {a.sessions} sessions of {RUNS} runs per policy and G")
+        misses = meets_goals(table, core_policy.DEFAULT_POLICY)
+        print("goals: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
+        pair = [core_policy.DEFAULT_POLICY, "strict"]
+        table = replay(pair, a.sessions, a.seed, a.jobs, diverge=DIVERGE)
+        print_table(table, pair, f"\noutlier case: {DIVERGE:.0%} of proposals diverge "
+                    "(15-60 sigma worse)")
         misses = meets_goals(table, core_policy.DEFAULT_POLICY)
         print("goals: " + ("all met" if not misses else "missed: " + "; ".join(misses)))
     if a.scripts:

@@ -47,7 +47,7 @@ def one_run(python, dataset, budget, seed, timeout, script="train.py", cwd=REPO)
     reading = monitor.stop()
     metrics = parsing.parse_metrics(out)
     return {"seed": seed, "val_bpb": metrics.get("val_bpb"), "steps": metrics.get("num_steps"),
-            "tok_s": metrics.get("avg_tok_sec"), "load": reading, "disturbed": core_monitor.disturbed(reading),
+            "tok_s": metrics.get("avg_tok_sec"), "load": reading, "disturbed": core_monitor.disturbed(reading, {}),
             "exit": proc.returncode, "tail": out[-2000:]}
 
 

@@ -26,10 +26,16 @@ from core import common, git, records, stats, session  # noqa: E402
 
 
 def kept_changes(root, config, runs):
-    """(run, commit, parent, gain) for each kept run that changed the code, in order."""
+    """(run, commit, parent, gain) for each kept run that changed the code and stands,
+    in order. A keep undone later and the record that undoes it cancel out: neither
+    is a change to take (git's history still has both)."""
     out, best, previous = [], None, config["base_commit"]
+    undone = stats.undone_runs(runs)
     for r in runs:
         if r["status"] != "keep":
+            continue
+        if r["run"] in undone or r.get("reverts"):
+            previous = git.commit_of(r)
             continue
         gain = stats.improvement(r["metric"], best, config["direction"]) if best is not None else None
         if best is None or stats.better(r["metric"], best, config["direction"]):
@@ -52,7 +58,10 @@ def message(config, runs, changes):
     for r, _, _, gain in changes:
         shown = f"{gain:+.6f}" if gain is not None else "baseline"
         lines.append(f"- run {r['run']} ({shown}): {' '.join(r['description'].split())}")
-    lines += ["", f"Measured on {config['dataset']}, {config['budget']:g} s per run, keep policy "
+    data = config["dataset"] + (" data" if config["dataset"].endswith("own") else "")
+    budget = ("the script's own budget per run" if config.get("budget_via") == "script"
+              else f"{config['budget']:g} s per run")
+    lines += ["", f"Measured on {data}, {budget}, keep policy "
                   f"{config['policy']}; every run is in autoresearch.jsonl of session "
                   f"{config['tag']} (branch {config['branch']})."]
     return "\n".join(lines) + "\n"
@@ -78,7 +87,9 @@ def main(argv=None):
                             "end-session, then finalize")
     changes = kept_changes(root, config, runs)
     if not changes:
-        raise common.UserError("no kept change beyond the baseline: nothing to finalize")
+        why = " (every keep was undone)" if stats.undone_runs(runs) else ""
+        raise common.UserError(f"no kept change beyond the baseline{why}: nothing to finalize; "
+                               f"{branch} holds the code the session started from")
     if git.tracked_changes(root):
         raise common.UserError("the work tree has uncommitted changes: commit or stash them first")
     here = git.current_branch(root)

@@ -236,11 +236,12 @@ def main(argv=None):
         if not cand:
             moved = ""
         if a.status != "keep" and not cand:
+            changed = git.changed_files(root, kept, commit) if commit != kept else []
             if commit != kept:
                 ref = git.save_ref(root, config["tag"], f"run-{number}", commit)
                 moved = f"; the tried change is kept at {ref}"
             git.reset_to(root, kept)
-            moved = f"; {config['target']} reset to {kept[:7]}" + moved
+            moved = f"; {', '.join(changed) or config['target']} reset to {kept[:7]}" + moved
         undo = None
         if a.status == "discard":
             undo = undo_keep(root, config, log.runs + [record], number + 1)
@@ -256,8 +257,10 @@ def main(argv=None):
     print(f"logged run {number}: {a.status} {config['metric']}={shown} commit {commit[:7]}"
           f"{moved}; {best_text}")
     if undo:
-        print(f"logged run {undo['run']}: {undo['description']}; {config['target']} reset to "
-              f"{undo['commit']}. Build the next idea on this code.")
+        # Not a run (the cap does not count it): it is named by what it does.
+        print(f"undone: {undo['description']}; "
+              f"{', '.join(git.changed_files(root, undo['commit'], commit)) or config['target']} "
+              f"reset to {undo['commit']}. Build the next idea on this code.")
     for line in (wave_lines if cand else []):
         print(line)
     if cand:

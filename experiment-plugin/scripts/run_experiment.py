@@ -90,15 +90,18 @@ def main(argv=None):
     for k in (config["metric"],) + tuple(k for k in parsing.SHOWN if k != config["metric"]):
         if k in metrics:
             print(f"METRIC {k}={metrics[k]}")
-    when = f"run {number} after {seconds:.1f}s, seed {seed}"
+    # A script that sets its own seed ignores the one passed: naming it would mislead.
+    when = f"run {number} after {seconds:.1f}s" + (f", seed {seed}" if config.get("seeds", True) else "")
     samples, seeds = list(previous.get("samples", [])), list(previous.get("seeds", []))
     disturbed = list(previous.get("disturbed", []))
     pending = {"run_status": status, "metrics": parsing.json_safe(metrics), "seconds": round(seconds, 1),
                **({"detail": detail} if status == "invalid" else {}),
                "target_sha": target_sha, "samples": samples, "seeds": seeds,
                "disturbed": disturbed, "load": reading, "finished": common.now_iso()}
-    why = monitor.disturbed(reading)
-    load = (f"machine: {'DISTURBED, ' + why if why else 'quiet'} (other processes "
+    why = monitor.disturbed(reading, config)
+    verdict = (("DISTURBED, " + why if why else "quiet") if monitor.load_checked(config)
+               else "load not checked")
+    load = (f"machine: {verdict} (other processes "
             f"{reading.get('others', 0):.0%} of {reading.get('cpus', '?')} CPUs"
             + (f", steal {reading['steal']:.0%}" if "steal" in reading else "")
             + (f", {reading['gpu_others']} other GPU process(es)" if reading.get("gpu_others") else "")

@@ -152,6 +152,9 @@ def parse_args(argv):
                    help="a directory with no training code: copy this project's harness and "
                         "templates into it (git init first where it is no repository), commit "
                         "them as the session's base, then set up as usual")
+    p.add_argument("--no-load-check", dest="load_check", action="store_false",
+                   help="a shared machine: judge every run whatever else the machine runs "
+                        "(by default a run beside other load is set apart and run again)")
     p.add_argument("--network", action="store_true",
                    help="let runs reach the network (default: none; the run's sandbox cuts it)")
     p.add_argument("--writable", action="append", default=[], metavar="DIRS",
@@ -410,32 +413,6 @@ def check_data(root, p):
                            "then run setup again")
 
 
-def archive_previous(root):
-    """Move an earlier session's files aside (nothing is ever overwritten). A file
-    of that name that the project tracks in git is the person's, not a session's: it
-    stays where it is."""
-    log = records.read_log(root, required=False)
-    present = [n for n in common.SESSION_FILES
-               if n != common.STATE_DIR and os.path.exists(os.path.join(root, n))
-               and not git.git(root, "ls-files", "--", n)]
-    if not present:
-        return None
-    name = (log.config or {}).get("tag", "untitled") + "-" + common.now_iso().replace(":", "")
-    dest = os.path.join(root, common.STATE_DIR, "archive", name)
-    os.makedirs(dest, exist_ok=True)
-    for n in present:
-        shutil.move(os.path.join(root, n), os.path.join(dest, n))
-    for n in ("pending.json", "wave"):
-        if os.path.exists(os.path.join(root, common.STATE_DIR, n)):
-            shutil.move(os.path.join(root, common.STATE_DIR, n), os.path.join(dest, n))
-    # The earlier session's candidate worktrees (their commits stay under
-    # refs/autoresearch/<tag>/cand-*).
-    folder = os.path.join(root, common.WORKTREES)
-    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
-        git.remove_worktree(root, os.path.join(folder, name))
-    return os.path.relpath(dest, root)
-
-
 def drop_compile_caches(root):
     """Delete earlier sessions' torch.compile caches (see runner.compile_cache_env): a
     cache records nothing, and each grows with every run. Returns the MB freed, or
@@ -464,15 +441,17 @@ def main(argv=None):
         root = common.find_root()
         common.use_project_python(root)
     branch = f"autoresearch/{a.tag}"
+    redo = None     # the config of this tag's session, set up but with no run logged yet
     if git.branch_exists(root, branch):
         log = records.read_log(root, required=False)
         if (log.config and log.config["tag"] == a.tag and not log.runs
                 and git.current_branch(root) == branch):
-            print(f"session {a.tag} is already set up on {branch} with no runs yet; "
-                  "next: run the baseline with run-experiment")
-            return 0
-        raise common.UserError(f"branch {branch} already exists: continue that session with "
-                            f"/experiment:resume (scripts/resume-session), or pick a new tag")
+            # Nothing was measured yet: setting it up again with other settings (--run,
+            # --budget-via, the seed handling...) replaces it, once the new ones check out.
+            redo = log.config
+        else:
+                raise common.UserError(f"branch {branch} already exists: continue that session with "
+                                   f"/experiment:resume (scripts/resume-session), or pick a new tag")
     target = a.target or default_target(root)
     if not os.path.isfile(os.path.join(root, target)):
         raise common.UserError(f"target {target} not found in {root}: {project.target_advice(root)}")
@@ -496,7 +475,7 @@ def main(argv=None):
     baseline_runs = a.baseline_runs or (policy.DEFAULT_BASELINE_RUNS
                                         if rule == "noise-aware" and p["seeds"] else 1)
     base = git.head(root)
-    start = git.current_branch(root)
+    start = git.current_branch(root) if not redo else (redo.get("start_branch") or "HEAD")
     config = {
         "type": "config", "version": 1, "tag": a.tag, "branch": branch,
         "dataset": p["dataset"], "target": target, "budget": p["budget"],
@@ -519,6 +498,8 @@ def main(argv=None):
     }
     if p.get("off"):
         config["off"] = p["off"]
+    if not a.load_check:
+        config["load_check"] = False
     config["measure"] = measured_by
     config["sandbox"] = sandbox.session_setting(p["project"], network=a.network, writable=a.writable,
                                                 hide_validation=sandbox.harness_serves_validation(root, measured_by))
@@ -532,9 +513,11 @@ def main(argv=None):
 
     # All checks passed: from here on, change things. A failure on the way takes the
     # branch away again, so that setup can simply be run again.
+    if redo:
+        replaced, _ = session.discard_unstarted(root)
     git.git(root, "checkout", "-q", "-b", branch)
     try:
-        archived = archive_previous(root)
+        archived = session.archive_files(root)
         freed = drop_compile_caches(root)
         added = git.ensure_ignored(root)
         with common.Lock(root):
@@ -550,7 +533,10 @@ def main(argv=None):
         git.git(root, "branch", "-q", "-D", branch)
         raise
 
-    if archived:
+    if redo:
+        print(f"session {a.tag} had no run logged: set up again with these settings "
+              f"(the earlier setup's files are in {replaced}/)")
+    elif archived:
         print(f"moved the previous session's files to {archived}/")
     if freed is not None:
         print(f"deleted the earlier sessions' compile cache ({freed:.1f} MB)")

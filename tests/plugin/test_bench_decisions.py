@@ -28,6 +28,16 @@ def test_replay_default_policy_keeps_little_noise_and_reports_honestly():
     assert table["noise-aware", 0.5]["gain"] > 1.25 * table["strict", 0.5]["gain"]
 
 
+def test_diverged_runs_do_not_drag_the_kept_estimate_into_keeping_null_edits():
+    """The outlier case: 5% of proposals diverge, 15-60 sigma worse. Discarding them is
+    easy; what must hold is the rest of the session: before the broken-edit tail, each
+    one raised the kept estimate and null edits were kept against it (6-7% at G >= 1)."""
+    table = bench_decisions.replay(["noise-aware"], sessions=40, seed=1, diverge=bench_decisions.DIVERGE)
+    for g in bench_decisions.GS:
+        assert table["noise-aware", g]["bad_kept"] <= 0.05, (g, table["noise-aware", g])
+        assert abs(table["noise-aware", g]["curse"]) <= 1.0
+
+
 def test_noise_report_says_what_the_step_count_and_a_speed_probe_explain(capsys):
     import bench_noise
     steps = [180, 200, 190, 210, 185]

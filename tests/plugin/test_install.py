@@ -68,10 +68,32 @@ def init_event(stdout: str) -> dict:
     return next(e for e in map(json.loads, stdout.splitlines()) if e.get("subtype") == "init")
 
 
+# Claude Code marks its copy of a plugin in use with .in_use/<pid>, made and removed
+# as its own processes come and go: the CLI's, not the plugin's, and timed by it.
+CLI_MARKERS = {".in_use"}
+
+
 def snapshot(folder):
-    """Every file and folder in `folder`, with each file's content hash."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            if p.is_file() else "dir" for p in sorted(folder.rglob("*"))}
+    """Every file and folder in `folder`, with each file's content hash, leaving out
+    the CLI's own markers."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if CLI_MARKERS & set(rel.parts):
+            continue
+        out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+def test_the_snapshot_of_an_installed_copy_ignores_the_cli_markers(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "run").write_text("x")
+    before = snapshot(tmp_path)
+    (tmp_path / ".in_use").mkdir()
+    (tmp_path / ".in_use" / "4242").write_text("")
+    assert snapshot(tmp_path) == before
+    (tmp_path / "scripts" / "new").write_text("y")          # what the plugin writes still counts
+    assert snapshot(tmp_path) != before
 
 
 def test_the_marketplace_validates_strictly():

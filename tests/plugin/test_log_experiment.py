@@ -132,3 +132,32 @@ def test_a_progress_report_every_n_runs_in_autoresearch_md(tmp_path):
     assert "6 runs, 3 kept" in text and "best against the baseline: +0.200000 (+20.00%)" in text
     assert "next: try RoPE base 50k; tie embeddings, or a factorised head" in text and "- try RoPE base 50k" in text
     assert "idea 4" in text.split("## Progress after 6 runs")[1]
+
+
+def test_a_discard_names_the_files_it_puts_back(tmp_path):
+    """The change was in a --scope file: that file is reset, not the target."""
+    p = make_project(tmp_path / "p")
+    (p / "knobs.py").write_text("LR = 0.01\n")
+    git(p, "add", "knobs.py")
+    git(p, "commit", "-qm", "knobs")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--scope", "knobs.py"))
+    run_and_log(p, "keep", "baseline")
+    (p / "knobs.py").write_text("LR = 0.02\n")
+    ok(script(p, "run-experiment"))
+    out = ok(script(p, "log-experiment", "--status", "discard", "--description", "higher lr")).stdout
+    assert "knobs.py reset to" in out and "train.py reset to" not in out, out
+    assert (p / "knobs.py").read_text() == "LR = 0.01\n"
+
+
+def test_end_session_under_the_cap_says_resume_goes_on_to_it(tmp_path):
+    p = make_project(tmp_path / "p")
+    ok(script(p, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "1",
+              "--policy", "strict", "--max-iterations", "6"))
+    out = ok(script(p, "end-session")).stdout
+    assert "0 runs," in out and "/experiment:resume continues to the cap of 6 (6 more runs)" in out, out
+    assert "--max-iterations 26" not in out
+    ok(script(p, "resume-session"))
+    run_and_log(p, "keep", "baseline")
+    out = ok(script(p, "end-session")).stdout
+    assert "1 run," in out and "1 runs" not in out and "(5 more runs)" in out, out

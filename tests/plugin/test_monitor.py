@@ -10,7 +10,9 @@ import time
 import pytest
 
 from core import monitor
-from plugin_helpers import ok, recommendation, script, set_constant
+from plugin_helpers import make_project, ok, recommendation, script, set_constant
+
+from .conftest import SEEDED_TARGET
 
 
 HOG = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
@@ -39,6 +41,33 @@ def test_a_run_beside_a_cpu_hog_is_disturbed_and_not_a_sample(session):
     pending = json.loads((session / ".autoresearch" / "pending.json").read_text())
     assert pending["samples"] == [] and pending["disturbed"][0]["seed"] == 42
     assert pending["load"]["others"] > monitor.DISTURBED_OTHERS
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_a_session_on_a_shared_machine_judges_every_run(tmp_path):
+    """setup-session --no-load-check: the setting is the session's (no variable on each
+    call), the research config says so, and a run beside a CPU hog is a sample whose
+    status does not call the machine quiet."""
+    p = make_project(tmp_path / "proj")
+    (p / "train.py").write_text(SEEDED_TARGET)
+    subprocess.run(["git", "commit", "-qam", "seeded stand-in"], cwd=p, check=True)
+    env = {"AUTORESEARCH_LOAD_CHECK": ""}        # the suite's own switch, off here
+    out = ok(script(p, "setup-session", "--tag", "s", "--dataset", "classics", "--budget", "1",
+                    "--no-load-check", env=env)).stdout
+    assert "load check off: runs are judged whatever else the machine runs" in out
+    set_constant(p, "BUSY", 6.0)
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(os.cpu_count() or 1)]
+    try:
+        proc = ok(script(p, "run-experiment", timeout=120, env=env))
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert "machine: load not checked (other processes" in proc.stdout, proc.stdout
+    assert "machine: quiet" not in proc.stdout and "DISTURBED" not in proc.stdout
+    assert "disturbed" not in recommendation(proc)
+    pending = json.loads((p / ".autoresearch" / "pending.json").read_text())
+    assert len(pending["samples"]) == 1 and pending["disturbed"] == []
 
 
 @pytest.mark.quiet

@@ -60,3 +60,15 @@ def test_records_follow_seed_001_and_keep_the_full_hash(project):
     assert isinstance(r["timestamp"], int) and abs(r["timestamp"] - time.time()) < 120
     assert r["segment"] == 0 and r["asi"] == {"learned": "x"} and "notes" not in r
     assert git(project, "rev-parse", f"refs/autoresearch/t1/run-2") == r["commit_sha"]
+
+
+def test_results_leave_memory_and_throughput_empty_where_an_own_script_measured_none(tmp_path):
+    run = {"run": 1, "commit": "abcdef1234", "status": "keep", "metric": 0.91, "metrics": {},
+           "description": "baseline"}
+    crash = {**run, "run": 2, "status": "crash", "metric": None, "description": "oom"}
+    for kind, row in (("own", ["abcdef1", "0.910000", "", "", "keep", "baseline"]),
+                      ("harness", ["abcdef1", "0.910000", "0.0", "0", "keep", "baseline"])):
+        core_records.write_results(str(tmp_path), {"metric": "val_acc", "project": kind}, [run, crash])
+        rows = [line.split("\t") for line in (tmp_path / "results.tsv").read_text().splitlines()]
+        assert rows[0] == ["commit", "val_acc", "memory_gb", "avg_tok_sec", "status", "description"]
+        assert rows[1] == row, kind         # seed 000's zeros stay where the harness measures

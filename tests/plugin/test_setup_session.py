@@ -95,9 +95,39 @@ def test_setup_refuses_an_existing_branch_and_names_the_resume_command(project):
     assert len(records(project)) == 2          # nothing recorded was lost
 
 
-def test_setup_again_right_after_setup_is_harmless(project):
-    proc = ok(script(project, "setup-session", "--tag", "t1", "--dataset", "classics"))
-    assert "already set up" in proc.stdout
+def test_setup_again_before_the_first_run_replaces_the_settings(project):
+    """A wrong setting found before any run is logged: setup again with the same tag
+    sets the session up anew, on one branch, from the same base."""
+    base = records(project)[0]["base_commit"]
+    proc = ok(script(project, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "7"))
+    assert "session t1 had no run logged: set up again with these settings" in proc.stdout
+    config = records(project)[0]
+    assert len(records(project)) == 1 and config["budget"] == 7 and config["base_commit"] == base
+    assert config["start_branch"] == "main"
+    assert git(project, "branch", "--list", "autoresearch/*").split() == ["*", "autoresearch/t1"]
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+    ok(script(project, "run-experiment"))               # the new settings are the session's
+    assert "budget 7s" in (project / "run.log").read_text()
+    bad = script(project, "setup-session", "--tag", "t1", "--dataset", "classics", "--budget", "9")
+    assert bad.returncode == 2 and records(project)[0]["budget"] == 7, "a run is waiting: kept"
+
+
+def test_end_session_discard_throws_away_a_session_with_no_runs(project):
+    ok(script(project, "end-session", "--discard"))
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert git(project, "branch", "--list", "autoresearch/*") == ""
+    assert not (project / "autoresearch.jsonl").exists()
+    assert list((project / ".autoresearch" / "archive").glob("t1-*/autoresearch.jsonl"))
+    ok(script(project, "setup-session", "--tag", "t1", "--dataset", "classics"))   # the tag is free
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
+
+
+def test_end_session_discard_keeps_a_session_with_runs(project):
+    ok(script(project, "run-experiment"))
+    ok(script(project, "log-experiment", "--status", "keep", "--description", "baseline"))
+    proc = script(project, "end-session", "--discard")
+    assert proc.returncode == 2 and "has runs recorded: it is kept" in proc.stderr
+    assert len(records(project)) == 2 and git(project, "rev-parse", "--abbrev-ref", "HEAD") == "autoresearch/t1"
 
 
 @pytest.mark.parametrize("tag", ["bad tag", "-x", "a..b", "x.lock", "a/b", "é"])

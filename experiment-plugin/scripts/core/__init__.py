@@ -20,6 +20,7 @@ LAYERS = (
     "devices",      # platform, GPUs, cores, Apple Silicon, worker slots
     "records",      # the log: schema, reading, appending, results.tsv
     "stats",        # samples, noise from repeats, seeds, kept state, MAD
+    "proposals",    # the model of proposals: an edit's effect, before and after it is measured
     "policy",       # THE keep rule: keep / discard / rerun, undo, the wave decision
     "candidates",   # a wave's candidates: state files and worktrees
     "session",      # lifecycle, loop ownership and end, messages and reports

@@ -115,6 +115,17 @@ def branch_exists(root: str, branch: str) -> bool:
     return run_git(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").returncode == 0
 
 
+def leave_branch(root: str, branch: str, back_to: str) -> None:
+    """Check out `back_to` (a branch or a commit) and delete `branch`."""
+    git(root, "checkout", "-q", back_to)
+    git(root, "branch", "-q", "-D", branch)
+
+
+def changed_files(root: str, old: str, new: str) -> list[str]:
+    """The files that differ between two commits (what a reset from `new` to `old` puts back)."""
+    return git(root, "diff", "--name-only", "--no-ext-diff", old, new).split("\n") if old != new else []
+
+
 def tracked_changes(root: str) -> list[str]:
     out = run_git(root, "status", "--porcelain", "--untracked-files=no").stdout.decode(
         "utf-8", "replace")                                   # unstripped: XY columns

@@ -209,10 +209,18 @@ class LoadMonitor:
             return {}
 
 
-def disturbed(reading: dict | None) -> str | None:
-    """Why a run counts as disturbed (one short phrase), or None for a quiet one."""
+def load_checked(config: dict) -> bool:
+    """Whether other load on the machine sets a run apart. Off for a session set up with
+    --no-load-check (a shared machine, where every run has company), or for one call
+    with AUTORESEARCH_LOAD_CHECK=0."""
+    return config.get("load_check", True) and os.environ.get("AUTORESEARCH_LOAD_CHECK") != "0"
+
+
+def disturbed(reading: dict | None, config: dict) -> str | None:
+    """Why a run counts as disturbed (one short phrase), or None for a quiet one (or
+    where the load is not checked)."""
     reading = reading or {}
-    if os.environ.get("AUTORESEARCH_LOAD_CHECK") == "0" \
+    if not load_checked(config) \
             or not finite(reading.get("seconds")) or reading["seconds"] < DISTURBED_MIN_SECONDS:
         return None
     why = []

@@ -15,6 +15,7 @@ import math
 from .common import finite, UserError
 from .git import commit_of, last_kept_commit
 from .monitor import DISTURBED_BUSY
+from .proposals import effect_posterior
 from .stats import (baseline_run, best_run, code_groups, code_samples, improvement, kept_state, noise,
     run_samples, seeds_ignored, SEEDS_IGNORED, undone_runs)
 
@@ -33,27 +34,6 @@ def policy_name(config: dict) -> str:
     return name
 
 
-# The noise-aware rule judges a candidate by how likely it is to be a real gain,
-# given everything measured so far, under a stated model of proposals. In units of
-# sigma (one run's noise), the true effect d of an edit on the kept state is
-#     null     d = 0                     half of all edits
-#     harmful  d > 0, half-normal(3)     30%
-#     helpful  d < 0, exponential        20%, an equal mixture of means 0.5, 1, 2, 4, 8
-# (most ideas do nothing or hurt; a few help, at every scale; no one size is assumed).
-# The model gives two things a threshold on a difference cannot:
-#   * P(helpful) for the candidate, judged against the kept state's *estimated* value
-#     with its uncertainty (not a lucky draw);
-#   * the kept state's value after a keep: the posterior mean of (old value + d),
-#     which shrinks the luck a marginal keep was kept on (the winner's curse) instead
-#     of carrying it into every later comparison;
-#   * more of that value from runs already made: a discarded edit that was probably
-#     null is nearly a re-measure of the kept state, at no extra cost.
-# Everything is closed form (a point mass, a half-normal and exponentials against a
-# normal likelihood), so a 1,000-run log is replayed in milliseconds.
-PRIOR_NULL, PRIOR_HARMFUL, PRIOR_HELPFUL = 0.5, 0.3, 0.2
-HARMFUL_SCALE = 3.0
-HELPFUL_MEANS = (0.5, 1.0, 2.0, 4.0, 8.0)
-
 # The decision, from P = P(helpful) and the expected gain it carries:
 #   * first run: keep at P >= keep[0]; discard under `drop`; in between the result is
 #     marginal, and it gets one confirming run on a new seed, unless its expected
@@ -70,71 +50,6 @@ HELPFUL_MEANS = (0.5, 1.0, 2.0, 4.0, 8.0)
 # Chosen on benchmarks/bench_decisions.py (research log 2026-11-24 and 2026-11-29).
 NOISE_AWARE = {"keep": (0.45, 0.25), "drop": 0.2, "max_samples": 2,
                "rerun_worth": 1.0, "worth_floor": 0.05, "undo_below": 0.3, "undo_after": 1}
-
-_SQRT2 = math.sqrt(2.0)
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-# The prior's constant terms, computed once: effect_posterior runs a few dozen times
-# for every run a log replay passes.
-_LOG_NULL = math.log(PRIOR_NULL)
-_LOG_HARMFUL = math.log(2 * PRIOR_HARMFUL)
-_H2 = HARMFUL_SCALE ** 2
-_HELPFUL = tuple((1 / mean, math.log(PRIOR_HELPFUL / len(HELPFUL_MEANS)) + math.log(1 / mean))
-                 for mean in HELPFUL_MEANS)   # (rate, log of its weight times the rate)
-
-
-def _log_phi(x: float) -> float:
-    return -0.5 * x * x - _LOG_SQRT_2PI
-
-
-def _log_cdf(x: float) -> float:
-    """log of the standard normal CDF, accurate far into the lower tail."""
-    if x > -8:
-        return math.log(0.5 * math.erfc(-x / _SQRT2))
-    x2 = x * x
-    return _log_phi(x) - math.log(-x) + math.log1p(-1 / x2 + 3 / x2 ** 2 - 15 / x2 ** 3)
-
-
-def _log_cdf_mills(b: float) -> tuple[float, float]:
-    """log Phi(b), and phi(b) / Phi(b) (the inverse Mills ratio) from it."""
-    lc = _log_cdf(b)
-    return lc, math.exp(_log_phi(b) - lc)
-
-
-def effect_posterior(diff: float, spread: float) -> dict:
-    """The posterior of a candidate's true effect d (sigma units, negative is better)
-    given diff = observed minus kept estimate and spread = the sd of that difference,
-    both in sigma units. Returns {p_helpful, p_null, p_harmful, mean, var}."""
-    s2 = spread * spread
-    parts = []   # (log weight, mean of d, variance of d, kind)
-    parts.append((_LOG_NULL + _log_phi(diff / spread) - math.log(spread),
-                  0.0, 0.0, "null"))
-    h2 = _H2
-    v = h2 * s2 / (h2 + s2)
-    m, sd = diff * h2 / (h2 + s2), math.sqrt(v)
-    b = m / sd
-    lc, r = _log_cdf_mills(b)
-    lw = _LOG_HARMFUL + _log_phi(diff / math.sqrt(h2 + s2)) - 0.5 * math.log(h2 + s2) + lc
-    parts.append((lw, m + sd * r, max(v * (1 - r * (r + b)), 0.0), "harmful"))
-    for lam, log_w in _HELPFUL:
-        a = diff + lam * s2
-        b = -a / spread
-        lc, r = _log_cdf_mills(b)
-        lw = log_w + lam * diff + lam * lam * s2 / 2 + lc
-        parts.append((lw, a - spread * r, max(s2 * (1 - b * r - r * r), 0.0), "helpful"))
-    top = max(p[0] for p in parts)
-    ws = [math.exp(p[0] - top) for p in parts]
-    total = sum(ws)
-    ws = [w / total for w in ws]
-    mean = sum(w * p[1] for w, p in zip(ws, parts))
-    var = sum(w * (p[2] + p[1] ** 2) for w, p in zip(ws, parts)) - mean ** 2
-    out = {"p_null": 0.0, "p_harmful": 0.0, "p_helpful": 0.0, "mean": mean, "var": max(var, 0.0),
-           "gain_helpful": 0.0}
-    for w, p in zip(ws, parts):
-        out["p_" + p[3]] += w
-        if p[3] == "helpful":
-            out["gain_helpful"] -= w * p[1]
-    return out
-
 
 def _oriented(x: float, direction: str) -> float:
     """Metric values turned so that lower is better."""
@@ -301,11 +216,11 @@ def recommend(config: dict, runs: list[dict], candidate: dict) -> tuple[str, str
                          "unchanged (this run is not counted)"
                          + (f". {candidate['disturbed_runs']} runs of this code were disturbed: "
                             "the machine is busy. Find the other load (top) and stop it, or "
-                            "`sleep 300` before the next run; AUTORESEARCH_LOAD_CHECK=0 judges "
-                            "disturbed runs anyway" if busy else ""))
+                            "`sleep 300` before the next run. On a machine always shared, set "
+                            "the session up with --no-load-check" if busy else ""))
     samples = candidate["samples"]
-    value = sum(samples) / len(samples)
     n_c = len(samples)
+    value = sum(samples) / n_c
     policy = policy_name(config)
     kept = kept_state(config, runs)
     if kept is None:

@@ -301,6 +301,10 @@ def tsv_field(text: str) -> str:
 def results_tsv(config: dict, runs: list[dict]) -> str:
     rows = ["\t".join(["commit", config.get("metric", "val_bpb"), "memory_gb", "avg_tok_sec",
                        "status", "description"])]
+    # Seed 000's rows write 0.0 and 0 where a crash measured nothing; a script of one's
+    # own may never print memory or throughput, and a column of zeros would read as a
+    # measurement: there they stay empty.
+    own = config.get("project", "harness") == "own"
     for r in runs:
         m = r.get("metrics") or {}
         metric = r.get("metric")
@@ -309,8 +313,8 @@ def results_tsv(config: dict, runs: list[dict]) -> str:
         rows.append("\t".join([
             r.get("commit", "")[:7],
             f"{metric:.6f}" if isinstance(metric, (int, float)) else "0.000000",
-            f"{mem / 1024:.1f}" if isinstance(mem, (int, float)) else "0.0",
-            f"{tok:.0f}" if isinstance(tok, (int, float)) else "0",
+            f"{mem / 1024:.1f}" if isinstance(mem, (int, float)) else "" if own else "0.0",
+            f"{tok:.0f}" if isinstance(tok, (int, float)) else "" if own else "0",
             r["status"],
             tsv_field(r["description"]),
         ]))

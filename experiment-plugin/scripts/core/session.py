@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from .common import (editable_files, find_root, finite, fmt, Lock, LOG, NOTES, now_iso, PLUGIN_ROOT,
-    read_json, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
+    read_json, SESSION_FILES, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
+from .git import current_branch, git, head, leave_branch, remove_worktree, tracked_changes
+from .copies import PENDING, drop_copies
 from .project import HARNESS, KIND_NAMES, plot_of
 from .records import append_record, asi, lesson, log_copy, read_config, read_log, session_tag
 from .stats import (baseline_run, best_run, better, experiments, improvement, noise_line,
@@ -34,6 +37,8 @@ def research_config(config: dict) -> str:
             ("data check", (config.get("data_check") or "none") if "data_check" in config else ""),
             ("budget", f"{config['budget']:g} s per run (killed after {config['timeout']:g} s)"
              + (", enforced by the script itself" if config.get("budget_via") == "script" else "")),
+            ("load check", "off: runs are judged whatever else the machine runs (shared)"
+             if config.get("load_check") is False else ""),
             ("seeds", "" if config.get("seeds", True) else
              "not varied (the script sets its own): each change is judged on one run"),
             ("metric", f"{config['metric']}, {config['direction']} is better"
@@ -203,6 +208,62 @@ def plateau_hint(config: dict, runs: list[dict]) -> str:
             "one that kept before, and say its category in --asi.")
 
 
+def archive_files(root: str) -> str | None:
+    """Move an earlier session's files aside (nothing is ever overwritten). A file
+    of that name that the project tracks in git is the person's, not a session's: it
+    stays where it is."""
+    log = read_log(root, required=False)
+    present = [n for n in SESSION_FILES
+               if n != STATE_DIR and os.path.exists(os.path.join(root, n))
+               and not git(root, "ls-files", "--", n)]
+    if not present:
+        return None
+    name = (log.config or {}).get("tag", "untitled") + "-" + now_iso().replace(":", "")
+    dest = os.path.join(root, STATE_DIR, "archive", name)
+    os.makedirs(dest, exist_ok=True)
+    for n in present:
+        shutil.move(os.path.join(root, n), os.path.join(dest, n))
+    for n in ("pending.json", "wave"):
+        if os.path.exists(os.path.join(root, STATE_DIR, n)):
+            shutil.move(os.path.join(root, STATE_DIR, n), os.path.join(dest, n))
+    # The earlier session's candidate worktrees (their commits stay under
+    # refs/autoresearch/<tag>/cand-*).
+    folder = os.path.join(root, WORKTREES)
+    for name in (os.listdir(folder) if os.path.isdir(folder) else []):
+        remove_worktree(root, os.path.join(folder, name))
+    return os.path.relpath(dest, root)
+
+
+def discard_unstarted(root: str) -> tuple[str, str]:
+    """Throw away a session that has logged no run, so that a wrong --run, --budget-via
+    or seed setting costs nothing: guard and loop off, back on the branch the session
+    started from, its branch deleted, its files moved aside (archive_files). Nothing
+    measured is lost: a session with a logged or a waiting run is refused. Returns
+    (where the files went, the branch now checked out)."""
+    with Lock(root):
+        log = read_log(root)
+        config = log.config
+        tag, branch = config["tag"], config["branch"]
+        if log.runs or os.path.exists(os.path.join(root, STATE_DIR, PENDING)):
+            raise UserError(f"session {tag} has runs recorded: it is kept as it is; end it with "
+                            "end-session (and finalize takes its kept changes)")
+        if current_branch(root) != branch:
+            raise UserError(f"not on {branch}: check it out first, or delete the branch by hand")
+        if head(root) != config["base_commit"]:
+            raise UserError(f"{branch} has commits since setup: nothing is thrown away; "
+                            "end the session with end-session instead")
+        dirty = tracked_changes(root)
+        if dirty:
+            raise UserError(f"uncommitted changes in {', '.join(dirty[:5])}: commit or stash "
+                            "them first")
+        write_state(root, active=False, owner=None)
+        back_to = config.get("start_branch") or config["base_commit"]
+        leave_branch(root, branch, back_to)
+        for name in (LOG, PENDING):
+            drop_copies(root, tag, name)
+    return archive_files(root), back_to
+
+
 def end_session(root: str, reason: str) -> None:
     """End the session: an "end" event in the log, the stop file consumed, guard and
     loop off. Takes the log lock. The branch, log and results stay as they are."""
@@ -340,12 +401,15 @@ def write_progress(root: str, report: str) -> None:
 
 def ended_message(config: dict, runs: list[dict], reason: str) -> str:
     """What the person reads when a session ends: what happened, and what next."""
-    n = experiments(runs)
-    return (f"autoresearch session {config['tag']} has ended: {reason}. {n} runs, "
-            f"{best_line(config, runs)}. The guard and the loop are off. Next: "
-            f"/experiment:summary writes the report and {plot_of(config)}; "
-            f"/experiment:resume --max-iterations {max(n, config.get('max_iterations') or 0) + 20} "
-            f"continues with 20 more runs; {os.path.join(PLUGIN_ROOT, 'scripts', 'finalize')} "
+    n, cap = experiments(runs), config.get("max_iterations") or 0
+    # Under the cap, resuming simply goes on to it; at the cap, it needs a higher one.
+    more = (f"/experiment:resume continues to the cap of {cap} ({cap - n} more run"
+            f"{'s' if cap - n != 1 else ''})" if n < cap else
+            f"/experiment:resume --max-iterations {n + 20} continues with 20 more runs")
+    return (f"autoresearch session {config['tag']} has ended: {reason}. {n} run"
+            f"{'s' if n != 1 else ''}, {best_line(config, runs)}. The guard and the loop are off. "
+            f"Next: /experiment:summary writes the report and {plot_of(config)}; "
+            f"{more}; {os.path.join(PLUGIN_ROOT, 'scripts', 'finalize')} "
             f"shows how the kept changes on branch {config['branch']} would go into "
             f"{config.get('start_branch') or 'your branch'} (it changes nothing without --yes).")
 

@@ -161,7 +161,7 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     if changed_fixed_files(path, config["fixed_files"]) or cache_changed(config):
         status, detail = "tampered", "the run changed a fixed file"
     samples, seeds, set_apart = list(cand["samples"]), list(cand["seeds"]), list(cand["disturbed"])
-    why = disturbed(reading)
+    why = disturbed(reading, config)
     if status == "ok":
         add_sample(metrics[config["metric"]], seed, why, samples, seeds, set_apart)
     return {"run_status": status, "detail": detail, "metrics": json_safe(metrics),
