@@ -22,7 +22,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, records, stats, session  # noqa: E402
+from core import common, git, project, records, stats, session  # noqa: E402
 
 
 def kept_changes(root, config, runs):
@@ -60,7 +60,7 @@ def message(config, runs, changes):
         lines.append(f"- run {r['run']} ({shown}): {' '.join(r['description'].split())}")
     data = config["dataset"] + (" data" if config["dataset"].endswith("own") else "")
     budget = ("the script's own budget per run" if config.get("budget_via") == "script"
-              else f"{config['budget']:g} s per run")
+              else f"{project.budget_text(config)} per run")
     lines += ["", f"Measured on {data}, {budget}, keep policy "
                   f"{config['policy']}; every run is in autoresearch.jsonl of session "
                   f"{config['tag']} (branch {config['branch']})."]

@@ -13,7 +13,9 @@ Works in three kinds of project (the research config names which):
   Lightning; then setup reads it with a --metric-pattern it proposes),
   --data-check "CMD" (or none).
 The budget reaches a run as AUTORESEARCH_TIME_BUDGET where the script reads it;
-otherwise the script enforces its own and --budget sets only the timeout. Likewise
+otherwise the script enforces its own and --budget sets only the timeout. On a
+shared machine, where the clock is noise, --budget-unit steps or tokens makes --budget
+a count that reaches it as AUTORESEARCH_STEP_BUDGET or AUTORESEARCH_TOKEN_BUDGET. Likewise
 AUTORESEARCH_SEED: a script that sets its own seed repeats itself, so its noise is
 not estimated from repeats.
 
@@ -49,7 +51,7 @@ TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 NOTES_TEMPLATE = """# autoresearch session {tag}
 
-Branch `{branch}`, target `{target}`, dataset `{dataset}`, {budget:g} s per run,
+Branch `{branch}`, target `{target}`, dataset `{dataset}`, {budget_shown} per run,
 metric `{metric}` ({direction} is better), keep policy `{policy}`.
 
 This is the living document of the session: keep it current so that anyone (or a
@@ -96,6 +98,10 @@ def parse_args(argv):
                                     "Silicon, train.py elsewhere)")
     p.add_argument("--budget", type=float, help="training seconds per run (default 300, or the "
                                                   "script's own TIME_BUDGET)")
+    p.add_argument("--budget-unit", choices=list(project.BUDGET_UNITS),
+                   help="a project of your own: what --budget counts. steps or tokens reach the "
+                        "script as AUTORESEARCH_STEP_BUDGET or AUTORESEARCH_TOKEN_BUDGET; runs are "
+                        "then equal whatever the machine's speed, and need --timeout (default seconds)")
     p.add_argument("--timeout", type=float,
                    help="kill a run after this many seconds (default 2 x budget + 120)")
     p.add_argument("--metric", help="metric to optimise, as the run prints it (default val_bpb, "
@@ -185,6 +191,13 @@ def check_args(a):
                             "starting with a letter or digit (e.g. mar5)")
     if (a.budget is not None and a.budget <= 0) or (a.timeout is not None and a.timeout <= 0):
         raise common.UserError("--budget and --timeout must be positive numbers of seconds")
+    if a.budget_unit not in (None, "seconds"):
+        if a.budget is None or a.budget != int(a.budget) or a.timeout is None:
+            raise common.UserError(f"--budget-unit {a.budget_unit} needs --budget N, a whole number of "
+                                   f"{a.budget_unit} per run, and --timeout S, the seconds after which a run is killed")
+        if a.budget_via == "script":
+            raise common.UserError(f"--budget-unit {a.budget_unit} passes the budget to the script: "
+                                   "drop --budget-via script")
     if a.max_iterations is not None and a.max_iterations < 1:
         raise common.UserError("--max-iterations must be 1 or more (leave it out for no limit)")
     policy.policy_name({"policy": a.policy})      # an unknown policy: one line, what to use
@@ -237,6 +250,10 @@ def plan(root, target, a):
     p = {"project": kind, "python": python, "run": None, "budget_via": "env", "seeds": True,
          "metric": a.metric, "direction": a.direction or project.default_direction(a.metric)}
     if kind == project.HARNESS:
+        if a.budget_unit not in (None, "seconds"):
+            raise common.UserError(f"--budget-unit {a.budget_unit} is for a project of your own: the "
+                                   "harness's budget is seconds on the runner's clock, where a template "
+                                   "cannot misreport it; on a shared machine pass --no-load-check instead")
         if a.run:
             raise common.UserError("--run is for a project of your own: here runs start through "
                                    "the harness (python <target>); drop --run")
@@ -263,6 +280,36 @@ def plan(root, target, a):
                                   if program == "uv" else "pass --run with a command that exists"))
     check = a.data_check or (project.KARPATHY_DATA_CHECK if kind == project.KARPATHY else None)
     p["data_check"] = None if (check or "").strip().lower() == "none" else check
+    plan_budget(root, files, target, a, p, notes)
+    p["seeds"] = project.reads(root, files, project.SEED_ENV)
+    if not p["seeds"]:
+        notes.append(f"note: {target} does not read {project.SEED_ENV}: seeds are not varied, so "
+                     "repeats cannot measure the noise; each change is judged on one run. To vary "
+                     f"them, seed from it after any other seeding: {project.seed_snippet(framework)}")
+    p["metric_pattern"], note = metric_source(root, files, target, a, framework)
+    if note:
+        notes.append(note)
+    off.append("the harness's result channel (the metric is read from the run's printed output, "
+               "which the target writes)")
+    if a.metric.endswith("bpb") and kind == project.OWN:
+        off.append("the pinned evaluation (no fixed harness here)")
+    off.append("bench.py (this project's harness has it)")
+    p["off"] = off
+    return p, notes
+
+
+def plan_budget(root, files, target, a, p, notes):
+    """How the budget reaches a script of one's own: a count of steps or tokens, seconds
+    through the environment where the script reads them, or the script's own."""
+    if a.budget_unit not in (None, "seconds"):
+        env = project.BUDGET_UNITS[a.budget_unit]
+        if not project.reads(root, files, env):
+            raise common.UserError(f"{target} never reads {env}: take its {a.budget_unit} from it "
+                                   f"({project.count_snippet(a.budget_unit)}), or leave out --budget-unit")
+        p.update(budget=int(a.budget), budget_unit=a.budget_unit, load_check=False)
+        notes.append(f"note: the budget counts {a.budget_unit}: a change that runs faster gains nothing, "
+                     "so speed is no longer rewarded, and the machine's load is not checked")
+        return
     # The budget: through the environment where the script reads it, else its own.
     reads_budget = project.reads(root, files, project.BUDGET_ENV)
     own = project.budget_constant(root, files)
@@ -288,21 +335,6 @@ def plan(root, target, a):
                          f"reach it, stop its loop on time: {project.BUDGET_SNIPPET}")
     else:
         p["budget"] = a.budget or 300
-    p["seeds"] = project.reads(root, files, project.SEED_ENV)
-    if not p["seeds"]:
-        notes.append(f"note: {target} does not read {project.SEED_ENV}: seeds are not varied, so "
-                     "repeats cannot measure the noise; each change is judged on one run. To vary "
-                     f"them, seed from it after any other seeding: {project.seed_snippet(framework)}")
-    p["metric_pattern"], note = metric_source(root, files, target, a, framework)
-    if note:
-        notes.append(note)
-    off.append("the harness's result channel (the metric is read from the run's printed output, "
-               "which the target writes)")
-    if a.metric.endswith("bpb") and kind == project.OWN:
-        off.append("the pinned evaluation (no fixed harness here)")
-    off.append("bench.py (this project's harness has it)")
-    p["off"] = off
-    return p, notes
 
 
 def metric_source(root, files, target, a, framework):
@@ -498,8 +530,10 @@ def main(argv=None):
     }
     if p.get("off"):
         config["off"] = p["off"]
-    if not a.load_check:
+    if not a.load_check or p.get("load_check") is False:
         config["load_check"] = False
+    if p.get("budget_unit"):
+        config["budget_unit"] = p["budget_unit"]
     config["measure"] = measured_by
     config["sandbox"] = sandbox.session_setting(p["project"], network=a.network, writable=a.writable,
                                                 hide_validation=sandbox.harness_serves_validation(root, measured_by))
@@ -525,7 +559,8 @@ def main(argv=None):
             records.back_up_log(root, a.tag, first)      # the copies first, then the log
             common.write_atomic(os.path.join(root, common.LOG), first)
             records.write_results(root, config, [])
-            common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(**config))
+            common.write_atomic(os.path.join(root, common.NOTES), NOTES_TEMPLATE.format(
+                **config, budget_shown=project.budget_text(config)))
             session.start_loop(root)
         agent_lines = agent_sandbox.apply(root, config)     # the agent's Bash in Claude Code's sandbox
     except BaseException:

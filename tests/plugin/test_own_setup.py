@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from plugin_helpers import commit_all, git, new_repo, ok, records, script
+from plugin_helpers import commit_all, git, make_project, new_repo, ok, records, script
 
 SCRIPT = '''\
 import os, random
@@ -191,3 +191,62 @@ def test_a_run_command_that_sets_a_variable_first_is_accepted(tmp_path):
                     "--run", f"MAX_ITERS=2 {sys.executable} train.py")).stdout
     assert "run        MAX_ITERS=2 " in out
     assert "status: ok" in ok(script(p, "run-experiment")).stdout
+
+
+# A loop that counts its steps, as most trainers do: the count comes from the session.
+STEPS = '''\
+import os, random, time
+max_iters = int(os.environ.get("AUTORESEARCH_STEP_BUDGET", 5000))
+random.seed(int(os.environ.get("AUTORESEARCH_SEED", 0)))
+print("time budget from the environment:", os.environ.get("AUTORESEARCH_TIME_BUDGET"))
+loss = 3.0
+for step in range(max_iters):
+    loss *= 0.99
+    time.sleep(SLEEP)
+print(f"trained {max_iters} steps")
+print("---")
+print(f"val_nll: {loss:.6f}")
+'''
+
+
+def test_a_step_budget_makes_runs_equal_whatever_the_machines_speed(tmp_path):
+    """--budget-unit steps: the count reaches the script, the clock does not; a slower
+    machine (or busier neighbours) changes the run's time but not its result, and the
+    session says it no longer rewards speed and does not check the load."""
+    p = own_repo(tmp_path / "own", {"train.py": STEPS.replace("SLEEP", "0.001")})
+    out = ok(script(p, "setup-session", "--tag", "t", "--metric", "val_nll", "--budget-unit", "steps",
+                    "--budget", "40", "--timeout", "60", "--baseline-runs", "1")).stdout
+    assert "budget     40 steps per run (killed after 60 s), through AUTORESEARCH_STEP_BUDGET: " \
+           "speed is not rewarded" in out
+    assert "load check off" in out
+    config = records(p)[0]
+    assert config["budget_unit"] == "steps" and config["budget"] == 40 and config["load_check"] is False
+    first = ok(script(p, "run-experiment")).stdout
+    log = (p / "run.log").read_text()
+    assert "trained 40 steps" in log and "time budget from the environment: None" in log
+    assert "machine: load not checked" in first
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline"))
+    # The same code, ten times slower per step: the same 40 steps, the same loss.
+    (p / "train.py").write_text(STEPS.replace("SLEEP", "0.01"))
+    second = ok(script(p, "run-experiment")).stdout
+    assert "trained 40 steps" in (p / "run.log").read_text()
+    value = re.compile(r"METRIC val_nll=(\S+)")
+    assert value.search(second).group(1) == value.search(first).group(1)
+
+
+@pytest.mark.parametrize("args,said", [
+    (("--budget-unit", "tokens", "--budget", "1000", "--timeout", "60"),
+     "train.py never reads AUTORESEARCH_TOKEN_BUDGET: take its tokens from it (`max_tokens = "
+     "int(os.environ.get('AUTORESEARCH_TOKEN_BUDGET', max_tokens))`"),
+    (("--budget-unit", "steps", "--budget", "40"), "--budget-unit steps needs --budget N, a whole number "
+     "of steps per run, and --timeout S"),
+    (("--budget-unit", "steps", "--budget", "2.5", "--timeout", "60"), "a whole number of steps"),
+])
+def test_a_count_budget_the_script_cannot_take_is_refused_with_what_to_do(tmp_path, args, said):
+    p = own_repo(tmp_path / "own", {"train.py": STEPS.replace("SLEEP", "0")})
+    assert said in refused(p, "--metric", "val_nll", *args)
+
+
+def test_the_harness_keeps_its_budget_in_seconds_on_the_runners_clock(tmp_path):
+    said = refused(make_project(tmp_path / "h"), "--dataset", "classics", "--budget-unit", "tokens", "--budget", "1000000", "--timeout", "600")
+    assert "is for a project of your own" in said and "--no-load-check" in said

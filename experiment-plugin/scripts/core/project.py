@@ -27,6 +27,12 @@ KIND_NAMES = {HARNESS: "this project's harness",
               KARPATHY: "a karpathy/autoresearch clone",
               OWN: "your own training repository"}
 BUDGET_ENV = "AUTORESEARCH_TIME_BUDGET"
+# A budget counts seconds by default. A project of one's own on a shared machine, where
+# the clock is noise, can count steps or tokens instead (setup-session --budget-unit):
+# each unit reaches the script through its own variable. Not the harness: its seconds
+# are on the runner's clock, a count would be the template's own word.
+BUDGET_UNITS = {"seconds": BUDGET_ENV, "steps": "AUTORESEARCH_STEP_BUDGET",
+                "tokens": "AUTORESEARCH_TOKEN_BUDGET"}
 SEED_ENV = "AUTORESEARCH_SEED"
 
 # karpathy/autoresearch keeps its data and tokenizer in ~/.cache/autoresearch/ (its
@@ -162,9 +168,42 @@ def framework(root: str, target: str, project_kind: str) -> str | None:
 
 # What setup says to add where the budget or the seed cannot reach a script.
 BUDGET_SNIPPET = (f"`budget = float(os.environ.get('{BUDGET_ENV}', 300))` before the loop, "
-                  "`if time.time() - t0 > budget: break` in it (or an iteration count from "
-                  "the environment: `max_iters = int(os.environ.get('MAX_ITERS', 5000))` with "
-                  "--run 'MAX_ITERS=2000 python train.py')")
+                  "`if time.time() - t0 > budget: break` in it (or count its iterations: "
+                  "`max_iters = int(os.environ.get('AUTORESEARCH_STEP_BUDGET', 5000))` with "
+                  "--budget-unit steps --budget 2000)")
+
+
+def budget_unit(config: dict) -> str:
+    return config.get("budget_unit") or "seconds"
+
+
+def budget_env(config: dict) -> str:
+    """The variable that carries a run's budget to the script."""
+    return BUDGET_UNITS[budget_unit(config)]
+
+
+def budget_vars(config: dict) -> dict:
+    """The run's budget variable, none where the script enforces its own (a cap from
+    here would cut it short)."""
+    if config.get("budget_via") == "script":
+        return {}
+    unit = budget_unit(config)
+    return {BUDGET_UNITS[unit]: f"{config['budget']:g}" if unit == "seconds" else str(int(config["budget"]))}
+
+
+def budget_text(config: dict) -> str:
+    """The budget as a person reads it: `300 s`, `2,000 steps`, `1,000,000 tokens`."""
+    unit = budget_unit(config)
+    return f"{config['budget']:g} s" if unit == "seconds" else f"{int(config['budget']):,} {unit}"
+
+
+def count_snippet(unit: str) -> str:
+    """What a script adds to take a step or token budget from the environment."""
+    name = "max_iters" if unit == "steps" else "max_tokens"
+    return (f"`{name} = int(os.environ.get('{BUDGET_UNITS[unit]}', {name}))` before the loop, "
+            f"and the loop stops there")
+
+
 SEEDERS = {"torch": "torch.manual_seed(seed)", "jax": "key = jax.random.PRNGKey(seed)",
            "tensorflow": "tf.keras.utils.set_random_seed(seed)",
            "keras": "keras.utils.set_random_seed(seed)", "mlx": "mx.random.seed(seed)",

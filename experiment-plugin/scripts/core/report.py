@@ -20,6 +20,7 @@ from .records import asi, lesson, pending_path, read_log
 from .stats import (baseline_run, better, confidence, experiments, noise, noise_line,
     run_samples, standing_keeps, undone_runs)
 from .policy import estimate_line, kept_estimate
+from .project import budget_text
 from .candidates import candidates, IN_FLIGHT, WAVE_DIR
 from .session import PROGRESS_BEGIN, PROGRESS_END, read_state, research_config
 
@@ -280,7 +281,7 @@ def header(root: str, config: dict, runs: list[dict], events: list[dict]) -> dic
     return {
         "tag": str(config.get("tag", "")), "branch": str(config.get("branch", "")),
         "platform": ", ".join(str(p[k]) for k in ("os", "device") if k in p),
-        "dataset": str(config.get("dataset", "")), "budget": config.get("budget"),
+        "dataset": str(config.get("dataset", "")), "budget": budget_text(config) if "budget" in config else None,
         "policy": str(config.get("policy", "")), "metric": str(config["metric"]),
         "direction": config["direction"], "workers": config.get("workers") or 1,
         "done": experiments(runs), "cap": config.get("max_iterations"),

@@ -12,7 +12,7 @@ from .common import (editable_files, find_root, finite, fmt, Lock, LOG, NOTES, n
     read_json, SESSION_FILES, STATE_DIR, STOP_FILE, UserError, WORKTREES, write_atomic)
 from .git import current_branch, git, head, leave_branch, remove_worktree, tracked_changes
 from .copies import PENDING, drop_copies
-from .project import HARNESS, KIND_NAMES, plot_of
+from .project import budget_env, budget_text, budget_unit, HARNESS, KIND_NAMES, plot_of
 from .records import append_record, asi, lesson, log_copy, read_config, read_log, session_tag
 from .stats import (baseline_run, best_run, better, experiments, improvement, noise_line,
     standing_keeps, undone_runs)
@@ -35,8 +35,10 @@ def research_config(config: dict) -> str:
             ("run", config.get("run") or ""),
             ("dataset", config["dataset"]),
             ("data check", (config.get("data_check") or "none") if "data_check" in config else ""),
-            ("budget", f"{config['budget']:g} s per run (killed after {config['timeout']:g} s)"
-             + (", enforced by the script itself" if config.get("budget_via") == "script" else "")),
+            ("budget", f"{budget_text(config)} per run (killed after {config['timeout']:g} s)"
+             + (", enforced by the script itself" if config.get("budget_via") == "script" else "")
+             + (f", through {budget_env(config)}: speed is not rewarded, a faster change gains nothing"
+                if budget_unit(config) != "seconds" else "")),
             ("load check", "off: runs are judged whatever else the machine runs (shared)"
              if config.get("load_check") is False else ""),
             ("seeds", "" if config.get("seeds", True) else
@@ -307,7 +309,7 @@ def state_block(root: str, config: dict, runs: list[dict], owned: bool) -> str:
         f"autoresearch session {config['tag']} is active in this project ({root}).",
         f"Protocol: {os.path.join(PLUGIN_ROOT, 'skills', 'autoresearch', 'SKILL.md')} (read it "
         f"again now); scripts: {os.path.join(PLUGIN_ROOT, 'scripts')}.",
-        f"Target {config['target']}, dataset {config['dataset']}, {config['budget']:g} s per run, "
+        f"Target {config['target']}, dataset {config['dataset']}, {budget_text(config)} per run, "
         f"policy {config['policy']}; {config['metric']}, {config['direction']} is better.",
         f"{experiments(runs)}{f' of {cap}' if cap else ''} runs logged; {best_line(config, runs)}.",
     ]
