@@ -296,7 +296,17 @@ def served(harness, per_token_loss, batch_size, seed=0):
 
     runner_end, run_end = socket.socketpair()
     out = {}
-    thread = threading.Thread(target=lambda: out.update(harness.serve_evaluation(runner_end.fileno(), batch_size, seed)))
+
+    def runner():
+        # The runner reads the run's request first (measure.ServedRun), then serves it.
+        try:
+            request = harness._read_header(runner_end.fileno())
+            assert request["op"] == "eval", request
+            out.update(harness.serve_evaluation(runner_end.fileno(), request["batch_size"], seed))
+        except BaseException as e:
+            out["error"] = e
+            runner_end.shutdown(socket.SHUT_RDWR)     # the run's side reads EOF, not forever
+    thread = threading.Thread(target=runner)
     thread.start()
     saved = (harness._LEDGER.result_fd, harness._LEDGER.eval_calls)
     harness._LEDGER.result_fd, harness._LEDGER.eval_calls = run_end.fileno(), 0
@@ -304,9 +314,12 @@ def served(harness, per_token_loss, batch_size, seed=0):
         value = harness.evaluate_bpb(per_token_loss, batch_size)
     finally:
         harness._LEDGER.result_fd, harness._LEDGER.eval_calls = saved
+        run_end.shutdown(socket.SHUT_RDWR)            # a runner still waiting for losses stops
         thread.join()
         runner_end.close()
         run_end.close()
+    if "error" in out:
+        raise out["error"]
     return value, out
 
 
@@ -366,11 +379,14 @@ def test_an_honest_model_never_trips_the_probe(harness):
 
 
 def test_a_model_that_changes_while_evaluated_trips_the_replay(harness):
-    logp = fixed_model(harness)
+    """A model that moves while it is evaluated, from one distribution towards another:
+    each is a real cross-entropy (the probe passes), but a row served twice scores twice."""
+    p, q = np.exp(fixed_model(harness, seed=1)), np.exp(fixed_model(harness, seed=2))
     calls = []
 
     def learning(x, y):
         calls.append(1)
-        return -logp[y] * (1 - 0.02 * len(calls))     # better on every batch it has seen
+        a = min(1.0, len(calls) / 20)
+        return -np.log((1 - a) * p[y] + a * q[y])
     value, result = served(harness, learning, 4)
     assert "served twice" in (harness.probe_verdict(result["eval"]["probe"], result["eval"]["replay"]) or "")
