@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 
-from .common import (editable_files, find_root, PLUGIN_ROOT, read_json, SCRIPT_ONLY_FILES, SCRIPTS_DIR,
+from .common import (cannot_start, editable_files, find_root, PLUGIN_ROOT, read_json, SCRIPT_ONLY_FILES, SCRIPTS_DIR,
                      SESSION_FILES, STATE_DIR, UserError, write_atomic)
 from .git import git
 from .harness import DEPENDENCY_FILES, FIXED_DIRS, FIXED_FILES
@@ -56,16 +56,9 @@ def available() -> tuple[bool, str]:
     if missing:
         return False, (f"{' and '.join(missing)} not installed (Debian/Ubuntu: "
                        "sudo apt-get install bubblewrap socat)")
-    try:        # installed is not enough: a container may forbid the namespaces it needs
-        proc = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                               "--unshare-pid", "--unshare-net", "true"],
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return False, f"bubblewrap cannot start here ({e})"
-    if proc.returncode != 0:
-        said = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-        return False, f"bubblewrap cannot start here ({said[:120]})"
-    return True, "bubblewrap"
+    why = cannot_start(["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                        "--unshare-pid", "--unshare-net", "true"], timeout=10)
+    return (False, f"bubblewrap cannot start here ({why})") if why else (True, "bubblewrap")
 
 
 def scripts() -> list[str]:

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import math
 import os
+import subprocess
 import sys
 
 # This file is experiment-plugin/scripts/core/common.py.
@@ -244,3 +245,15 @@ def run_main(main) -> None:
 
 def fmt(x, digits: int = 6) -> str:
     return f"{x:.{digits}f}" if finite(x) else str(x)
+
+
+def cannot_start(command: list[str], timeout: float) -> str | None:
+    """Why a sandbox program cannot start here (its error's last line), or None when it
+    runs: installed is not enough, a container may forbid the namespaces it needs."""
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    if proc.returncode != 0:
+        return (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:120]
+    return None

@@ -25,10 +25,9 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import subprocess
 import sys
 
-from .common import COMPILE_CACHE, editable_files, PLUGIN_ROOT, SESSION_FILES, STATE_DIR, UserError
+from .common import cannot_start, COMPILE_CACHE, editable_files, PLUGIN_ROOT, SESSION_FILES, STATE_DIR, UserError
 from .project import HARNESS
 
 BWRAP, SANDBOX_EXEC, NONE = "bwrap", "sandbox-exec", "none"
@@ -85,24 +84,14 @@ def available() -> tuple[str | None, str]:
             return None, "bubblewrap is not installed (apt-get install bubblewrap)"
         probe = [bwrap, *namespace_flags(network=False), "--ro-bind", "/", "/", "--dev", "/dev",
                  "--proc", "/proc", "--tmpfs", "/tmp", "--", "true"]
-        try:
-            proc = subprocess.run(probe, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"bubblewrap cannot start ({e})"
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            return None, f"bubblewrap cannot make a sandbox here ({last})"
-        return BWRAP, "bubblewrap"
+        why = cannot_start(probe, timeout=30)
+        return (None, f"bubblewrap cannot make a sandbox here ({why})") if why else (BWRAP, "bubblewrap")
     if sys.platform == "darwin":
         if not os.path.exists("/usr/bin/sandbox-exec"):
             return None, "sandbox-exec is not on this Mac"
-        try:
-            proc = subprocess.run(["/usr/bin/sandbox-exec", "-p", "(version 1)(allow default)", "/usr/bin/true"],
-                                  capture_output=True, timeout=30)
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"sandbox-exec cannot start ({e})"
-        return (SANDBOX_EXEC, "sandbox-exec") if proc.returncode == 0 else \
-            (None, "sandbox-exec refuses to run here")
+        why = cannot_start(["/usr/bin/sandbox-exec", "-p", "(version 1)(allow default)", "/usr/bin/true"],
+                           timeout=30)
+        return (None, f"sandbox-exec refuses to run here ({why})") if why else (SANDBOX_EXEC, "sandbox-exec")
     return None, f"no sandbox is known on {sys.platform}"
 
 
