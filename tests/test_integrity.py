@@ -312,7 +312,9 @@ def test_training_inside_the_evaluation_runs_into_its_limit(project):
 
 def test_learning_from_the_validation_rows_is_invalid(project):
     """Test-time training: after scoring each batch the model takes SGD steps on it.
-    A validation row the runner serves twice then scores better the second time."""
+    A validation row the runner serves twice then scores better the second time; on a
+    busy machine the training steps may first push the evaluation past its pinned limit.
+    Either way the run is invalid and says which check caught it."""
     proc = project.attack("            return eval_model(xv, yv).float().cpu().numpy()\n", """            out = eval_model(xv, yv).float().cpu().numpy()
         model.train()
         model(xv, yv).mean().backward()
@@ -324,7 +326,7 @@ def test_learning_from_the_validation_rows_is_invalid(project):
 """)
     try:
         assert status(proc) == "invalid", proc.stdout
-        assert "served twice" in proc.stdout
+        assert "served twice" in proc.stdout or "the evaluation ran past its limit" in proc.stdout
     finally:
         project.undo()
 

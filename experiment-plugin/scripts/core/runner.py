@@ -265,8 +265,7 @@ def sandboxed_command(root: str, config: dict, setting: dict, command: list[str]
             hidden += [os.path.join(shipped, f) for f in sorted(held_out)]
         hidden = [h for h in hidden if os.path.lexists(h)]
     python = config["python"]
-    needed = [root, tree, PLUGIN_ROOT, os.path.dirname(os.path.dirname(python)),
-              os.path.dirname(os.path.dirname(os.path.realpath(python))), *([os.path.dirname(cache)] if cache else [])]
+    needed = sandbox.needed_paths(root, tree, python, cache, env)
     wrapped = sandbox.bwrap_command(command, cwd=tree, needed=needed, writable=writable,
                                     protected=sandbox.protected(root, config, tree), binds=binds,
                                     hidden=hidden, network=setting.get("network", False), env=env)

@@ -250,6 +250,16 @@ def protected(root: str, config: dict, cwd: str) -> list[str]:
     return [p for p in dict.fromkeys(os.path.realpath(p) for p in paths) if os.path.lexists(p)]
 
 
+def needed_paths(root: str, tree: str, python: str, cache: str | None, env: dict) -> list[str]:
+    """What a run needs to read wherever it lives (bwrap_command binds those under /tmp
+    back over the private /tmp): the project, the plugin, the interpreter's environment
+    (the session's and the scripts' own: a wrapper may exec the latter), the cache, and
+    the folders on the run's PATH (a `uv` or `torchrun` in a virtual environment)."""
+    venvs = [os.path.dirname(os.path.dirname(p)) for p in (python, os.path.realpath(python))]
+    return [root, tree, PLUGIN_ROOT, *venvs, sys.prefix, *([os.path.dirname(cache)] if cache else []),
+            *[d for d in env.get("PATH", "").split(os.pathsep) if os.path.isabs(d) and os.path.isdir(d)]]
+
+
 def bwrap_command(argv: list[str], *, cwd: str, needed=(), writable=(), protected=(), binds=(),
                   hidden=(), network=False, env: dict) -> list[str]:
     """The bubblewrap command line that runs `argv` in the sandbox.
