@@ -101,6 +101,10 @@ def namespace_flags(network: bool) -> list[str]:
     --unshare-pid      its own PID namespace: the run sees only its own processes,
                        and when the namespace's first process ends the kernel kills
                        every process in it, a double-forked setsid daemon included.
+    --as-pid-1         the run itself is that first process, not a bubblewrap init
+                       above it: its CPU time then reaches the runner's rusage when it
+                       is waited for (under bubblewrap's init it never does, and the
+                       load check would count the run as other work beside itself).
     --die-with-parent  that first process dies with the runner (even a SIGKILLed one),
                        so no run outlives the script that started it.
     --unshare-net      only a loopback of its own: no route out, nor to a server on
@@ -114,7 +118,7 @@ def namespace_flags(network: bool) -> list[str]:
     with no controlling terminal (the reason bubblewrap offers it), and the run
     staying in bubblewrap's process group keeps the runner's TERM-the-group-then-KILL
     timeout as it was."""
-    return ["--unshare-pid", "--die-with-parent", "--unshare-ipc", "--cap-drop", "ALL",
+    return ["--unshare-pid", "--as-pid-1", "--die-with-parent", "--unshare-ipc", "--cap-drop", "ALL",
             *([] if network else ["--unshare-net"])]
 
 
