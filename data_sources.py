@@ -11,7 +11,7 @@ train_mlx.py only ever see the cache through prepare.py's API.
     classics      Jane Austen's novels, shipped in datasets/classics/ (offline)
     local:<path>  your own .txt / .jsonl / .parquet files
 
-Every split is a list of (file, first_row, stop_row) slices of parquet files
+Every split (train, val, test) is a list of (file, first_row, stop_row) slices of parquet files
 with a `text` column, so the dataloader reads every dataset the same way.
 """
 
@@ -36,12 +36,15 @@ class DataSource:
     hub_repo: str = ""         # "owner/name" of a Hugging Face dataset, if downloaded
     embedded_dir: str = ""     # a folder of this repo holding the shards, if embedded
     local_path: str = ""       # a person's corpus, for local:<path>
-    # How a hub dataset is split: numbered shards with one pinned for validation, or one file
-    # whose first rows are the validation split.
-    val_shard: int = 0         # shard_<val_shard>.parquet is validation; training takes shards below it
+    # How a dataset is split: numbered shards with one pinned for validation and one for
+    # test, or one file whose first rows are validation, the next ones test. The test split
+    # is the sealed one: no run reads it; it is scored once, at the end of a session.
+    val_shard: int = 0         # shard_<val_shard>.parquet is validation...
+    test_shard: int = 0        # ...shard_<test_shard>.parquet is test; training takes shards below both
     default_num_shards: int = 0  # training shards fetched unless --num-shards says otherwise
     hub_file: str = ""         # the one file of a single-file hub dataset
-    val_rows: int = 0          # its first val_rows rows are validation, the rest training
+    val_rows: int = 0          # its first val_rows rows are validation,
+    test_rows: int = 0         # the next test_rows rows test, the rest training
 
     @property
     def is_local(self):
@@ -53,17 +56,20 @@ class DataSource:
         return f"{endpoint}/datasets/{self.hub_repo}/resolve/main/{filename}"
 
     def splits(self, num_shards=None):
-        """{"train": [(file, first_row, stop_row)], "val": [...]}; stop_row None = to the end."""
+        """{"train": [(file, first_row, stop_row)], "val": [...], "test": [...]}; stop_row
+        None = to the end. The three never share a document."""
         if self.val_shard:
-            # Validation is pinned to one shard (the last), as in the original autoresearch.
-            n = min(num_shards or self.default_num_shards, self.val_shard)
+            # Validation and test are pinned shards (the last ones), as validation is in the
+            # original autoresearch; training takes shards below both, never one of them.
+            held = min(self.val_shard, self.test_shard)
+            n = min(num_shards or self.default_num_shards or held, held)
             train = [shard_name(i) for i in range(n)]
-            return {"train": [(f, 0, None) for f in train], "val": [(shard_name(self.val_shard), 0, None)]}
+            return {"train": [(f, 0, None) for f in train], "val": [(shard_name(self.val_shard), 0, None)],
+                    "test": [(shard_name(self.test_shard), 0, None)]}
         if self.hub_file:
-            return {"train": [(self.hub_file, self.val_rows, None)], "val": [(self.hub_file, 0, self.val_rows)]}
-        if self.embedded_dir:
-            files = sorted(f for f in os.listdir(self.embedded_dir) if f.endswith(".parquet"))
-            return {"train": [(f, 0, None) for f in files[:-1]], "val": [(files[-1], 0, None)]}
+            held = self.val_rows + self.test_rows
+            return {"train": [(self.hub_file, held, None)], "val": [(self.hub_file, 0, self.val_rows)],
+                    "test": [(self.hub_file, self.val_rows, held)]}
         raise ValueError(f"{self.name}: splits of a local corpus are made when it is prepared")
 
     def downloads(self, num_shards=None):
@@ -88,6 +94,7 @@ REGISTRY = {
         tokenizer_max_chars=1_000_000_000,
         hub_repo="karpathy/climbmix-400b-shuffle",
         val_shard=6542,
+        test_shard=6541,
         default_num_shards=10,
     ),
     "tinystories": DataSource(
@@ -100,6 +107,7 @@ REGISTRY = {
         hub_repo="karpathy/tinystories-gpt4-clean",
         hub_file="tinystories_gpt4_clean.parquet",
         val_rows=10_000,
+        test_rows=10_000,
     ),
     "classics": DataSource(
         name="classics",
@@ -111,6 +119,8 @@ REGISTRY = {
         eval_tokens=2**16,
         tokenizer_max_chars=100_000_000,
         embedded_dir=os.path.join(REPO_DIR, "datasets", "classics"),
+        val_shard=4,               # every sixth chapter of each novel
+        test_shard=5,              # another sixth, sealed
     ),
 }
 

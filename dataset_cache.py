@@ -146,17 +146,28 @@ def load_manifest(source, full=False):
     return manifest
 
 
+def split_digest(slices, files):
+    """A split's own digest: its slices and the sha256 of every file they read, so a
+    split that reads other text (or a file changed under it) has another digest."""
+    h = hashlib.sha256()
+    for file, first, stop in slices:
+        h.update(f"{file}\0{first}\0{stop}\0{files[file]['sha256']}\n".encode())
+    return h.hexdigest()
+
+
 def _write_manifest(source, splits, settings):
     directory = cache_dir(source)
     files = sorted({f for split in splits.values() for f, _, _ in split} | {"tokenizer.pkl", "token_bytes.npy"})
+    records = {f: {"size": os.path.getsize(os.path.join(directory, f)),
+                   "sha256": sha256_file(os.path.join(directory, f))} for f in files}
     manifest = {
         "format": MANIFEST_FORMAT,
         "dataset": source.name,
         "source": source.local_path or source.hub_repo or "datasets/classics",
         "settings": {**settings_of(source), **settings},
         "splits": {k: [list(s) for s in v] for k, v in splits.items()},
-        "files": {f: {"size": os.path.getsize(os.path.join(directory, f)),
-                      "sha256": sha256_file(os.path.join(directory, f))} for f in files},
+        "split_digests": {k: split_digest(v, records) for k, v in splits.items()},
+        "files": records,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_write(os.path.join(directory, "manifest.json"), json.dumps(manifest, indent=2).encode())
@@ -236,6 +247,7 @@ def train_view(source, dest, link=True):
                 raise DataError(f"{os.path.join(directory, file)} changed while its view was made; "
                                 f"run `{prepare_command(source)}`")
         view = {**manifest, "splits": {"train": slices}, "files": files,
+                "split_digests": {"train": split_digest(slices, files)},
                 "view_of": {"cache": directory, "bind": [] if link else sorted(set(files) - set(rewritten)),
                             "manifest_sha256": hashlib.sha256(
                     json.dumps(manifest, sort_keys=True).encode()).hexdigest()}}
@@ -369,7 +381,8 @@ def _drop_damaged(source, manifest, files):
 # ---------------------------------------------------------------------------
 
 LOCAL_SHARD_DOCS = 50_000
-LOCAL_VAL_PERCENT = 10           # documents whose hash falls below this go to validation
+LOCAL_VAL_PERCENT = 10           # documents whose hash falls below this go to validation,
+LOCAL_TEST_PERCENT = 10          # the next ones to test
 
 
 def chunk_paragraphs(text, max_chars):
@@ -393,14 +406,17 @@ def chunk_paragraphs(text, max_chars):
     return docs
 
 
-def is_validation(text):
-    """Deterministic train/val assignment of a local document, by a hash of its text.
+def local_split(text):
+    """Deterministic train/val/test assignment of a local document, by a hash of its text.
 
     Independent of file order and of what else is in the corpus, so adding
-    files never moves an existing document from train to val or back.
+    files never moves an existing document from one split to another.
     """
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 100 < LOCAL_VAL_PERCENT
+    bucket = int.from_bytes(digest, "little") % 100
+    if bucket < LOCAL_VAL_PERCENT:
+        return "val"
+    return "test" if bucket < LOCAL_VAL_PERCENT + LOCAL_TEST_PERCENT else "train"
 
 
 def _local_files(path):
@@ -459,22 +475,22 @@ def build_local_shards(source):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    train, val = [], []
+    parts = {"train": [], "val": [], "test": []}
     for doc in _local_documents(source):
-        (val if is_validation(doc) else train).append(doc)
-    if not train and not val:
+        parts[local_split(doc)].append(doc)
+    docs = parts["train"] + parts["val"] + parts["test"]
+    if not docs:
         raise DataError(f"no text found in {source.local_path} (looked for .txt, .jsonl with a "
                         f"\"text\" field, .parquet with a 'text' column)")
-    if not val or not train:  # a tiny corpus: still hold something out
-        docs = train + val
-        if len(docs) < 2:
-            raise DataError(f"{source.local_path} holds a single short document; add more text "
-                            f"(validation needs its own documents)")
+    if not all(parts.values()):  # a tiny corpus: still hold something out for val and test
+        if len(docs) < 3:
+            raise DataError(f"{source.local_path} holds {len(docs)} short document(s); add more text "
+                            f"(validation and test need documents of their own)")
         cut = max(1, len(docs) // 10)
-        train, val = docs[cut:], docs[:cut]
+        parts = {"val": docs[:cut], "test": docs[cut:2 * cut], "train": docs[2 * cut:]}
     directory = cache_dir(source)
-    splits = {"train": [], "val": []}
-    for split, docs in (("train", train), ("val", val)):
+    splits = {"train": [], "val": [], "test": []}
+    for split, docs in parts.items():
         for k in range(0, len(docs), LOCAL_SHARD_DOCS):
             name = f"{split}_{k // LOCAL_SHARD_DOCS:05d}.parquet"
             path = os.path.join(directory, name)
@@ -557,10 +573,10 @@ def _verified_or_none(source):
         return None
 
 
-def _count_val_tokens(source, val_slices, enc, limit):
-    """Tokens the val split offers (stopping once past `limit`)."""
+def _count_val_tokens(source, slices, enc, limit):
+    """Tokens a held-out split (val or test) offers (stopping once past `limit`)."""
     count = 0
-    for text in iter_documents(source, val_slices):
+    for text in iter_documents(source, slices):
         count += len(enc.encode_ordinary(text)) + 1
         if count > limit:
             break
@@ -589,7 +605,7 @@ def build(dataset, num_shards=None, workers=8):
             print("Already prepared and verified.")
             return existing
         if source.embedded_dir:
-            for file, _, _ in splits["train"] + splits["val"]:
+            for file in sorted({f for split in splits.values() for f, _, _ in split}):
                 target = os.path.join(directory, file)
                 if not os.path.exists(target) or sha256_file(target) != sha256_file(os.path.join(source.embedded_dir, file)):
                     with open(os.path.join(source.embedded_dir, file), "rb") as f:
@@ -611,17 +627,20 @@ def build(dataset, num_shards=None, workers=8):
 
     settings = {}
     eval_tokens = source.eval_tokens
-    available = _count_val_tokens(source, splits["val"], enc, int(eval_tokens * VAL_SLACK))
+    # The test split is scored like validation, on as many tokens: both must offer them.
+    offered = {split: _count_val_tokens(source, splits[split], enc, int(eval_tokens * VAL_SLACK))
+               for split in ("val", "test")}
+    split, available = min(offered.items(), key=lambda kv: kv[1])
     if source.is_local:
         settings["fingerprint"] = fingerprint
-        # Evaluate what one pass over the val split covers, in whole rows.
+        # Evaluate what one pass over the smaller held-out split covers, in whole rows.
         rows = int(available / VAL_SLACK) // source.max_seq_len
         if rows < 1:
-            raise DataError(f"{source.local_path} has too little validation text ({available} tokens); "
+            raise DataError(f"{source.local_path} has too little {split} text ({available} tokens); "
                             f"add more documents")
         eval_tokens = min(eval_tokens, rows * source.max_seq_len)
     elif available < eval_tokens * VAL_SLACK:
-        raise DataError(f"validation split of {source.name} has {available} tokens, fewer than "
+        raise DataError(f"{split} split of {source.name} has {available} tokens, fewer than "
                         f"{VAL_SLACK} x EVAL_TOKENS={eval_tokens}; the registry entry needs fixing")
     settings["eval_tokens"] = eval_tokens
     manifest = _write_manifest(source, splits, settings)

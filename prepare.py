@@ -286,14 +286,17 @@ def make_dataloader(tokenizer, B, T, split, seed=0, buffer_size=1000):
     itself, whoever asks for it (this function or a private one); evaluate_bpb
     and eval_fingerprint take back exactly the validation tokens they read.
     """
+    if split == "test":
+        raise ValueError("the 'test' split is sealed: no run reads it; a session's end scores its "
+                         "baseline and final state on it. Train on 'train'")
     yield from _packed_rows(tokenizer, B, T, split, seed, buffer_size)
 
 
 def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
     """make_dataloader's batches: the packing itself, each batch counted in `served`
-    as it is yielded."""
+    as it is yielded. The held-out splits (val, test) yield fixed rows in a fixed order."""
     served = _LEDGER.served
-    if split not in ("train", "val"):
+    if split not in ("train", "val", "test"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     if split not in tokenizer.manifest["splits"]:
         # A sandboxed run sees the training split only: the runner serves the evaluation.
@@ -301,6 +304,7 @@ def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
                          "train on 'train'; the runner serves the evaluation")
     slices = [tuple(s) for s in tokenizer.manifest["splits"][split]]
     batches = _document_batches(tokenizer, slices, seed if split == "train" else None)
+    held_out = split != "train"
 
     # The buffer is kept sorted by length, so "largest that fits" is a binary search.
     lengths, docs = [], []
@@ -315,7 +319,7 @@ def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
                 pass_over = False
             batch = next(batches)
             if batch is None:
-                pass_over = split == "val"
+                pass_over = held_out
                 continue
             for doc in batch:
                 i = bisect.bisect_left(lengths, len(doc))
@@ -341,7 +345,7 @@ def _packed_rows(tokenizer, B, T, split, seed=0, buffer_size=1000):
                     lengths.pop(0)
                     rows[r, pos:] = doc[:room]
                     pos = width
-        served[split] += B * T
+        served[split] = served.get(split, 0) + B * T
         yield np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
 
 
@@ -372,15 +376,16 @@ class _EvalTrace:
                     batch_size=batch_size, digest=self.sha.hexdigest())
 
 
-def _eval_batches(dataset, batch_size, eval_tokens, seq_len):
+def _eval_batches(dataset, batch_size, eval_tokens, seq_len, split="val"):
     """The fixed validation batches evaluate_bpb reads: (x, y, byte length of each
-    target), eval_tokens // (batch_size * seq_len) of them, always the same."""
+    target), eval_tokens // (batch_size * seq_len) of them, always the same. The
+    runner's end-of-session scoring reads the test split the same way."""
     tokenizer = Tokenizer.load(dataset)
     token_bytes = get_token_bytes(dataset)
     steps = eval_tokens // (batch_size * seq_len)
     if steps < 1:
         raise ValueError(f"batch_size {batch_size} x MAX_SEQ_LEN {seq_len} exceeds EVAL_TOKENS {eval_tokens}")
-    loader = _packed_rows(tokenizer, batch_size, seq_len, "val")
+    loader = _packed_rows(tokenizer, batch_size, seq_len, split)
     for _ in range(steps):
         x, y = next(loader)
         yield x, y, token_bytes[y]
@@ -561,7 +566,7 @@ def _probe_rows(rng, base_rows, count, vocab_size):
     return seq[:, :-1], seq[:, 1:], cuts - 0
 
 
-def serve_evaluation(fd, batch_size, seed=None):
+def serve_evaluation(fd, batch_size, seed=None, test=False):
     """The runner's side of evaluate_bpb, in a process of the runner's: serve the
     validation rows and the probe rows to the template over `fd`, score what it
     returns, and return the result (val_bpb, the trace, the probe's statistics).
@@ -569,11 +574,19 @@ def serve_evaluation(fd, batch_size, seed=None):
     The validation rows are all EVAL_TOKENS // MAX_SEQ_LEN of them, in their fixed
     order, whatever the batch size; probe rows fill the last batch. The value is
     the same arithmetic as the in-process evaluate_bpb on the same rows.
+
+    With test=True (only at a session's end: the sealed split is scored once) as
+    many test rows are dealt in among the validation rows, at drawn places and in
+    the same shapes, and scored apart: the result adds test_bpb and its trace. The
+    template cannot tell a test row from a validation row.
     """
     T, V = _FIXED.max_seq_len, _FIXED.vocab_size
     B = int(batch_size)
     x_val, y_val, b_val = (np.concatenate(a) for a in zip(*_eval_batches(_FIXED.dataset, 1, _FIXED.eval_tokens, T)))
     R = x_val.shape[0]
+    if test:
+        x_test, y_test, b_test = (np.concatenate(a) for a in zip(*_eval_batches(
+            _FIXED.dataset, 1, _FIXED.eval_tokens, T, split="test")))
     if not 1 <= B <= max(R, 1):
         _send_message(fd, {"op": "error", "error": f"batch_size {B}: give 1 to {R} rows"})
         raise ValueError(f"batch_size {B} outside 1..{R}")
@@ -586,18 +599,24 @@ def serve_evaluation(fd, batch_size, seed=None):
     # The schedule: validation rows in order, probe rows and replays at drawn places
     # (a replay after its original, which comes from the first half).
     order = [("val", i) for i in range(R)]
+    if test:   # both in their own order, dealt together at drawn places
+        n = R + x_test.shape[0]
+        is_test = np.zeros(n, dtype=bool)
+        is_test[rng.choice(n, size=x_test.shape[0], replace=False)] = True
+        counts = {False: iter(range(R)), True: iter(range(x_test.shape[0]))}
+        order = [("test" if t else "val", next(counts[bool(t)])) for t in is_test]
     for j in range(probes):
         order.insert(int(rng.integers(0, len(order) + 1)), ("probe", j))
     replayed = sorted(rng.choice(max(R // 2, 1), size=replays, replace=False).tolist()) if replays else []
     for i in replayed:
         at = order.index(("val", i)) + 1
         order.insert(int(rng.integers(at, len(order) + 1)), ("replay", i))
-    trace, total_nats = _EvalTrace(), 0.0
+    trace, total_nats, test_trace, test_nats = _EvalTrace(), 0.0, _EvalTrace(), 0.0
     probe_nats, first_seen, replay_diffs = [], {}, []
     for k in range(0, len(order), B):
         items = order[k:k + B]
-        xs = np.stack([x_val[i] if kind != "probe" else px[i] for kind, i in items])
-        ys = np.stack([y_val[i] if kind != "probe" else py[i] for kind, i in items])
+        xs = np.stack([px[i] if kind == "probe" else x_test[i] if kind == "test" else x_val[i] for kind, i in items])
+        ys = np.stack([py[i] if kind == "probe" else y_test[i] if kind == "test" else y_val[i] for kind, i in items])
         _send_message(fd, {"op": "batch", "rows": len(items), "cols": T},
                       np.stack([xs, ys]).astype("<i4").tobytes())
         header = _read_header(fd)
@@ -611,6 +630,9 @@ def serve_evaluation(fd, batch_size, seed=None):
                 trace.add(x_val[i:i + 1], y_val[i:i + 1], nbytes)
                 if i in replayed:
                     first_seen[i] = float(nats[r].mean())
+            elif kind == "test":
+                test_nats += float(nats[r][b_test[i] > 0].sum())
+                test_trace.add(x_test[i:i + 1], y_test[i:i + 1], b_test[i])
             elif kind == "probe":
                 probe_nats.append(nats[r, cuts[i]:])
             else:
@@ -619,7 +641,9 @@ def serve_evaluation(fd, batch_size, seed=None):
     _send_message(fd, {"op": "done", "val_bpb": bpb})
     n = np.concatenate(probe_nats) if probe_nats else np.zeros(0)
     w = V * np.exp(-n)
-    return dict(version=2, val_bpb=bpb, harness=_FIXED._asdict(),
+    sealed = dict(test_bpb=test_nats / (math.log(2) * test_trace.bytes),
+                  test=test_trace.summary(B)) if test else {}
+    return dict(version=2, val_bpb=bpb, **sealed, harness=_FIXED._asdict(),
                 eval=dict(trace.summary(B), served_rows=len(order), probe=dict(
                     rows=probes, tokens=int(n.size), nats=round(float(n.mean()), 4) if n.size else None,
                     nats_se=round(float(n.std() / math.sqrt(n.size)), 4) if n.size else None,
@@ -670,9 +694,10 @@ def eval_fingerprint(dataset=None, batch_size=1):
     for x, y, nbytes in _eval_batches(name, batch_size, eval_tokens, source.max_seq_len):
         trace.add(x, y, nbytes)
     _LEDGER.served["val"] -= trace.tokens
+    digests = (dataset_cache.read_manifest(source) or {}).get("split_digests") or {}
     return dict(dataset=name, eval_tokens=eval_tokens, max_seq_len=source.max_seq_len,
                 vocab_size=source.vocab_size, cache_dir=dataset_cache.cache_dir(source),
-                **trace.summary(batch_size))
+                test_split=digests.get("test"), **trace.summary(batch_size))
 
 
 # ---------------------------------------------------------------------------

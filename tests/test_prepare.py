@@ -75,7 +75,7 @@ def test_eval_fingerprint_is_what_evaluate_bpb_evaluates_however_rows_are_batche
     assert prints[3]["rows"] == 255 and prints[3]["digest"] != prints[1]["digest"]
     harness.evaluate_bpb(lambda x, y: np.zeros(y.shape), batch_size=16)
     trace = {k: v for k, v in prints[16].items()
-             if k not in ("dataset", "eval_tokens", "max_seq_len", "vocab_size", "cache_dir")}
+             if k not in ("dataset", "eval_tokens", "max_seq_len", "vocab_size", "cache_dir", "test_split")}
     assert {k: v for k, v in harness._LEDGER.eval.items() if k != "probe"} == trace
 
 
@@ -182,13 +182,57 @@ def test_val_pass_uses_every_document_before_repeating_one(numbered):
     assert len(set(identified)) == len(identified), "no document repeats within a pass"
 
 
-def test_train_and_val_documents_are_disjoint(numbered):
+def test_train_val_and_test_documents_are_disjoint(numbered):
     harness, tok, _ = numbered
     manifest = harness.dataset_cache.load_manifest(tok.source)
     text = {split: set(harness.dataset_cache.iter_documents(tok.source, [tuple(s) for s in manifest["splits"][split]]))
-            for split in ("train", "val")}
-    assert text["train"] and text["val"] and not text["train"] & text["val"]
+            for split in ("train", "val", "test")}
+    assert text["train"] and text["val"] and text["test"]
+    assert not text["train"] & text["val"] and not text["train"] & text["test"] and not text["val"] & text["test"]
     assert len(text["val"]) < len(text["train"]) / 3
+    # The sealed split is about the size of validation, and has its own digest.
+    assert 0.5 < len(text["test"]) / len(text["val"]) < 2
+    digests = manifest["split_digests"]
+    assert len({digests["train"], digests["val"], digests["test"]}) == 3
+
+
+def test_the_dataloader_never_serves_the_test_split(numbered):
+    harness, tok, _ = numbered
+    with pytest.raises(ValueError, match="'test' split is sealed"):
+        next(harness.make_dataloader(tok, 2, 64, "test"))
+    assert harness._LEDGER.served.get("test", 0) == 0
+
+
+def test_the_runner_scores_test_rows_dealt_in_among_validation_rows(harness):
+    """serve_evaluation(test=True): the template answers rows it cannot tell apart; the
+    runner scores val and test apart, each on exactly its own fixed rows."""
+    import socket
+    import threading
+    a, b = socket.socketpair()
+    answered = []
+
+    def template():        # a model that knows one thing: whether a row is one of val's
+        val_rows = {r.tobytes() for x, _, _ in harness._eval_batches("classics", 1, harness.EVAL_TOKENS,
+                                                                       harness.MAX_SEQ_LEN) for r in x}
+        fd = b.fileno()
+        while (header := harness._read_header(fd))["op"] == "batch":
+            xy = np.frombuffer(harness._read_exact(fd, 2 * header["rows"] * header["cols"] * 4),
+                               dtype="<i4").reshape(2, header["rows"], header["cols"])
+            nats = np.array([[1.0 if x.tobytes() in val_rows else 2.0] * header["cols"] for x in xy[0]])
+            answered.append(len(xy[0]))
+            harness._send_message(fd, {"op": "nats"}, nats.astype("<f8").tobytes())
+
+    thread = threading.Thread(target=template)
+    thread.start()
+    result = harness.serve_evaluation(a.fileno(), 8, seed=3, test=True)
+    thread.join()
+    val, test = result["eval"], result["test"]
+    assert val["rows"] == test["rows"] == harness.EVAL_TOKENS // harness.MAX_SEQ_LEN
+    assert result["val_bpb"] == pytest.approx(val["tokens"] / (np.log(2) * val["bytes"]), rel=0.02)
+    assert result["test_bpb"] == pytest.approx(2 * test["tokens"] / (np.log(2) * test["bytes"]), rel=0.02)
+    # The validation rows are the pinned ones; the test rows come from the test split.
+    assert val["digest"] == harness.eval_fingerprint("classics")["digest"] != test["digest"]
+    assert sum(answered) == result["eval"]["served_rows"] > 2 * val["rows"]
 
 
 # ---------------------------------------------------------------------------
@@ -404,12 +448,13 @@ def test_a_hub_dataset_prepares_end_to_end_through_faults(harness, hub, tmp_path
     monkeypatch.setattr(cache, "BACKOFF_BASE", 0.01)
     monkeypatch.setattr(cache, "CACHE_BASE", str(tmp_path))
     small = dataclasses.replace(harness.data_sources.REGISTRY["tinystories"], vocab_size=512, eval_tokens=4096,
-                                val_rows=400)
+                                val_rows=400, test_rows=400)
     monkeypatch.setitem(harness.data_sources.REGISTRY, "tinystories", small)
     hub.faults = {"tinystories_gpt4_clean.parquet": ["truncate", "drop", "500"]}
     manifest = cache.build("tinystories")
-    assert manifest["splits"] == {"train": [["tinystories_gpt4_clean.parquet", 400, None]],
-                                  "val": [["tinystories_gpt4_clean.parquet", 0, 400]]}
+    assert manifest["splits"] == {"train": [["tinystories_gpt4_clean.parquet", 800, None]],
+                                  "val": [["tinystories_gpt4_clean.parquet", 0, 400]],
+                                  "test": [["tinystories_gpt4_clean.parquet", 400, 800]]}
     data = (tmp_path / "tinystories" / "tinystories_gpt4_clean.parquet").read_bytes()
     assert data == hub.files["tinystories_gpt4_clean.parquet"]
     tok = harness.Tokenizer.load("tinystories")
@@ -420,6 +465,30 @@ def test_a_hub_dataset_prepares_end_to_end_through_faults(harness, hub, tmp_path
     before = len(hub.requests)
     assert cache.build("tinystories")["files"] == manifest["files"]
     assert len(hub.requests) == before
+
+
+def test_a_cache_from_before_the_test_split_gains_it_on_repair_without_downloading(harness, hub, tmp_path,
+                                                                                 monkeypatch):
+    cache = harness.dataset_cache
+    monkeypatch.setattr(cache, "CACHE_BASE", str(tmp_path))
+    small = dataclasses.replace(harness.data_sources.REGISTRY["tinystories"], vocab_size=512, eval_tokens=4096,
+                                val_rows=400, test_rows=400)
+    monkeypatch.setitem(harness.data_sources.REGISTRY, "tinystories", small)
+    before = cache.build("tinystories")
+    path = tmp_path / "tinystories" / "manifest.json"
+    recorded = json.loads(path.read_text())          # as such a cache recorded it: train right after val
+    recorded["splits"] = {"train": [["tinystories_gpt4_clean.parquet", 400, None]],
+                          "val": recorded["splits"]["val"]}
+    recorded.pop("split_digests")
+    path.write_text(json.dumps(recorded))
+    requests = len(hub.requests)
+    # Still a whole cache for training: only the end of a session needs the test split.
+    assert "test" not in cache.load_manifest(harness.data_sources.get_source("tinystories"))["splits"]
+    after = cache.build("tinystories")
+    assert after["splits"]["test"] == [["tinystories_gpt4_clean.parquet", 400, 800]]
+    assert after["splits"]["train"] == [["tinystories_gpt4_clean.parquet", 800, None]]
+    assert after["split_digests"]["val"] == before["split_digests"]["val"]
+    assert len(hub.requests) == requests, "nothing was downloaded again"
 
 
 def test_no_network_gets_one_line_and_a_resume_command(tmp_path):

@@ -8,8 +8,8 @@ vector (one element per printed line) inside R's lazy-load database
 (`data/Rdata.rdb` + `Rdata.rdx`). R is not needed: the format is small enough
 to read here (R serialization, XDR, version 2/3).
 
-Validation holds out whole chapters (every sixth), so no passage is split across
-train and val. Documents are runs of whole paragraphs of about one training row
+Validation and test hold out whole chapters (two different sixths), so no passage
+is split across train, val and test. Documents are runs of whole paragraphs of about one training row
 (MAX_DOC_CHARS ~ 4 characters per token x 256 tokens): the dataloader crops a
 document longer than what is left of a row, so chapter-sized documents would
 waste most of the text.
@@ -37,8 +37,10 @@ DATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 NOVELS = (  # R object names, in publication order
     "sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion",
 )
-NUM_TRAIN_SHARDS = 4        # train shards; the last shard (shard_00004) is validation
-VAL_EVERY = 6               # every 6th chapter goes to validation (~17% of the text)
+NUM_TRAIN_SHARDS = 4        # train shards; shard_00004 is validation, shard_00005 test
+HELD_EVERY = 6              # of every 6 chapters of a novel,
+VAL_AT = 5                  # the 6th goes to validation (~17% of the text)
+TEST_AT = 2                 # and the 3rd to test (~17%), sealed until a session's end
 MAX_DOC_CHARS = 1024
 
 
@@ -163,17 +165,17 @@ def main():
     deb = next(f for f in os.listdir(work) if f.endswith(".deb"))
     subprocess.run(["dpkg-deb", "-x", deb, "x"], cwd=work, check=True)
     novels = load_novels(os.path.join(work, "x", DATA_DIR))
-    train, val = [], []
+    train, val, test = [], [], []
     for name in NOVELS:
         for i, chapter in enumerate(chapters(novels[name])):
             docs = chunk_paragraphs(chapter, MAX_DOC_CHARS)
-            (val if i % VAL_EVERY == VAL_EVERY - 1 else train).extend(docs)
-    shards = [train[k::NUM_TRAIN_SHARDS] for k in range(NUM_TRAIN_SHARDS)] + [val]
+            {VAL_AT: val, TEST_AT: test}.get(i % HELD_EVERY, train).extend(docs)
+    shards = [train[k::NUM_TRAIN_SHARDS] for k in range(NUM_TRAIN_SHARDS)] + [val, test]
     for k, docs in enumerate(shards):
         path = os.path.join(HERE, f"shard_{k:05d}.parquet")
         pq.write_table(pa.table({"text": docs}), path, compression="zstd", compression_level=19)
-    total = sum(len(d) for d in train + val)
-    print(f"{len(train)} train + {len(val)} val documents, {total / 1e6:.2f} M characters, {len(shards)} shards")
+    total = sum(len(d) for d in train + val + test)
+    print(f"{len(train)} train + {len(val)} val + {len(test)} test documents, {total / 1e6:.2f} M characters, {len(shards)} shards")
 
 
 if __name__ == "__main__":

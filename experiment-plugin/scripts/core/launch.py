@@ -59,7 +59,7 @@ class FixedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def main(argv):
     if argv[2] == "--evaluate":
-        return evaluate(argv[1], json.loads(argv[3]), int(argv[4]), int(argv[5]))
+        return evaluate(argv[1], json.loads(argv[3]), int(argv[4]), int(argv[5]), test=argv[6:] == ["test"])
     root, target, pins = argv[1], argv[2], json.loads(argv[3])
     sys.dont_write_bytecode = True
     sys.meta_path.insert(0, FixedModules(root, pins))
@@ -70,15 +70,16 @@ def main(argv):
     runpy.run_path(os.path.join(root, target), run_name="__main__")
 
 
-def evaluate(root, pins, fd, batch_size):
+def evaluate(root, pins, fd, batch_size, test=False):
     """The runner's evaluation of a run: the harness's serve_evaluation, loaded from
     the same verified bytes, talks to the run over `fd` and prints its result as one
-    JSON line. No code of the target's runs in this process."""
+    JSON line. No code of the target's runs in this process. `test` (a session's
+    end-of-session scoring only) deals the sealed test rows in among the validation rows."""
     sys.dont_write_bytecode = True
     sys.meta_path.insert(0, FixedModules(root, pins))
     sys.path[0] = root
     import prepare
-    result = prepare.serve_evaluation(fd, batch_size)
+    result = prepare.serve_evaluation(fd, batch_size, test=test)
     verdict = prepare.probe_verdict(result["eval"]["probe"], result["eval"]["replay"])
     print(json.dumps(dict(result, probe_verdict=verdict)), flush=True)
 

@@ -122,8 +122,11 @@ class ServedRun:
     and the run is invalid. Last, the harness's report (its summary numbers) comes
     on the same socket. Nothing the run prints or writes elsewhere is read."""
 
-    def __init__(self, root: str, config: dict, launch: str, eval_limit: float | None = None):
-        self.root, self.config, self.launch, self.eval_limit = root, config, launch, eval_limit
+    def __init__(self, root: str, config: dict, launch: str, eval_limit: float | None = None,
+                 test: bool = False):
+        # Scoring the sealed test split too (a session's end only) serves twice the rows.
+        self.root, self.config, self.launch, self.test = root, config, launch, test
+        self.eval_limit = eval_limit * 2 if eval_limit and test else eval_limit
         self.parent, self.child = socket.socketpair()
         self.requested = self.eval_seconds = self.evaluation = self.report = self.why = None
         self.violation = None       # a rule the runner enforces was broken: invalid, however the run ended
@@ -172,7 +175,7 @@ class ServedRun:
         if pin.get("cache_dir"):
             env["AUTORESEARCH_CACHE"] = os.path.dirname(pin["cache_dir"])
         command = [self.config["python"], "-I", "-B", self.launch, self.root, "--evaluate",
-                   json.dumps(self.config["fixed_files"]), str(fd), str(batch_size)]
+                   json.dumps(self.config["fixed_files"]), str(fd), str(batch_size)] + (["test"] if self.test else [])
         began = time.monotonic()
         proc = subprocess.Popen(command, cwd=self.root, env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -308,7 +308,7 @@ class Stopped(BaseException):
 
 
 def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None,
-               running=None, siblings=None, results=None):
+               running=None, siblings=None, results=None, test=False):
     """Start the target in its own session (so its process group is ours to kill);
     returns (exit code or None on timeout, seconds, the machine's load reading).
 
@@ -361,7 +361,8 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
         # part; -u for the unbuffered output that -E no longer takes from the variable.
         command = [python, "-E", "-s", "-u", "-B", LAUNCH, tree, config["target"],
                    json.dumps(config["fixed_files"])]
-        served = ServedRun(root, config, LAUNCH, eval_limit=allowances(config, read_pins(root, config))[1])
+        served = ServedRun(root, config, LAUNCH, eval_limit=allowances(config, read_pins(root, config))[1],
+                           test=test)       # the sealed split too: a session's end only (core/holdout.py)
         fds = (served.child.fileno(),)
         base.update(served.child_env())
     token = secrets.token_hex(16)
