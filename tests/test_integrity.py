@@ -645,3 +645,52 @@ def test_run_refs_are_never_moved(project):
     second = core_git.save_ref(project.root, TAG, "run-999", parent)
     assert first != second and project.git("rev-parse", first) == head
     assert project.git("rev-parse", second) == parent
+
+
+# ------------------------------------------------ the sealed test split, while the session runs
+
+def test_the_agent_cannot_read_the_sealed_test_split(project):
+    """Its files are denied to the agent's sandboxed Bash and to the Read tool, and the
+    guard refuses a command that names one; the training and validation files are not."""
+    test_file = os.path.join(project.cache, "classics", "shard_00005.parquet")
+    settings = json.loads(project.read(".claude/settings.local.json"))
+    assert settings["sandbox"]["filesystem"]["denyRead"] == [test_file]
+    assert f"Read(/{test_file})" in settings["permissions"]["deny"]
+    assert guard(project.root, f"python3 -c \"print(open('{test_file}','rb').read(9))\"") == "deny"
+    assert guard(project.root, "cp ../cache/classics/shard_00005.parquet /tmp/") == "deny"
+    assert guard(project.root, f"ls {os.path.dirname(test_file)}") == "allow"
+    assert "shard_00004.parquet" not in json.dumps(settings)
+    # Scoring it is for after the session.
+    refused = project.script("summarize", "--test")
+    assert refused.returncode == 2 and "the session is still active" in refused.stderr
+
+
+def test_the_sealed_split_is_unreadable_in_the_agents_real_sandbox(project, tmp_path):
+    """Claude Code's own sandbox (bubblewrap), driven by the real CLI: a command that
+    reaches the test file without naming it reads nothing of it."""
+    from plugin_helpers import claude_bin
+    from plugin_helpers_model import ScriptedModel, tool, tool_results, text
+    claude = claude_bin()
+    assert claude, "the Claude Code CLI is missing: bash dev.sh test installs it"
+    folder = os.path.join(project.cache, "classics")
+    probe = ("python3 -c \"import glob\nfor p in sorted(glob.glob('" + folder + "/*.parquet'))[-2:]:\n"
+             " try: print(p[-9:], len(open(p,'rb').read()))\n except OSError as e: print(p[-9:], type(e).__name__)\"")
+    seen = {}
+
+    def read(body):
+        return [tool("Bash", command=probe)]
+
+    def done(body):
+        seen["out"] = tool_results(body)[0]["text"]
+        return [text("done")]
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with ScriptedModel([read, done]) as model:
+        proc = subprocess.run([claude, "-p", "go on", "--plugin-dir", str(PLUGIN), "--output-format",
+                               "stream-json", "--verbose"], cwd=project.root, capture_output=True, text=True,
+                              timeout=120, env=model.client_env(str(home)))
+    assert model.errors == [] and model.finished, proc.stdout[-2000:] + proc.stderr[-1000:]
+    out = seen["out"]
+    assert "4.parquet " in out and "4.parquet 0" not in out and "4.parquet Perm" not in out, out   # validation
+    assert ("5.parquet PermissionError" in out or "5.parquet 0" in out), out                   # test: nothing

@@ -88,6 +88,7 @@ class Session:
             view = agent_sandbox.guard_view(root, self.config)
         self.protected = dict(view["protected"])
         self.names = view["names"]
+        self.sealed = view.get("sealed") or []
         for folder in (os.environ.get("CLAUDE_CONFIG_DIR"), os.path.expanduser("~/.claude")):
             if folder:
                 self.protected[os.path.realpath(folder)] = "settings"
@@ -589,6 +590,18 @@ def check_words(s, cwd, words, command, depth):
 
 # ------------------------------------------------------------------ the hook
 
+def check_sealed(s, tool_input):
+    """A call that names a file of the sealed test split: nothing reads it during a
+    session (Claude Code's sandbox and its Read rule refuse it too)."""
+    text = json.dumps(tool_input)
+    for path in s.sealed:
+        if path in text or os.path.basename(path) in text:
+            return (f"{os.path.basename(path)} holds the sealed test split: no run and no command reads it "
+                    "while the session is active. It is scored once, after the session ends "
+                    "(summarize --test, finalize); work with the training split.")
+    return None
+
+
 def decide(payload):
     """The deny reason for this tool call, or None to allow it."""
     root = active_root(payload)
@@ -597,10 +610,10 @@ def decide(payload):
     s = Session(root)
     cwd = payload.get("cwd") or os.getcwd()
     tool, tool_input = payload.get("tool_name"), payload.get("tool_input") or {}
-    reason = None
-    if tool in FILE_TOOLS:
+    reason = check_sealed(s, tool_input)
+    if reason is None and tool in FILE_TOOLS:
         reason = check_file_tool(s, cwd, tool, tool_input)
-    elif tool == "Bash" and isinstance(tool_input.get("command"), str):
+    elif reason is None and tool == "Bash" and isinstance(tool_input.get("command"), str):
         reason = check_bash(s, cwd, tool_input["command"])
     if reason:
         state = read_json(os.path.join(root, common.STATE_DIR, "state.json")) or {}

@@ -13,6 +13,11 @@ existing commit; the session branch and its refs stay as they are.
                     that applies to the base by itself; a change that needs an
                     earlier one is named, and stays in the squash.
 
+First it scores the baseline and the final kept state on the dataset's sealed test
+split (each trained again on fresh seeds; see summarize --test), unless they are scored
+already or --no-test says not to, and shows the val and test gains side by side: a
+gain that did not carry over to text no run has seen is said before anything merges.
+
 The session must have ended (the cap, autoresearch.stop, or end-session) and the
 work tree must be clean.
 """
@@ -22,7 +27,7 @@ import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, project, records, stats, session  # noqa: E402
+from core import common, git, holdout, project, records, stats, session  # noqa: E402
 
 
 def kept_changes(root, config, runs):
@@ -49,7 +54,7 @@ def kept_changes(root, config, runs):
     return out
 
 
-def message(config, runs, changes):
+def message(config, runs, changes, events=()):
     base, best = stats.baseline_run(runs), stats.best_run(runs, config["direction"])
     name = config["metric"]
     pct = 100 * (best["metric"] - base["metric"]) / abs(base["metric"]) if base["metric"] else 0.0
@@ -61,6 +66,12 @@ def message(config, runs, changes):
     data = config["dataset"] + (" data" if config["dataset"].endswith("own") else "")
     budget = ("the script's own budget per run" if config.get("budget_via") == "script"
               else f"{project.budget_text(config)} per run")
+    t = holdout.table(config, runs, list(events))
+    if t and t["test_gain"]:
+        g = t["test_gain"]
+        shown = f"{g['gain']:+.6f}" + (f" [{g['lo']:+.6f}, {g['hi']:+.6f}]" if g["lo"] is not None else "")
+        lines += ["", f"On the sealed test split: {name} gain {shown}"
+                      + ("" if t["carried"] else " (did not carry over)") + "."]
     lines += ["", f"Measured on {data}, {budget}, keep policy "
                   f"{config['policy']}; every run is in autoresearch.jsonl of session "
                   f"{config['tag']} (branch {config['branch']})."]
@@ -73,6 +84,7 @@ def main(argv=None):
     p.add_argument("--split", action="store_true", help="one branch per kept change instead of one commit")
     p.add_argument("--onto", help="the branch to squash onto (default: the one setup started from)")
     p.add_argument("--yes", action="store_true", help="run the printed commands (default: only print them)")
+    p.add_argument("--no-test", action="store_true", help="do not score the sealed test split first")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     root = common.find_root()
     common.use_project_python(root)
@@ -92,6 +104,10 @@ def main(argv=None):
                                f"{branch} holds the code the session started from")
     if git.tracked_changes(root):
         raise common.UserError("the work tree has uncommitted changes: commit or stash them first")
+    if not a.no_test and holdout.why_not(config) is None:
+        holdout.score(root, log)
+        root, log = records.load_session(root)
+        print("\n".join(holdout.lines(config, runs, log.events)) + "\n")
     here = git.current_branch(root)
 
     if a.split:
@@ -123,12 +139,12 @@ def main(argv=None):
                                 f"changes do not apply to it cleanly: merge {branch} by hand, "
                                 "or finalize --split")
         note = os.path.join(root, common.STATE_DIR, "finalize-message.txt")
-        common.write_atomic(note, message(config, runs, changes))
+        common.write_atomic(note, message(config, runs, changes, log.events))
         commands = [["git", "checkout", "-q", onto], ["git", "merge", "--squash", branch],
                     ["git", "commit", "-q", "-F", os.path.relpath(note, root)]]
         plan = [f"the {len(changes)} kept changes as one commit on {onto}; its message "
                 f"({os.path.relpath(note, root)}):", ""]
-        plan += ["  " + line for line in message(config, runs, changes).splitlines()]
+        plan += ["  " + line for line in message(config, runs, changes, log.events).splitlines()]
 
     print("\n".join(plan))
     print("\ncommands:" if a.yes else "\ncommands (run finalize again with --yes to run them):")

@@ -86,6 +86,10 @@ def parse_args(argv):
                    help="a project of your own: the shell command that runs one training, from "
                         "the project root (default: uv run <target> where uv manages the project, "
                         "else the project's python on the target)")
+    p.add_argument("--holdout", metavar="CMD",
+                   help="a project of your own: a shell command that prints the metric on data the "
+                        "loop never sees (a test split); the files it names are read-only for the "
+                        "session, and it runs only after the session ends (summarize --test, finalize)")
     p.add_argument("--data-check", metavar="CMD",
                    help="a project of your own: a shell command that exits 0 when the data is "
                         "ready (default: none; a karpathy/autoresearch clone: its cache folder); "
@@ -236,6 +240,27 @@ def check_files(root, target, a):
         if not os.path.isfile(os.path.join(root, name)) or name == target:
             raise common.UserError(f"--read-only {name}: no such file (or it is the target): name "
                                 "files that exist, relative to the project root")
+    for name in holdout_files(root, a.holdout):
+        # What scores the test split is out of the loop's reach (the code it scores, the
+        # target and the scope, is the loop's to change).
+        if name != target and name not in a.scope and name not in a.read_only:
+            a.read_only.append(name)
+
+
+def holdout_files(root, command):
+    """The project's files a --holdout command names (its script, its data), as paths
+    relative to the project root."""
+    try:
+        words = shlex.split(command or "")
+    except ValueError:
+        raise common.UserError(f"--holdout {command!r} is not a shell command: check its quotes") from None
+    out = []
+    for word in words:
+        path = os.path.normpath(os.path.join(root, word.split("=", 1)[-1]))
+        rel = os.path.relpath(path, root)
+        if os.path.isfile(path) and not rel.startswith("..") and rel not in out:
+            out.append(rel)
+    return out
 
 
 def plan(root, target, a):
@@ -257,6 +282,9 @@ def plan(root, target, a):
         if a.run:
             raise common.UserError("--run is for a project of your own: here runs start through "
                                    "the harness (python <target>); drop --run")
+        if a.holdout:
+            raise common.UserError("--holdout is for a project of your own: the harness has its own "
+                                   "sealed test split; drop --holdout")
         p.update(dataset=a.dataset or "climbmix", budget=a.budget or 300,
                  data_check=f"{shlex.quote(python)} prepare.py --dataset {shlex.quote(a.dataset or 'climbmix')} --verify")
         if a.data_check:
@@ -271,6 +299,7 @@ def plan(root, target, a):
                      "uses its own data")
     p["dataset"] = "climbmix (its prepare.py)" if kind == project.KARPATHY else "the project's own"
     p["run"] = a.run or project.default_run(root, target, python)
+    p["holdout"] = a.holdout
     if not a.run and project.package_module(root, target) is False:
         raise common.UserError(project.PACKAGE_ADVICE.format(target=target))
     program = run_program(p["run"])
@@ -528,6 +557,8 @@ def main(argv=None):
         "metric_pattern": p.get("metric_pattern"),
         "seeds": p["seeds"], "data_check": p.get("data_check"), "plot": project.plot_name(root),
     }
+    if p.get("holdout"):
+        config["holdout"] = p["holdout"]
     if p.get("off"):
         config["off"] = p["off"]
     if not a.load_check or p.get("load_check") is False:

@@ -13,6 +13,12 @@ crashes marked along the bottom. It is redrawn only when the log changed.
 --html also writes autoresearch-summary.html: the dashboard's charts and tables as one
 self-contained page (Plotly's JavaScript and the data inside it) that opens from disk,
 offline.
+
+--test, once the session has ended, first scores the baseline and the final kept state
+(--every-keep: every keep) on the dataset's sealed test split, each trained again on as
+many fresh seeds as the session's noise calls for (--seeds N to choose), and records
+the scores in the log; the summary then shows the val and test gains side by side.
+While the session is active it refuses: the loop never sees a test number.
 """
 import argparse
 import hashlib
@@ -20,7 +26,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, project, records, stats, policy, session, report  # noqa: E402
+from core import common, holdout, project, records, stats, policy, session, report  # noqa: E402
 
 NEXT_STEPS = "## Recommended next steps"
 PLACEHOLDER = ("<!-- To be written by the agent: the 3-5 most promising directions, "
@@ -151,7 +157,7 @@ def session_state(root, events):
     return f"The session ended {ends[-1]['timestamp']}: {ends[-1].get('reason', 'ended')}."
 
 
-def render_markdown(config, runs, warnings, next_steps, state=""):
+def render_markdown(config, runs, warnings, next_steps, state="", events=()):
     name, direction = config["metric"], config["direction"]
     c = stats.confidence(runs, direction)
     noise = stats.noise_line(runs, digits=6)
@@ -182,6 +188,17 @@ def render_markdown(config, runs, warnings, next_steps, state=""):
                 f"Best code: `git show {best['commit'][:7]}` (on branch `{config['branch']}`).", ""]
     else:
         out += ["No measured run yet.", ""]
+    out += ["## On the sealed test split", ""]
+    scored, why = holdout.lines(config, runs, list(events)), holdout.why_not(config)
+    if scored:
+        out += scored + [""]
+        if frontier_rows(config, runs, events):
+            out += [f"![val and test, state by state]({common.TEST_PLOT})", ""]
+    elif why:
+        out += [f"Not scored: {why}.", ""]
+    else:
+        out += ["Not scored yet: once the session has ended, `summarize --test` (or finalize) trains the "
+                "baseline and the final state again and scores them on text no run has seen.", ""]
     gains = sorted(kept_gains(runs, direction)[1:], key=lambda g: -g[0])
     out += ["## Kept changes, ranked by gain", ""]
     if gains:
@@ -284,20 +301,58 @@ def render_plot(root, config, runs, path):
     os.replace(tmp, path)
 
 
+def frontier_rows(config, runs, events):
+    """(run, val, test) of every scored state, when more than the two ends were scored."""
+    rows = (holdout.table(config, runs, list(events)) or {}).get("rows", [])
+    return rows if len(rows) > 2 else []
+
+
+def render_frontiers(config, rows, path):
+    """The two frontiers: each scored state's val and test metric, run by run."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    xs = [r["run"] for r in rows]
+    if all(r["val"] is not None for r in rows):
+        ax.plot(xs, [r["val"] for r in rows], "o-", c="tab:green", label="val (re-run, same seeds)")
+    ax.plot(xs, [r["test"] for r in rows], "s--", c="tab:purple", label="test (sealed)")
+    ax.set_xlabel("run of the kept state")
+    ax.set_ylabel(f"{config['metric']} ({config['direction']} is better)")
+    ax.set_title("kept states on validation and on the sealed test split", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = common.temp_path(path, ".png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="summarize", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-plot", action="store_true", help="write only the markdown")
     p.add_argument("--html", action="store_true",
                    help=f"also write {common.HTML_SUMMARY}, one page that opens offline")
+    p.add_argument("--test", action="store_true",
+                   help="after the session: score the baseline and the final state on the sealed test split")
+    p.add_argument("--every-keep", action="store_true", help="with --test: score every kept state")
+    p.add_argument("--seeds", type=int, help="with --test: seeds a state (default: as the session's noise calls for)")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.seeds is not None and not 1 <= a.seeds <= 20:
+        raise common.UserError(f"--seeds {a.seeds}: give 1 to 20")
     root = common.find_root()
     common.use_project_python(root, common.PLOT_NEEDS)
     root, log = records.load_session(root)
+    if a.test:
+        holdout.score(root, log, every_keep=a.every_keep, seeds=a.seeds)
+        root, log = records.load_session(root)
     config, runs = log.config, log.runs
     summary_path = os.path.join(root, common.SUMMARY)
     text = render_markdown(config, runs, log.warnings, previous_next_steps(summary_path),
-                           session_state(root, log.events))
+                           session_state(root, log.events), log.events)
     common.write_atomic(summary_path, text)
     print(f"wrote {common.SUMMARY} ({stats.experiments(runs)} runs)")
     if not a.no_plot:
@@ -312,9 +367,14 @@ def main(argv=None):
             render_plot(root, config, runs, plot_path)
             common.write_atomic(key_path, f'"{key}"\n')
             print(f"wrote {plot}")
+        rows = frontier_rows(config, runs, log.events)
+        if rows:
+            render_frontiers(config, rows, os.path.join(root, common.TEST_PLOT))
+            print(f"wrote {common.TEST_PLOT}")
     if a.html:
         view = report.view(root, log)
         view["version"] = report.signature(root)
+        view["test"] = holdout.table(config, runs, log.events)
         page = report.page(f"autoresearch {config['tag']}", report.plotly_js(), view)
         common.write_atomic(os.path.join(root, common.HTML_SUMMARY), page)
         print(f"wrote {common.HTML_SUMMARY}")

@@ -237,6 +237,7 @@ def test_a_karpathy_clone_is_recognised_and_runs_as_it_is(tmp_path):
     assert "300 s per run (killed after 720 s), enforced by the script itself" in out
     assert "--budget 60 cannot reach it: runs get 300 s" in out
     assert "  read-only  prepare.py\n" in out                               # its fixed file, named
+    assert "test split none: this prepare.py holds out validation only" in " ".join(out.split())
     config = records(p)[0]
     assert config["project"] == "karpathy" and "prepare.py" in config["fixed_files"]
     assert config["measure"] == "output" and config["plot"] == "autoresearch-progress.png"
@@ -244,5 +245,7 @@ def test_a_karpathy_clone_is_recognised_and_runs_as_it_is(tmp_path):
     assert "METRIC peak_vram_mb=45060.2" in first
     assert tsv_rows(p)[1][1:3] == ["0.997900", "44.0"]
     ok(script(p, "summarize", env=env))
-    assert "a karpathy/autoresearch clone" in (p / "autoresearch-summary.md").read_text()
+    summary = (p / "autoresearch-summary.md").read_text()
+    assert "a karpathy/autoresearch clone" in summary
+    assert "Not scored: this session's harness has no test split" in summary
     assert (p / "progress.png").read_bytes() == b"\x89PNG committed by the clone"

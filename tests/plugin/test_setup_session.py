@@ -169,6 +169,7 @@ def test_setup_adds_nothing_to_the_exclude_file_when_gitignore_covers_it(tmp_pat
     p = make_project(tmp_path / "p")
     (p / ".gitignore").write_text("hang_child.pid\nresults.tsv\nautoresearch.jsonl\n"
                                   "autoresearch.md\nautoresearch-summary.md\nautoresearch-summary.html\nprogress.png\nautoresearch-progress.png\n"
+                                  "progress-test.png\n"
                                   "run.log\n/autoresearch.stop\n.autoresearch/\n.*.tmp-*\n")
     git(p, "commit", "-qam", "ignore the session files")
     out = ok(script(p, "setup-session", "--tag", "t", "--dataset", "classics")).stdout

@@ -27,6 +27,7 @@ LAYERS = (
     "report",       # the session as a page: the dashboard's and the HTML report's data and chart
     "sandbox",      # the run's sandbox: bubblewrap, sandbox-exec or none; what it hides and allows
     "runner",       # run a target: process group, timeout, status, checks
+    "holdout",      # the sealed test split, scored once at a session's end
     "skypilot",     # waves on SkyPilot
     "waves",        # waves: workers, results, recovery
 )

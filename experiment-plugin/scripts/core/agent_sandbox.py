@@ -136,14 +136,31 @@ def protected(root: str, config: dict) -> dict[str, str]:
             if not any(p != f and p.startswith(f + os.sep) for f in folders)}
 
 
+def sealed(config: dict) -> list[str]:
+    """The files of the session's dataset cache that only its sealed test split reads,
+    absolute: nothing reads them while the session is active, the agent included. (A
+    file that holds other splits too, tinystories' one file, stays readable: the run's
+    own sandbox still hides it, and what the agent could copy from it gains nothing on
+    validation.)"""
+    cache = (config.get("eval") or {}).get("cache_dir")
+    manifest = read_json(os.path.join(cache, "manifest.json"), default=None) if cache else None
+    splits = (manifest or {}).get("splits") if isinstance(manifest, dict) else None
+    if not isinstance(splits, dict):
+        return []
+    others = {s[0] for name, split in splits.items() if name != "test" for s in split}
+    return sorted({os.path.join(cache, s[0]) for s in splits.get("test", []) if s[0] not in others})
+
+
 def guard_view(root: str, config: dict) -> dict:
-    """What the guard hook judges a path by: the protected paths and names."""
-    return {"protected": protected(root, config), "names": names(config)}
+    """What the guard hook judges a path by: the protected paths and names, and the
+    sealed test split's files."""
+    return {"protected": protected(root, config), "names": names(config), "sealed": sealed(config)}
 
 
-def settings(denied: list[str]) -> dict:
+def settings(denied: list[str], unread: list[str] = ()) -> dict:
     """The settings a session adds: the sandbox on, with no way around it but the
-    plugin's scripts, and the protected paths denied."""
+    plugin's scripts, the protected paths denied, and the `unread` files (the sealed
+    test split) neither readable in the sandbox nor by the Read tool."""
     allowed = [rule for s in scripts() for rule in (s, f"{s}:*")]
     return {
         "sandbox": {
@@ -152,9 +169,11 @@ def settings(denied: list[str]) -> dict:
             "allowUnsandboxedCommands": False,     # no retry outside it
             "failIfUnavailable": True,             # no silent fallback to no sandbox
             "excludedCommands": allowed,
-            "filesystem": {"denyWrite": sorted(denied)},
+            "filesystem": {"denyWrite": sorted(denied), **({"denyRead": sorted(unread)} if unread else {})},
         },
-        "permissions": {"allow": [f"Bash({rule})" for rule in allowed]},
+        # "//" starts an absolute path in a permission rule.
+        "permissions": {"allow": [f"Bash({rule})" for rule in allowed],
+                        "deny": [f"Read(/{path})" for path in sorted(unread)]},
     }
 
 
@@ -207,17 +226,20 @@ def apply(root: str, config: dict) -> list[str]:
     # hooks folder, which it also mounts over, must exist before .git is read-only.
     if os.path.isdir(os.path.join(root, ".git")):
         os.makedirs(os.path.join(root, ".git", "hooks"), exist_ok=True)
-    wanted = settings([p for p, kind in denied.items() if kind != "settings"])
+    wanted = settings([p for p, kind in denied.items() if kind != "settings"], state.get("sealed") or [])
     permissions = current.get("permissions")
     if not isinstance(permissions, dict):
         permissions = current["permissions"] = {}
-    allow = permissions.get("allow")
-    if not isinstance(allow, list):
-        allow = permissions["allow"] = []
-    for rule in wanted["permissions"]["allow"]:
-        if rule not in allow:
-            allow.append(rule)
-            state["allow"].append(rule)
+    for key in ("allow", "deny"):
+        rules = permissions.get(key)
+        if not isinstance(rules, list):
+            rules = permissions[key] = []
+        for rule in wanted["permissions"][key]:
+            if rule not in rules:
+                rules.append(rule)
+                state.setdefault(key, []).append(rule)
+        if not rules:
+            del permissions[key]
     current["sandbox"] = wanted["sandbox"]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(os.path.join(root, STATE), json.dumps(state, indent=2) + "\n")
@@ -281,12 +303,13 @@ def remove(root: str) -> bool:
         else:
             current["sandbox"] = state["sandbox"]
         permissions = current.get("permissions")
-        if isinstance(permissions, dict) and isinstance(permissions.get("allow"), list):
-            permissions["allow"] = [r for r in permissions["allow"] if r not in state.get("allow", [])]
-            if not permissions["allow"]:
-                del permissions["allow"]
-            if not permissions:
-                del current["permissions"]
+        for key in ("allow", "deny"):
+            if isinstance(permissions, dict) and isinstance(permissions.get(key), list):
+                permissions[key] = [r for r in permissions[key] if r not in state.get(key, [])]
+                if not permissions[key]:
+                    del permissions[key]
+        if isinstance(permissions, dict) and not permissions:
+            del current["permissions"]
         if current or state.get("existed"):
             write_atomic(path, json.dumps(current, indent=2) + "\n")
         elif os.path.exists(path):

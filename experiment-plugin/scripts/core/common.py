@@ -27,6 +27,7 @@ RESULTS = "results.tsv"             # the classic tab-separated view, rebuilt fr
 RUN_LOG = "run.log"                 # output of the latest run
 PLOT = "progress.png"
 PLOT_TRACKED = "autoresearch-progress.png"   # the plot, where the project tracks a progress.png of its own
+TEST_PLOT = "progress-test.png"     # the kept states on val and on the sealed test split
 SUMMARY = "autoresearch-summary.md"
 HTML_SUMMARY = "autoresearch-summary.html"   # the same report as one self-contained page
 NOTES = "autoresearch.md"           # the living session document (the agent edits it)
@@ -41,7 +42,7 @@ WORKTREES = os.path.join(STATE_DIR, "worktrees")
 # (the guard hook enforces it); the summary and notes are the agent's to finish, the
 # stop file is the person's.
 SESSION_FILES = {LOG: "scripts", RESULTS: "scripts", RUN_LOG: "scripts", PLOT: "scripts",
-                 PLOT_TRACKED: "scripts", HTML_SUMMARY: "scripts",
+                 PLOT_TRACKED: "scripts", TEST_PLOT: "scripts", HTML_SUMMARY: "scripts",
                  STATE_DIR: "scripts", SUMMARY: "agent", NOTES: "agent", STOP_FILE: "person"}
 
 SCRIPT_ONLY_FILES = tuple(n for n, writer in SESSION_FILES.items() if writer == "scripts")

@@ -59,6 +59,10 @@ def pin_eval(root: str, python: str, dataset: str) -> dict:
         raise UserError(f"prepare.py --eval-fingerprint failed ({last}): check the dataset "
                         f"with python prepare.py --dataset {dataset} --verify") from None
     out = {k: pin[k] for k in ("dataset", "eval_tokens", "max_seq_len", "vocab_size", *PINNED)}
+    if not pin.get("test_split"):
+        raise UserError(f"the {dataset} cache has no sealed test split (it was prepared before there was "
+                        f"one): run python prepare.py --dataset {dataset} to add it; what it has is kept")
+    out["test_split"] = pin["test_split"]
     if pin.get("cache_dir"):
         out.update(cache_dir=pin["cache_dir"], cache_state=cache_state(pin["cache_dir"]))
     return out

@@ -49,9 +49,27 @@ def research_config(config: dict) -> str:
             ("read-only", fixed_row(config)),
             ("policy", config["policy"]),
             ("checks", config.get("checks") or "none"),
+            ("test split", test_row(config)),
             ("stops at", "; ".join(stops)),
             ("off", "; ".join(config.get("off") or []))]
     return "research config:\n" + "\n".join(f"  {k:<10} {v}" for k, v in rows if v)
+
+
+def test_row(config: dict) -> str:
+    """Where the night's gain is checked on data the loop never sees, or what to add."""
+    if config.get("measure") == "harness":
+        pin = (config.get("eval") or {}).get("test_split")
+        return ("sealed" + (f" (digest {pin[:12]})" if pin else "") + ": no run reads it; the baseline and "
+                "the final state are scored on it once the session has ended (summarize --test, finalize)")
+    if config.get("holdout"):
+        return (f"{config['holdout']} (its files read-only), run once the session has ended "
+                "(summarize --test, finalize)")
+    if config.get("project") == "karpathy":
+        return ("none: this prepare.py holds out validation only, and a night fits part of its gain to "
+                "that set; hold out a shard no run reads and pass --holdout CMD, a command that prints "
+                "val_bpb on it")
+    return ("none: pass --holdout CMD, a command that prints the metric on data the loop never sees, "
+            "to check the night's gain on it at the end")
 
 
 def fixed_row(config: dict) -> str:
