@@ -28,5 +28,6 @@ LAYERS = (
     "sandbox",      # the run's sandbox: bubblewrap, sandbox-exec or none; what it hides and allows
     "runner",       # run a target: process group, timeout, status, checks
     "skypilot",     # waves on SkyPilot
+    "slurm",        # waves on Slurm: sbatch jobs followed with squeue / sacct
     "waves",        # waves: workers, results, recovery
 )
