@@ -54,7 +54,7 @@ ReturnToService=2
 # Fast enough for tests: the scheduler looks often, a node that stops answering is
 # declared down after SlurmdTimeout, finished jobs stay visible to squeue for MinJobAge.
 SchedulerParameters=sched_interval=1
-MessageTimeout=5
+MessageTimeout=3
 SlurmdTimeout=30
 InactiveLimit=0
 KillWait=2
@@ -114,11 +114,23 @@ class SlurmCluster:
             f"--key-file={d}/munge.key", f"--pid-file={d}/munge/munged.pid",
             f"--log-file={d}/munge/munged.log", f"--seed-file={d}/munge/munged.seed"], "munged")
         self._until(lambda: os.path.exists(f"{d}/munge.socket"), "munged")
-        self.procs["slurmctld"] = self._daemon([program("slurmctld"), "-D", "-c", "-i", "-f", self.conf],
-                                               "slurmctld")
+        self.start_slurmctld(clear=True)
         self.start_slurmd()
         self._until(lambda: self.node_state() in ("IDLE", "MIXED", "ALLOCATED"), "the node")
         return self
+
+    def start_slurmctld(self, clear: bool = False) -> None:
+        """clear: a fresh controller (-c); otherwise it recovers its jobs from its state."""
+        self.procs["slurmctld"] = self._daemon([program("slurmctld"), "-D", *(["-c"] if clear else []),
+                                                "-i", "-f", self.conf], "slurmctld")
+
+    def stop_slurmctld(self) -> None:
+        """The controller stops as for maintenance (TERM: it saves its state first; one
+        killed outright forgets what changed since its last save, its running jobs
+        included)."""
+        proc = self.procs.pop("slurmctld")
+        proc.terminate()
+        proc.wait(timeout=20)
 
     def start_slurmd(self) -> None:
         self.procs["slurmd"] = self._daemon([program("slurmd"), "-D", "-N", NODE, "-f", self.conf],

@@ -246,3 +246,22 @@ def test_resume_after_the_agent_died_finds_the_running_job_and_the_finished_one(
         [(quick, quick_job), (slow, slow_job)])
     assert len(c.run("squeue", "-h", "-t", "all", "-n",
                      f"{records(p)[0]['slurm']['prefix']}-{slow}", "-o", "%i").split()) == 1
+
+
+def test_a_controller_restart_mid_run_neither_loses_nor_repeats_the_job(project, slurm_cluster):
+    p, c = project, slurm_cluster
+    setup(p, c, workers=1)
+    name = candidate(p, c, "baseline", slow=True, unchanged=True)
+    run(p, c, "submit-wave")
+    job = running_job(p, c, name)
+    c.stop_slurmctld()
+    # Long enough for squeue to give up (about 4 s here): the worker is told the
+    # controller cannot be reached, which is not the end of the job.
+    time.sleep(6)
+    assert "still running" in wait(p, 1, c.env)
+    c.start_slurmctld()
+    go_on(p, name)
+    out = wait(p, SECONDS, c.env)
+    assert f"status: ok candidate {name}" in out, out
+    log_as_told(p, out, c.env)
+    assert [(r["status"], r["job"]) for r in runs(p)] == [("keep", job)]

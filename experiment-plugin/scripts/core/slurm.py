@@ -44,6 +44,7 @@ CANCEL_WAIT = 30            # end-session waits this long for cancelled jobs to 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED",
           "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 AGAIN = {"NODE_FAIL", "BOOT_FAIL", "PREEMPTED"}
+UNREACHABLE = "UNREACHABLE"     # the controller did not answer: the job is not gone, ask again
 WHY = {"CANCELLED": "it was cancelled (scancel, or an administrator)",
        "OUT_OF_MEMORY": "it ran out of memory on its node",
        "DEADLINE": "it reached its deadline",
@@ -110,8 +111,15 @@ def elapsed_seconds(text: str) -> float | None:
 
 def job_state(job: str) -> dict | None:
     """{state, reason, node, elapsed} of a job from squeue (which keeps finished jobs
-    for the controller's MinJobAge), else from sacct; None when neither knows it."""
-    proc = call("squeue", "-h", "-j", job, "-t", "all", "-o", "%T|%r|%N|%M")
+    for the controller's MinJobAge), else from sacct; None when neither knows it. A
+    controller that does not answer (restarting, overloaded) is state UNREACHABLE: a
+    job it cannot be asked about is not a job that ended."""
+    try:
+        proc = call("squeue", "-h", "-j", job, "-t", "all", "-o", "%T|%r|%N|%M")
+    except subprocess.TimeoutExpired:
+        proc = subprocess.CompletedProcess([], 1, "", "timed out")
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        return {"state": UNREACHABLE, "reason": proc.stderr.strip()[-200:], "node": "", "elapsed": None}
     line = proc.stdout.strip().splitlines()[-1:] if proc.returncode == 0 else []
     if line and line[0].count("|") == 3:
         state, reason, node, used = line[0].split("|")
@@ -161,6 +169,8 @@ def describe(job: str) -> str:
         st = None
     if not st:
         return "unknown to Slurm"
+    if st["state"] == UNREACHABLE:
+        return "the controller did not answer"
     if st["state"] == "PENDING":
         return f"PENDING ({st['reason']})"
     return st["state"] + (f" on {st['node']}" if st["node"] else "")
@@ -183,6 +193,9 @@ def follow(job: str, timeout: float) -> tuple[dict | None, bool]:
     timed_out = False
     while True:
         st = job_state(job)
+        if st is not None and st["state"] == UNREACHABLE:
+            time.sleep(POLL_SECONDS)
+            continue
         if st is None or st["state"] not in ACTIVE:
             return st, timed_out
         if not timed_out and st["state"] == "RUNNING" and (st["elapsed"] or 0) > timeout:

@@ -34,7 +34,8 @@ from .candidates import (candidates, commit, create, forget, load, log_path, run
 from .measure import cache_changed
 from .runner import run_checks, run_target, stop_leftover_run, verdict
 from .skypilot import sky_run, sky_teardown
-from .slurm import ACTIVE, describe, job_of, job_state, slurm_cancel_all, slurm_run
+from .slurm import (ACTIVE, describe, job_of, job_state, slurm_cancel_all, slurm_run,
+    UNREACHABLE)
 
 WAIT_SECONDS = 540              # wait-wave returns before a 600 s Bash call would time out
 
@@ -333,7 +334,7 @@ def slurm_recovery_line(root: str, name: str) -> str:
         return (f"wave: {name} was being submitted when its worker stopped: a worker takes it "
                 "up again (its job, if sbatch took it, else a new one)")
     st = job_state(job)
-    if st and st["state"] in ACTIVE:
+    if st and (st["state"] in ACTIVE or st["state"] == UNREACHABLE):
         return (f"wave: {name} is still running as Slurm job {job} ({describe(job)}): a worker "
                 "follows it again; wait-wave shows its result")
     return (f"wave: {name} finished as Slurm job {job} ({describe(job)}) while no worker "
