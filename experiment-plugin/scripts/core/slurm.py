@@ -210,13 +210,13 @@ def slurm_run(root: str, config: dict, cand: dict, worker: dict, timeout: float)
     Slurm ended it, what the candidate keeps of it: its jobs and node)."""
     name, running = cand["name"], running_path(root, cand["name"])
     job = job_of(root, name) or active_job(config, cand)
-    jobs, notes = [], []
+    jobs, notes, submitted = [], [], None
     while True:
         if job is None:
-            job = submit(root, config, cand)
+            job, submitted = submit(root, config, cand), time.time()
         jobs.append(job)
         write_atomic(running, json.dumps({"backend": "slurm", "job": job, "name": job_name(config, cand),
-                                          "submitted": time.time()}) + "\n")
+                                          "submitted": submitted}) + "\n")
         st, timed_out = follow(job, timeout)
         state = st["state"] if st else "UNKNOWN"
         if (state in AGAIN or st is None) and len(jobs) < MAX_JOBS:
@@ -225,7 +225,8 @@ def slurm_run(root: str, config: dict, cand: dict, worker: dict, timeout: float)
             job = None
             continue
         break
-    info = {"jobs": jobs, "job": job, "node": (st or {}).get("node") or None, "state": state}
+    info = {"jobs": jobs, "job": job, "node": (st or {}).get("node") or None, "state": state,
+            "submitted": submitted, "ended": time.time()}   # epoch seconds: the engine's overhead
     seconds = (st or {}).get("elapsed") or 0.0
     cause, code = None, None
     if timed_out or state == "TIMEOUT":
