@@ -31,12 +31,15 @@ setup_claude() {
 
 setup_system() {
     # Debian's packages the tests use: Chromium (the dashboard's browser tests), bubblewrap
-    # (the run's sandbox) and socat (Claude Code's own sandbox for the agent's Bash).
+    # (the run's sandbox), socat (Claude Code's own sandbox for the agent's Bash), and Slurm
+    # with munge (the one-node cluster the Slurm backend's tests start).
     # Installed where apt-get can, i.e. as root; a test that needs a missing one fails.
     local missing=()
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
     command -v socat >/dev/null 2>&1 || missing+=(socat)
+    [ -x /usr/sbin/slurmctld ] && [ -x /usr/sbin/slurmd ] || missing+=(slurm-wlm)
+    [ -x /usr/sbin/munged ] || missing+=(munge)
     [ "${#missing[@]}" -eq 0 ] && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \

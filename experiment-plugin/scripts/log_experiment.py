@@ -222,6 +222,8 @@ def main(argv=None):
         if cand:
             record.update(candidate=cand["name"], base=cand["base"], worker=cand.get("worker"),
                           backend=cand.get("backend", "local"), seed=cand.get("seed"))
+            if (cand.get("slurm") or {}).get("job"):
+                record["job"] = cand["slurm"]["job"]
             if cand.get("rebased_from"):
                 record["rebased_from"] = cand["rebased_from"]
             record = {k: v for k, v in record.items() if v is not None or k in ("metric", "confidence")}

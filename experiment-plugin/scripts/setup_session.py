@@ -45,7 +45,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, git, templates, harness, agent_sandbox, parsing, project, devices, measure, records, policy, session, sandbox, skypilot  # noqa: E402
+from core import common, git, templates, harness, agent_sandbox, parsing, project, devices, measure, records, policy, session, sandbox, skypilot, slurm  # noqa: E402
 
 TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -151,13 +151,19 @@ def parse_args(argv):
                    help="candidates run at once (default 1: one run at a time, as always). Local: "
                         "one per GPU, or disjoint CPU cores each; see new-candidate, submit-wave")
     p.add_argument("--backend", default="local", choices=devices.BACKENDS,
-                   help="where candidates run: local (default) or skypilot (jobs on a cluster pool)")
+                   help="where candidates run: local (default), skypilot (jobs on a cluster pool) "
+                        "or slurm (each candidate an sbatch job; run setup on the login node)")
     p.add_argument("--clusters", type=int, metavar="N",
                    help="skypilot: clusters in the pool, reused across waves (default: --workers)")
     p.add_argument("--accelerators", metavar="GPU:N",
                    help="skypilot: accelerators per job, e.g. H100:1 (default: the task YAML's)")
     p.add_argument("--managed", action="store_true",
                    help="skypilot: run each candidate as a managed job (sky jobs launch) instead")
+    p.add_argument("--gres", metavar="GRES",
+                   help="slurm: generic resources per job, e.g. gpu:1 (sbatch --gres)")
+    p.add_argument("--cpus-per-task", type=int, metavar="N",
+                   help="slurm: CPUs per job (sbatch --cpus-per-task; the thread variables follow)")
+    p.add_argument("--partition", metavar="P", help="slurm: the partition jobs go to (default: the cluster's)")
     p.add_argument("--init", action="store_true",
                    help="a directory with no training code: copy this project's harness and "
                         "templates into it (git init first where it is no repository), commit "
@@ -219,11 +225,17 @@ def check_args(a):
         raise common.UserError("--plateau must be 0 (never) or a number of runs")
     if a.backend != "skypilot" and (a.clusters or a.accelerators or a.managed):
         raise common.UserError("--clusters, --accelerators and --managed are for --backend skypilot")
+    if a.backend != "slurm" and (a.gres or a.cpus_per_task or a.partition):
+        raise common.UserError("--gres, --cpus-per-task and --partition are for --backend slurm")
+    if a.cpus_per_task is not None and a.cpus_per_task < 1:
+        raise common.UserError("--cpus-per-task must be 1 or more")
     if a.clusters is not None and a.clusters < 1:
         raise common.UserError("--clusters must be 1 or more")
     a.worker_note = devices.check_workers(a.workers, a.backend)
     if a.backend == "skypilot":
         skypilot.sky_bin()         # installed, or one line saying how
+    if a.backend == "slurm":
+        slurm.slurm_bin("sbatch")  # on the login node, or one line saying where to run
 
 
 def check_files(root, target, a):
@@ -525,7 +537,8 @@ def main(argv=None):
                             "them first, so the baseline is a commit")
     p, notes = plan(root, target, a)
     python = p["python"]
-    if a.backend == "local":    # on SkyPilot each cluster prepares the data in its setup
+    if a.backend != "skypilot":     # on SkyPilot each cluster prepares the data in its setup;
+                                    # Slurm's nodes share this filesystem, and so the data
         check_data(root, p)
     # Who measures: the harness on its result channel where the harness and the target
     # support it (this project's templates), else the run's printed output.
@@ -574,6 +587,9 @@ def main(argv=None):
         config["skypilot"] = {"prefix": f"ar-{a.tag.lower().replace('_', '-').replace('.', '-')}"[:40],
                               "clusters": a.clusters or a.workers, "accelerators": a.accelerators,
                               "managed": a.managed}
+    if a.backend == "slurm":
+        config["slurm"] = {"prefix": slurm.job_prefix(root, a.tag), "gres": a.gres,
+                           "cpus_per_task": a.cpus_per_task, "partition": a.partition}
     records.validate(config, where="config")
 
     # All checks passed: from here on, change things. A failure on the way takes the

@@ -2,14 +2,15 @@
 """One worker of a wave (started by submit-wave, never by hand): takes the oldest
 queued candidate, runs it on this slot's device or cores, writes its result, and takes
 the next; exits when nothing is queued. Stopping it (TERM) stops its run's whole
-process group."""
+process group. On Slurm, a candidate of this slot whose worker died is taken up
+first: its job goes on, and this worker follows it."""
 import argparse
 import os
 import sys
 
 sys.dont_write_bytecode = True  # nothing is written into the plugin's folder
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from core import common, devices, records, stats, candidates, waves  # noqa: E402
+from core import common, devices, records, candidates, waves  # noqa: E402
 
 
 def main(argv=None):
@@ -21,18 +22,12 @@ def main(argv=None):
     worker = devices.workers(config)[a.slot]
     while True:
         with common.Lock(root):
-            log = records.read_log(root)
-            queued = [c for c in candidates.candidates(root) if c.get("state") == "queued"]
-            if not queued:
+            cand = waves.take_next(root, config, a.slot, records.read_log(root).runs)
+            if cand is None:
                 path = waves.worker_path(root, a.slot)
                 if os.path.exists(path) and open(path).read().strip() == str(os.getpid()):
                     os.unlink(path)
                 return 0
-            cand = queued[0]
-            cand.update(state="running", worker=worker["name"], slot=a.slot,
-                        backend=config.get("backend", "local"), started=common.now_iso(),
-                        seed=stats.next_seed(log.runs, cand["target_sha"], cand))
-            candidates.save(root, cand)
         result = waves.run_candidate(root, config, cand, worker)
         with common.Lock(root):
             current = common.read_json(candidates.state_file(root, cand["name"]), default=None)

@@ -15,6 +15,20 @@ import pytest
 from plugin_helpers import REPO, make_project, ok, script, set_up_project
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node Slurm cluster (munged, slurmctld, slurmd) of two one-CPU job slots,
+    started once for the test process and stopped after (tests/slurm_cluster.py).
+    Where Slurm is not installed the tests that need it fail, saying how to install it."""
+    from slurm_cluster import INSTALL, missing_programs, SlurmCluster
+    missing = missing_programs()
+    if missing:
+        pytest.fail(f"Slurm is not installed here (missing {', '.join(missing)}): {INSTALL}")
+    cluster = SlurmCluster(slots=2).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def project(tmp_path):
     """A project with a session set up: tag t1, classics, 1 s budget, the default policy."""

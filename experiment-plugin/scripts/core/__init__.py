@@ -29,5 +29,6 @@ LAYERS = (
     "runner",       # run a target: process group, timeout, status, checks
     "holdout",      # the sealed test split, scored once at a session's end
     "skypilot",     # waves on SkyPilot
+    "slurm",        # waves on Slurm: sbatch jobs followed with squeue / sacct
     "waves",        # waves: workers, results, recovery
 )

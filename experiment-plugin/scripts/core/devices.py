@@ -52,7 +52,8 @@ def platform_info(python: str, framework: str | None) -> dict:
     return info
 
 
-BACKENDS = ("local", "skypilot")
+BACKENDS = ("local", "skypilot", "slurm")
+REMOTE = ("skypilot", "slurm")    # backends whose runs happen elsewhere, not in this machine's slots
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -93,6 +94,8 @@ def workers(config: dict) -> list[dict]:
         clusters = int(sky.get("clusters") or n)
         return [{"slot": i, "name": f"{sky.get('prefix', 'ar')}-{i % clusters}",
                  "cluster": f"{sky.get('prefix', 'ar')}-{i % clusters}", "env": {}} for i in range(n)]
+    if config.get("backend") == "slurm":      # one job at a time each; Slurm picks the node
+        return [{"slot": i, "name": f"slurm-{i}", "env": {}} for i in range(n)]
     if n == 1:
         return [{"slot": 0, "name": "local", "env": {}}]
     gpus = gpu_ids()
@@ -118,8 +121,8 @@ def check_workers(n: int, backend: str) -> str | None:
     if n < 1:
         raise UserError("--workers must be 1 or more")
     if backend not in BACKENDS:
-        raise UserError(f"unknown --backend {backend!r}: use local or skypilot")
-    if backend == "skypilot" or n == 1:
+        raise UserError(f"unknown --backend {backend!r}: use local, skypilot or slurm")
+    if backend in REMOTE or n == 1:
         return None
     gpus = gpu_ids()
     if gpus and n > len(gpus):
@@ -139,8 +142,9 @@ def main_tree_worker(config: dict) -> dict | None:
     """What a single run-experiment in the project root runs on in a wave session: the
     first worker's device and cores, so the baseline and re-measures are measured
     under the same conditions as the candidates. None: as always."""
-    if config.get("backend") == "skypilot":
-        raise UserError("this session runs on SkyPilot: run the baseline and re-measures "
+    if config.get("backend") in REMOTE:
+        where = {"skypilot": "SkyPilot", "slurm": "Slurm"}[config["backend"]]
+        raise UserError(f"this session runs on {where}: run the baseline and re-measures "
                             "as candidates (new-candidate --unchanged --description baseline, "
                             "submit-wave, wait-wave)")
     if int(config.get("workers") or 1) == 1:

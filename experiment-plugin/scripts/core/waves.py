@@ -8,7 +8,8 @@ logged one by one (log-experiment --candidate NAME), under the log lock and by t
 session's keep policy (`policy.decide_candidate`), exactly as a single run is.
 
 Backends, one interface (`run_candidate`): local workers, one per device (see
-`devices.workers`), or SkyPilot jobs (see `skypilot`). Workers are background
+`devices.workers`), SkyPilot jobs (see `skypilot`) or Slurm jobs (see `slurm`: a
+job outlives its worker, and the next worker on its slot follows it). Workers are background
 processes (scripts/wave_worker.py, one per busy slot): each takes the oldest queued
 candidate, runs it, writes its result, and takes the next, so a free worker is
 refilled at once; it exits when nothing is queued.
@@ -27,12 +28,14 @@ from .harness import changed_fixed_files
 from .parsing import json_safe
 from .monitor import disturbed
 from .devices import workers
-from .stats import add_sample
+from .stats import add_sample, next_seed
 from .candidates import (candidates, commit, create, forget, load, log_path, running_path,
     save, worktree)
 from .measure import cache_changed
 from .runner import run_checks, run_target, stop_leftover_run, verdict
 from .skypilot import sky_run, sky_teardown
+from .slurm import (ACTIVE, describe, job_of, job_state, slurm_cancel_all, slurm_run,
+    UNREACHABLE)
 
 WAIT_SECONDS = 540              # wait-wave returns before a 600 s Bash call would time out
 
@@ -84,16 +87,29 @@ def worker_pid(root: str, slot: int) -> int | None:
     return pid if alive(pid) else None
 
 
+def orphaned_slots(root: str, config: dict) -> set[int]:
+    """Slots of Slurm candidates whose worker is gone: their job goes on in the
+    cluster's queue, and wants a worker to follow it again."""
+    if config.get("backend") != "slurm":
+        return set()
+    return {c.get("slot") for c in candidates(root)
+            if c.get("state") == "running" and not worker_pid(root, c.get("slot", -1))}
+
+
 def ensure_workers(root: str, config: dict) -> list[str]:
-    """Start a worker on every free slot while candidates wait. Call with the log lock
-    held (a worker decides to exit under it, so no queued candidate is stranded)."""
-    queued = [c for c in candidates(root) if c.get("state") == "queued"]
+    """Start a worker on every free slot while candidates wait (and on the slot of a
+    Slurm job no worker follows). Call with the log lock held (a worker decides to exit
+    under it, so no queued candidate is stranded)."""
+    waiting = len([c for c in candidates(root) if c.get("state") == "queued"])
+    orphaned = orphaned_slots(root, config)
     started = []
     for w in workers(config):
-        if len(started) >= len(queued):
-            break
         if worker_pid(root, w["slot"]):
             continue
+        if w["slot"] not in orphaned:
+            if waiting <= 0:
+                continue
+            waiting -= 1
         out = open(os.path.join(root, WAVE_DIR, f"worker-{w['slot']}.log"), "ab")
         proc = subprocess.Popen([sys.executable, os.path.join(SCRIPTS_DIR, "wave_worker.py"),
                                  "--slot", str(w["slot"])], cwd=root, stdin=subprocess.DEVNULL,
@@ -105,9 +121,34 @@ def ensure_workers(root: str, config: dict) -> list[str]:
     return started
 
 
+def take_next(root: str, config: dict, slot: int, runs: list[dict]) -> dict | None:
+    """What the worker on `slot` runs next (log lock held): a Slurm candidate of its
+    slot whose worker died (its job is followed again, on the same seed), else the
+    oldest queued candidate, marked running on this worker. None: nothing to do."""
+    cands = candidates(root)
+    if config.get("backend") == "slurm":
+        mine = [c for c in cands if c.get("state") == "running" and c.get("slot") == slot]
+        if mine:
+            return mine[0]
+    queued = [c for c in cands if c.get("state") == "queued"]
+    if not queued:
+        return None
+    cand, worker = queued[0], workers(config)[slot]
+    if os.path.exists(running_path(root, cand["name"])):
+        os.unlink(running_path(root, cand["name"]))     # an earlier run's, done with
+    cand.update(state="running", worker=worker["name"], slot=slot,
+                backend=config.get("backend", "local"), started=now_iso(),
+                seed=next_seed(runs, cand["target_sha"], cand))
+    save(root, cand)
+    return cand
+
+
 def lost_by_dead_workers(root: str, config: dict) -> list[str]:
     """Running candidates whose worker is gone (killed, or failed outright) become
-    lost; their leftover runs are stopped. Call with the log lock held."""
+    lost; their leftover runs are stopped. Call with the log lock held. On Slurm none
+    is lost: its job outlives the worker (see ensure_workers)."""
+    if config.get("backend") == "slurm":
+        return []
     busy = {w["slot"] for w in workers(config) if worker_pid(root, w["slot"])}
     lost = []
     for c in candidates(root):
@@ -139,8 +180,18 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     if changed_fixed_files(path, config["fixed_files"]) or cache_changed(config):
         return {"run_status": "tampered", "detail": "fixed files differ in its worktree",
                 "finished": now_iso()}
-    results = []
-    if config.get("backend") == "skypilot":
+    results, cause, engine = [], None, None
+    if config.get("backend") == "slurm":
+        config = {**config, "measure": "output"}    # the channel does not cross machines
+        try:
+            code, seconds, cause, engine = slurm_run(root, config, cand, worker, timeout)
+        except (UserError, OSError, subprocess.SubprocessError) as e:
+            cause = f"the Slurm job could not run: {e}"
+            with open(log_path(root, name), "a", encoding="utf-8") as f:
+                f.write(cause + "\n")
+            code, seconds = 1, 0.0
+        reading = {}
+    elif config.get("backend") == "skypilot":
         config = {**config, "measure": "output"}    # the channel does not cross machines
         try:
             code, seconds, reading = sky_run(root, config, cand, worker, timeout)
@@ -156,6 +207,8 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     with open(log_path(root, name), encoding="utf-8", errors="replace") as f:
         text = f.read()
     status, detail, metrics = verdict(config, code, text, results, root=root)
+    if cause and status != "ok":
+        detail = cause                  # the engine's word for why, not just "exit 1"
     if status == "ok" and config.get("checks"):
         status, detail, _ = run_checks(path, config["checks"], timeout, status, detail, text)
     if changed_fixed_files(path, config["fixed_files"]) or cache_changed(config):
@@ -167,7 +220,8 @@ def run_candidate(root: str, config: dict, cand: dict, worker: dict) -> dict:
     return {"run_status": status, "detail": detail, "metrics": json_safe(metrics),
             "seconds": round(seconds, 1), "load": reading, "samples": samples, "seeds": seeds,
             "disturbed": set_apart, "disturbed_now": why if status == "ok" else None,
-            "finished": now_iso(), "timeout": timeout if code is None else None}
+            "finished": now_iso(), "timeout": timeout if code is None else None,
+            **({"slurm": engine} if engine else {})}
 
 
 def take_result(root: str, config: dict, name: str, status: str) -> dict:
@@ -245,6 +299,8 @@ def recover(root: str, config: dict) -> list[str]:
         state, name = c.get("state"), c["name"]
         if state == "running" and c.get("slot") in busy:
             lines.append(f"wave: {name} is still running on {c.get('worker')}")
+        elif state == "running" and config.get("backend") == "slurm":
+            lines.append(slurm_recovery_line(root, name))
         elif state == "running":
             stopped = stop_leftover_run(root, running_path(root, name))
             c["state"] = "lost"
@@ -266,7 +322,23 @@ def recover(root: str, config: dict) -> list[str]:
             lines.append(f"wave: {name} was lost: submit-wave re-queues it")
         elif state == "prepared":
             lines.append(f"wave: {name} is prepared ({worktree(root, name)}): edit it, then submit-wave")
+    if config.get("backend") == "slurm":
+        ensure_workers(root, config)    # followers for the jobs whose worker died
     return lines
+
+
+def slurm_recovery_line(root: str, name: str) -> str:
+    """What became of a Slurm candidate's job while no worker followed it."""
+    job = job_of(root, name)
+    if job is None:
+        return (f"wave: {name} was being submitted when its worker stopped: a worker takes it "
+                "up again (its job, if sbatch took it, else a new one)")
+    st = job_state(job)
+    if st and (st["state"] in ACTIVE or st["state"] == UNREACHABLE):
+        return (f"wave: {name} is still running as Slurm job {job} ({describe(job)}): a worker "
+                "follows it again; wait-wave shows its result")
+    return (f"wave: {name} finished as Slurm job {job} ({describe(job)}) while no worker "
+            "followed it: its result is read now; wait-wave shows it")
 
 
 def shutdown(root: str, config: dict) -> list[str]:
@@ -283,4 +355,6 @@ def shutdown(root: str, config: dict) -> list[str]:
                 pass
     if config.get("backend") == "skypilot":
         lines += sky_teardown(root)
+    if config.get("backend") == "slurm":
+        lines += slurm_cancel_all(config)
     return lines
