@@ -165,8 +165,18 @@ class ServedRun:
                 self.report = message
                 if self.requested is None and message.get("status") != "failed":
                     self.why = self.violation = "the run reported before it asked the runner for its evaluation"
+                    return self._hang_up()
             else:
                 self.why = self.violation = self.why or f"an unexpected {str(op)[:20]!r} message on the channel"
+                return self._hang_up()
+
+    def _hang_up(self):
+        """A broken rule ends the conversation: the run sees the channel close (its
+        evaluate_bpb fails at once) instead of waiting for an answer until its timeout."""
+        try:
+            self.parent.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def _evaluate(self, batch_size):
         if not isinstance(batch_size, int) or batch_size < 1:
