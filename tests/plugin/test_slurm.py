@@ -215,21 +215,21 @@ def test_resume_after_the_agent_died_finds_the_running_job_and_the_finished_one(
     p, c = project, slurm_cluster
     setup(p, c)
     baseline(p, c)
-    quick = candidate(p, c, "quick idea", GAIN_A=0.1)
+    quick = candidate(p, c, "quick idea", slow=True, GAIN_A=0.1)
     slow = candidate(p, c, "slow idea", slow=True, GAIN_B=0.05)
     run(p, c, "submit-wave")
-    slow_job = running_job(p, c, slow)
-    quick_job = until("the quick job done", lambda: (job_of(p, quick) if c.run(
-        "squeue", "-h", "-t", "all", "-j", job_of(p, quick) or "0", "-o", "%T", check=False).strip()
-        == "COMPLETED" else None))
-    # The agent's machine goes: the workers that follow the jobs die with it, before
-    # the quick one's result was read. The cluster goes on.
+    slow_job, quick_job = running_job(p, c, slow), running_job(p, c, quick)
+    # The agent's machine goes: the workers that follow the jobs die with it. The
+    # cluster goes on, and the quick job ends before anyone reads its result.
     for f in (p / ".autoresearch" / "wave").glob("worker-*.pid"):
         try:
             os.killpg(int(f.read_text()), signal.SIGKILL)
         except OSError:
             pass
     time.sleep(0.5)
+    go_on(p, quick)
+    until("the quick job done", lambda: c.run("squeue", "-h", "-t", "all", "-j", quick_job, "-o", "%T",
+                                              check=False).strip() == "COMPLETED")
     assert state(p, quick)["state"] == "running" and state(p, slow)["state"] == "running"
     out = run(p, c, "resume-session")
     assert f"wave: {quick} finished as Slurm job {quick_job} (COMPLETED on n1)" in out, out
