@@ -95,6 +95,14 @@ def running_job(p, cluster, name) -> str:
     return until(f"{name}'s job running", check)
 
 
+def one_slow_job(p, cluster) -> tuple[str, str]:
+    """A session of one worker whose baseline job runs until the test lets it go on."""
+    setup(p, cluster, workers=1)
+    name = candidate(p, cluster, "baseline", slow=True, unchanged=True)
+    run(p, cluster, "submit-wave")
+    return name, running_job(p, cluster, name)
+
+
 def go_on(p, name):
     (p / ".autoresearch" / "worktrees" / name / "slow.flag").unlink()
 
@@ -159,10 +167,7 @@ def test_a_gres_the_cluster_lacks_is_a_crash_that_says_what_sbatch_said(project,
 
 def test_a_job_cancelled_mid_run_is_a_crash_with_its_cause_logged_once(project, slurm_cluster):
     p, c = project, slurm_cluster
-    setup(p, c, workers=1)
-    name = candidate(p, c, "baseline", slow=True, unchanged=True)
-    run(p, c, "submit-wave")
-    job = running_job(p, c, name)
+    name, job = one_slow_job(p, c)
     c.run("scancel", job)
     out = wait(p, SECONDS, c.env)
     assert f"status: crash candidate {name}" in out, out
@@ -175,10 +180,7 @@ def test_a_job_cancelled_mid_run_is_a_crash_with_its_cause_logged_once(project, 
 
 def test_a_job_outlives_slurmd_killed_and_restarted(project, slurm_cluster):
     p, c = project, slurm_cluster
-    setup(p, c, workers=1)
-    name = candidate(p, c, "baseline", slow=True, unchanged=True)
-    run(p, c, "submit-wave")
-    job = running_job(p, c, name)
+    name, job = one_slow_job(p, c)
     c.kill_slurmd()
     time.sleep(1)
     c.start_slurmd()
@@ -191,10 +193,7 @@ def test_a_job_outlives_slurmd_killed_and_restarted(project, slurm_cluster):
 
 def test_a_node_set_down_gets_the_candidate_a_new_job_and_one_result(project, slurm_cluster):
     p, c = project, slurm_cluster
-    setup(p, c, workers=1)
-    name = candidate(p, c, "baseline", slow=True, unchanged=True)
-    run(p, c, "submit-wave")
-    first = running_job(p, c, name)
+    name, first = one_slow_job(p, c)
     c.set_node("down", reason="test")
     try:
         second = until("a second job", lambda: (job_of(p, name) or first) != first and job_of(p, name))
@@ -250,10 +249,7 @@ def test_resume_after_the_agent_died_finds_the_running_job_and_the_finished_one(
 
 def test_a_controller_restart_mid_run_neither_loses_nor_repeats_the_job(project, slurm_cluster):
     p, c = project, slurm_cluster
-    setup(p, c, workers=1)
-    name = candidate(p, c, "baseline", slow=True, unchanged=True)
-    run(p, c, "submit-wave")
-    job = running_job(p, c, name)
+    name, job = one_slow_job(p, c)
     c.stop_slurmctld()
     # Long enough for squeue to give up (about 4 s here): the worker is told the
     # controller cannot be reached, which is not the end of the job.
