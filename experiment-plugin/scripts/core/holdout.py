@@ -101,6 +101,9 @@ def score(root: str, log, every_keep: bool = False, seeds: int | None = None, sa
         raise UserError(why)
     have = {(e["commit"], e["seed"]) for e in scores(log.events) if e.get("status") == "ok"}
     wanted = states(config, runs, every_keep)
+    if len(wanted) < 2:
+        say("no kept change beyond the baseline: nothing to compare on the test split")
+        return scores(log.events)
     if seeds is None and all(any(c == s["commit"] for c, _ in have) for s in wanted):
         return scores(log.events)           # scored already: ask for --seeds N to add more
     n = seeds or seeds_needed(config, runs)
