@@ -53,7 +53,7 @@ def test_a_holdout_command_scores_the_night_once_it_has_ended(tmp_path):
     assert "**Did not carry over**" in summary
 
 
-def test_the_harness_and_a_script_without_a_holdout_say_where_the_test_split_is(tmp_path):
+def test_a_script_without_a_holdout_says_how_to_add_one(tmp_path):
     p = tmp_path / "own"
     new_repo(p)
     (p / "train.py").write_text(TRAIN)
@@ -61,3 +61,19 @@ def test_the_harness_and_a_script_without_a_holdout_say_where_the_test_split_is(
     out = ok(script(p, "setup-session", "--tag", "t", "--run", "python train.py", "--metric", "val_loss",
                     "--budget", "5")).stdout
     assert "test split none: pass --holdout CMD" in " ".join(out.split())
+
+
+def test_a_night_that_kept_nothing_has_nothing_to_score(tmp_path):
+    p = tmp_path / "own"
+    new_repo(p)
+    (p / "train.py").write_text(TRAIN)
+    (p / "score_test.py").write_text(SCORE_TEST)
+    commit_all(p)
+    ok(script(p, "setup-session", "--tag", "t", "--run", "python train.py", "--metric", "val_loss",
+              "--budget", "5", "--policy", "strict", "--holdout", "python score_test.py"))
+    ok(script(p, "run-experiment"))
+    ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline"))
+    ok(script(p, "end-session"))
+    out = ok(script(p, "summarize", "--test")).stdout
+    assert "no kept change beyond the baseline: nothing to compare on the test split" in out
+    assert '"event": "test"' not in (p / "autoresearch.jsonl").read_text()
