@@ -22,7 +22,7 @@ import math
 import os
 
 from . import git, project, records, runner, stats
-from .common import fmt, Lock, now_iso, RUN_LOG, STATE_DIR, UserError, WORKTREES
+from .common import fmt, Lock, now_iso, STATE_DIR, UserError, WORKTREES
 from .session import is_active
 
 TEST_SEED = 1000        # fresh seeds, shared by every state scored: the comparison is paired
