@@ -291,10 +291,10 @@ def test_training_past_the_budget_is_invalid(project, old, new):
 
 
 def test_training_inside_the_evaluation_runs_into_its_limit(project):
-    """The first per_token_loss call trains on training batches for 30 s: the
+    """The first per_token_loss call trains on training batches for 60 s: the
     evaluation's limit (pinned from the baseline's) cuts it and the run is invalid."""
     proc = project.attack("    def per_token_loss(xv, yv):\n", """    def per_token_loss(xv, yv, _until=[]):
-        _until[:] = _until or [time.time() + 30]
+        _until[:] = _until or [time.time() + 60]
         model.train()
         while time.time() < _until[0]:
             step_model(*to_device(*next(loader))).mean().backward()

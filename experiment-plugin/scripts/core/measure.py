@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -134,7 +135,7 @@ class ServedRun:
         self.parent, self.child = socket.socketpair()
         self.requested = self.eval_seconds = self.evaluation = self.report = self.why = None
         self.violation = None       # a rule the runner enforces was broken: invalid, however the run ended
-        self.thread = None
+        self.thread = self.group = None     # the run's process group, once started
 
     def child_env(self) -> dict:
         return {CHANNEL_ENV: str(self.child.fileno()), EVAL_TOKENS_ENV: str(self.config["eval"]["eval_tokens"])}
@@ -201,6 +202,11 @@ class ServedRun:
             self.why = self.violation = (f"the evaluation ran past its limit of {self.eval_limit:.0f} s (pinned "
                                          "from the baseline's): evaluate the model as trained, no more")
             self.parent.shutdown(socket.SHUT_RDWR)
+            if self.group:              # whatever the run does meanwhile, it is invalid: no need to wait
+                try:
+                    os.killpg(self.group, signal.SIGKILL)
+                except OSError:
+                    pass
             return
         self.eval_seconds = time.monotonic() - began
         lines = out.decode("utf-8", "replace").strip().splitlines()
@@ -258,13 +264,18 @@ def allowances(config: dict, pins: dict | None) -> tuple[float, float | None]:
     return pins["startup_allowance_s"], pins["eval_limit_s"]
 
 
+# The evaluation's margin over three times the baseline's: it starts a process that loads
+# the harness and packs the validation rows, which on a busy machine alone can take 10 s.
+EVAL_MARGIN_S = 20.0
+
+
 def pin_from(config: dict, served: "ServedRun") -> dict:
     """The pins a baseline run sets: its startup allowance and evaluation limit."""
     budget = config["budget"]
     overhead = max(0.0, served.requested - budget)
     allowance = min(max(60.0, 0.5 * budget), 2 * overhead + max(5.0, 0.05 * budget))
     return {"startup_allowance_s": round(allowance, 1),
-            "eval_limit_s": round(3 * (served.eval_seconds or 0) + max(5.0, 0.05 * budget), 1),
+            "eval_limit_s": round(3 * (served.eval_seconds or 0) + max(EVAL_MARGIN_S, 0.05 * budget), 1),
             "baseline_seconds_to_eval": round(served.requested, 1)}
 
 
