@@ -24,7 +24,9 @@ runpy.run_path("train.py", run_name="__main__")
 '''
 
 
-def test_a_holdout_command_scores_the_night_once_it_has_ended(tmp_path):
+def holdout_session(tmp_path):
+    """A repository whose script scores held-out data as score_test.py, and a session
+    set up on it with that as its --holdout; returns (path, setup's output)."""
     p = tmp_path / "own"
     new_repo(p)
     (p / "train.py").write_text(TRAIN)
@@ -32,6 +34,11 @@ def test_a_holdout_command_scores_the_night_once_it_has_ended(tmp_path):
     commit_all(p)
     out = ok(script(p, "setup-session", "--tag", "t", "--run", "python train.py", "--metric", "val_loss",
                     "--budget", "5", "--policy", "strict", "--holdout", "python score_test.py")).stdout
+    return p, out
+
+
+def test_a_holdout_command_scores_the_night_once_it_has_ended(tmp_path):
+    p, out = holdout_session(tmp_path)
     assert "test split python score_test.py (its files read-only)" in " ".join(out.split())
     config = json.loads((p / "autoresearch.jsonl").read_text().splitlines()[0])
     assert config["holdout"] == "python score_test.py" and "score_test.py" in config["read_only"]
@@ -64,13 +71,7 @@ def test_a_script_without_a_holdout_says_how_to_add_one(tmp_path):
 
 
 def test_a_night_that_kept_nothing_has_nothing_to_score(tmp_path):
-    p = tmp_path / "own"
-    new_repo(p)
-    (p / "train.py").write_text(TRAIN)
-    (p / "score_test.py").write_text(SCORE_TEST)
-    commit_all(p)
-    ok(script(p, "setup-session", "--tag", "t", "--run", "python train.py", "--metric", "val_loss",
-              "--budget", "5", "--policy", "strict", "--holdout", "python score_test.py"))
+    p, _ = holdout_session(tmp_path)
     ok(script(p, "run-experiment"))
     ok(script(p, "log-experiment", "--status", "keep", "--description", "baseline"))
     ok(script(p, "end-session"))
