@@ -182,6 +182,17 @@ def budget_env(config: dict) -> str:
     return BUDGET_UNITS[budget_unit(config)]
 
 
+def run_vars(config: dict, seed: int) -> dict:
+    """What every run of a session is given, wherever it runs (here, a worker, a Slurm
+    job): the dataset and the cache the session was pinned on (whatever
+    AUTORESEARCH_CACHE the caller has), the budget, the seed, unbuffered output."""
+    out = {"AUTORESEARCH_DATASET": config["dataset"], **budget_vars(config),
+           "AUTORESEARCH_SEED": str(seed), "PYTHONUNBUFFERED": "1"}
+    if (config.get("eval") or {}).get("cache_dir"):
+        out["AUTORESEARCH_CACHE"] = os.path.dirname(config["eval"]["cache_dir"])
+    return out
+
+
 def budget_vars(config: dict) -> dict:
     """The run's budget variable, none where the script enforces its own (a cap from
     here would cut it short)."""

@@ -19,7 +19,7 @@ import time
 from .common import COMPILE_CACHE, finite, PLUGIN_ROOT, read_json, RUN_LOG, STATE_DIR, UserError, write_atomic
 from .harness import changed_fixed_files, plugin_digest, TAMPER_REPAIR
 from .parsing import parse_metrics
-from .project import budget_vars
+from .project import run_vars
 from .monitor import LoadMonitor
 from .measure import allowances, cache_changed, cache_state, check as check_result, pin_from, ServedRun
 from . import sandbox
@@ -332,11 +332,7 @@ def run_target(root, config, timeout, seed, worker=None, cwd=None, log_path=None
     setting = sandbox.setting(config)
     sandbox.check(setting)
     caches = compile_cache_env(root, config, sandboxed=setting["kind"] != sandbox.NONE)
-    base = {**caches, "AUTORESEARCH_DATASET": config["dataset"], **budget_vars(config),
-            "AUTORESEARCH_SEED": str(seed), "PYTHONUNBUFFERED": "1", **worker.get("env", {})}
-    if (config.get("eval") or {}).get("cache_dir"):
-        # The data the session was pinned on, whatever AUTORESEARCH_CACHE the caller has.
-        base["AUTORESEARCH_CACHE"] = os.path.dirname(config["eval"]["cache_dir"])
+    base = {**caches, **worker.get("env", {}), **run_vars(config, seed)}
     cpus = worker.get("cpus")
     start = time.monotonic()
     running = running or os.path.join(root, STATE_DIR, "running.json")

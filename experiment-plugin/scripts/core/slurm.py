@@ -30,7 +30,7 @@ import time
 
 from .common import read_json, UserError, write_atomic
 from .devices import THREAD_VARS
-from .project import budget_vars
+from .project import run_vars
 from .candidates import log_path, running_path, worktree
 
 POLL_SECONDS = 1.0          # how often a worker asks squeue about its job (one light RPC each)
@@ -92,8 +92,7 @@ def submit_command(root: str, config: dict, cand: dict) -> tuple[list[str], dict
                       ("--partition", "partition")):
         if opts.get(key):
             argv += [flag, str(opts[key])]
-    env = {**os.environ, "AUTORESEARCH_DATASET": config["dataset"], **budget_vars(config),
-           "AUTORESEARCH_SEED": str(cand["seed"]), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **run_vars(config, cand["seed"])}
     if opts.get("cpus_per_task"):
         env.update({v: str(opts["cpus_per_task"]) for v in THREAD_VARS})
     return argv + ["--wrap", command], env
